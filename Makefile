@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (the main job, on the embedded default) and `make test`.
+# Both create .venv and install everything on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_STORE ?= .rememory-demo
+PHRASE ?= walking on a bridge with Ilya
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/rememory: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+demo: $(BIN)/rememory
+	$(BIN)/rememory --store $(DEMO_STORE) train examples/episodes.json
+	$(BIN)/rememory --store $(DEMO_STORE) recall "$(PHRASE)" --top-k 3
+	$(BIN)/rememory --store $(DEMO_STORE) stats
+
+test: $(BIN)/rememory
+	$(BIN)/ruff check src tests bench scripts train_memory.py
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/rememory
+	$(BIN)/python bench/cells.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_STORE) .pytest_cache .ruff_cache

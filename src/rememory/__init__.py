@@ -1,0 +1,39 @@
+"""ReMemory: exact reconstructive episodic memory for LLM agents.
+
+>>> from rememory import Memory
+"""
+
+from .errors import (
+    CellTrainingError,
+    ConfigError,
+    DuplicateIdError,
+    EmbedderError,
+    EmbedderMismatchError,
+    IntegrityError,
+    InvalidEpisodeError,
+    NotFoundError,
+    RememoryError,
+    StoreBusyError,
+    StoreError,
+)
+from .memory import Memory
+from .records import Episode, RecallHit, StoreStats, VerifyReport
+
+__all__ = [
+    "CellTrainingError",
+    "ConfigError",
+    "DuplicateIdError",
+    "EmbedderError",
+    "EmbedderMismatchError",
+    "Episode",
+    "IntegrityError",
+    "InvalidEpisodeError",
+    "Memory",
+    "NotFoundError",
+    "RecallHit",
+    "RememoryError",
+    "StoreBusyError",
+    "StoreError",
+    "StoreStats",
+    "VerifyReport",
+]

@@ -1,0 +1,1 @@
+"""The ``rememory`` command line: one module per command group."""

@@ -1,0 +1,56 @@
+"""Entry point of the ``rememory`` console script. Errors become exit codes here, and only here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..errors import RememoryError
+from . import inspect, recall, train
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except RememoryError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted. Batches already committed are kept; rerun the same command to resume.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--store",
+    envvar="REMEMORY_STORE",
+    type=click.Path(file_okay=False),
+    help="Store directory (default: $REMEMORY_STORE, else a per-user data directory).",
+)
+@click.option(
+    "--embedder",
+    envvar="REMEMORY_EMBEDDER",
+    help="sentence-transformers model name or path (default: the store's, else all-MiniLM-L6-v2).",
+)
+@click.version_option(package_name="rememory")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None, embedder: str | None) -> None:
+    """ReMemory: exact reconstructive episodic memory for LLM agents."""
+    ctx.obj = {"store": store, "embedder": embedder}
+
+
+cli.add_command(train.train)
+cli.add_command(recall.recall)
+for command in inspect.COMMANDS:
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI (``argv`` defaults to ``sys.argv[1:]``)."""
+    # The CLI owns stderr: keep model-loading bars of other libraries off it (users can override).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="rememory")

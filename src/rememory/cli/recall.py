@@ -1,0 +1,55 @@
+"""``rememory recall``: find episodes by meaning and print them reconstructed."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..memory import Memory
+from ..records import RecallHit
+from .common import namespace_option, open_memory
+
+
+def render_hits(query: str, hits: list[RecallHit]) -> str:
+    if not hits:
+        return "No memories in this namespace yet. Add some with `rememory train FILE.json`.\n"
+    best = hits[0]
+    lines = [f"ID: {best.id}", f"Similarity: {best.score:.3f}"]
+    if best.time:
+        lines.append(f"Time: {best.time}")
+    lines += ["", "Reconstructed memory:", best.text, "", "Closest matches:"]
+    lines += [f"  {h.id} — score={h.score:.3f}" for h in hits]
+    return "\n".join(lines) + "\n"
+
+
+def _answer(mem: Memory, phrase: str, top_k: int, namespace: str, as_json: bool) -> None:
+    hits = mem.recall(phrase, top_k=top_k, namespace=namespace)
+    if as_json:
+        click.echo(json.dumps({"query": phrase, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+    else:
+        click.echo(render_hits(phrase, hits), nl=False)
+
+
+@click.command()
+@click.argument("phrase", required=False)
+@click.option("--top-k", "--top_k", "-k", "top_k", default=3, show_default=True, type=click.IntRange(1, 1000))
+@namespace_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+@click.pass_context
+def recall(ctx: click.Context, phrase: str | None, top_k: int, namespace: str, as_json: bool) -> None:
+    """Recall the episodes closest to PHRASE (with no PHRASE: ask for phrases interactively)."""
+    with open_memory(ctx) as mem:
+        if phrase is not None:
+            _answer(mem, phrase, top_k, namespace, as_json)
+            return
+        stdin = click.get_text_stream("stdin")
+        while True:
+            click.echo("Enter a phrase: ", nl=False, err=as_json)
+            line = stdin.readline()
+            if not line or not line.strip():
+                if not line:
+                    click.echo("", err=as_json)
+                return
+            click.echo("", err=as_json) if not stdin.isatty() else None
+            _answer(mem, line.strip(), top_k, namespace, as_json)

@@ -1,0 +1,38 @@
+"""``rememory train``: train memory cells from a JSON file of episodes."""
+
+from __future__ import annotations
+
+import click
+from tqdm import tqdm
+
+from ..cells.train import TrainProgress
+from ..episodes import load_episodes_file
+from .common import namespace_option, open_memory
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@namespace_option
+@click.option("--replace", is_flag=True, help="Overwrite episodes whose id exists with other content.")
+@click.pass_context
+def train(ctx: click.Context, file: str, namespace: str, replace: bool) -> None:
+    """Train FILE (a JSON list of {"keywords", "text", "id"?, "time"?}) into the store."""
+    items = load_episodes_file(file)
+    mem = open_memory(ctx)
+    bar: tqdm | None = None
+
+    def on_progress(ev: TrainProgress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=ev.bytes_total, unit="B", unit_scale=True, unit_divisor=1024, desc="training",
+                       file=click.get_text_stream("stderr"), dynamic_ncols=True)  # fmt: skip
+        bar.update(ev.bytes_done - bar.n)
+        bar.set_postfix_str(f"{ev.cells_done}/{ev.cells_total} episodes")
+
+    try:
+        ids = mem.add_many(items, namespace=namespace, progress=on_progress, replace=replace)
+    finally:
+        if bar is not None:
+            bar.close()
+        mem.close()
+    click.echo(f"Stored {len(ids)} episodes in {mem.path} (namespace {namespace!r}).", err=True)

@@ -1,0 +1,46 @@
+"""Settings: explicit argument > ``REMEMORY_*`` environment variable > default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+# Long texts make big, slow cells; chat turns and notes are far below this.
+DEFAULT_MAX_TEXT_BYTES = 16384
+
+
+def user_data_dir() -> Path:
+    """The per-user data directory (``REMEMORY_HOME`` overrides it)."""
+    env = os.environ.get("REMEMORY_HOME")
+    if env:
+        return Path(env)
+    from platformdirs import user_data_path
+
+    return user_data_path("rememory", appauthor=False)
+
+
+def resolve_store_path(path: str | os.PathLike[str] | None) -> Path:
+    """Where a store lives: ``path``, else ``$REMEMORY_STORE``, else ``<user data dir>/default``."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get("REMEMORY_STORE")
+    if env:
+        return Path(env)
+    return user_data_dir() / "default"
+
+
+def resolve_max_text_bytes(value: int | None) -> int:
+    from .errors import ConfigError
+
+    if value is None:
+        raw = os.environ.get("REMEMORY_MAX_TEXT_BYTES")
+        if raw is None:
+            return DEFAULT_MAX_TEXT_BYTES
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"REMEMORY_MAX_TEXT_BYTES must be a whole number of bytes, got {raw!r}.") from None
+    if value < 1:
+        raise ConfigError(f"max_text_bytes must be at least 1, got {value}.")
+    return value

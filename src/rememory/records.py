@@ -1,0 +1,64 @@
+"""Plain records exchanged through the public API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode: a semantic key (keywords) and the exact text it recalls."""
+
+    id: str
+    keywords: str
+    text: str
+    time: str | None = None
+    namespace: str = "default"
+
+
+@dataclass(frozen=True)
+class RecallHit:
+    """A recalled episode. ``score`` is the cosine similarity of the query to the key, in [-1, 1]."""
+
+    id: str
+    score: float
+    keywords: str
+    text: str
+    time: str | None = None
+    namespace: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "keywords": self.keywords, "text": self.text, "time": self.time}
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Sizes of a store. Byte counts are on-disk sizes; ``*_per_text_byte`` divide by ``text_bytes``."""
+
+    episodes: int
+    text_bytes: int
+    cell_bytes: int
+    store_bytes: int
+    embedder: str
+    dim: int
+    namespaces: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        tb = max(self.text_bytes, 1)
+        d["cell_bytes_per_text_byte"] = self.cell_bytes / tb
+        d["store_bytes_per_text_byte"] = self.store_bytes / tb
+        return d
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of :meth:`rememory.Memory.verify`: which cells reconstructed their exact text."""
+
+    checked: int
+    failed: dict[str, str] = field(default_factory=dict)  # id -> reason
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed

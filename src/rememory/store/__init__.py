@@ -1,0 +1,1 @@
+"""The embedded store: SQLite metadata and safetensors weight shards."""

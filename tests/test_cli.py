@@ -1,0 +1,127 @@
+"""The CLI and the seed's entry points, run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.model
+
+BIN = Path(sys.executable).parent / "rememory"
+
+
+def run(args: list[str], *, env: dict[str, str], stdin: str | None = None, exe: list[str] | None = None):
+    return subprocess.run(
+        (exe or [str(BIN)]) + args, input=stdin, capture_output=True, text=True, env=env, timeout=300, cwd=REPO
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    """A store trained from a copy of the example dataset; the copy is deleted afterwards."""
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "episodes.json"
+    shutil.copy(REPO / "examples" / "episodes.json", data)
+    env = {**os.environ, "REMEMORY_STORE": str(root / "store"), "REMEMORY_HOME": str(root / "home")}
+    res = run(["train", str(data)], env=env)
+    assert res.returncode == 0, res.stderr
+    assert "training" in res.stderr and "21/21 episodes" in res.stderr and res.stdout == ""
+    data.unlink()  # recall must need only the store
+    return env, root
+
+
+def test_recall_json(trained) -> None:
+    env, _ = trained
+    res = run(["recall", "walking on a bridge with Ilya", "--top-k", "3", "--json"], env=env)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["query"] == "walking on a bridge with Ilya"
+    assert len(out["hits"]) == 3 and set(out["hits"][0]) == {"id", "score", "keywords", "text", "time"}
+    assert out["hits"][0]["id"] == "bridge-night"
+    assert out["hits"][0]["text"].startswith("We walked with Ilya across the bridge")
+
+
+def test_recall_russian(trained) -> None:
+    env, _ = trained
+    res = run(["recall", "бабушка и яблоки на даче", "--json", "-k", "1"], env=env)
+    assert json.loads(res.stdout)["hits"][0]["id"] == "ru-dacha"
+
+
+def test_interactive_recall_through_stdin(trained) -> None:
+    env, _ = trained
+    res = run(["recall", "--top-k", "3"], env=env, stdin="walking on a bridge with Ilya\n")
+    assert res.returncode == 0, res.stderr
+    assert "Enter a phrase:" in res.stdout
+    assert "ID: bridge-night" in res.stdout and "Similarity: " in res.stdout
+    assert "Reconstructed memory:\nWe walked with Ilya across the bridge" in res.stdout
+    assert res.stdout.count(" — score=") == 3
+
+
+def test_show_stats_verify(trained) -> None:
+    env, _ = trained
+    res = run(["show", "emoji-note"], env=env)
+    assert res.returncode == 0 and "Surprise party for Dima 🎉" in res.stdout
+    stats = json.loads(run(["stats", "--json"], env=env).stdout)
+    assert stats["episodes"] == 21 and {"episodes", "text_bytes", "cell_bytes", "store_bytes"} <= set(stats)
+    assert stats["cell_bytes"] / stats["text_bytes"] < 5
+    res = run(["verify"], env=env)
+    assert res.returncode == 0 and "21/21 cells exact" in res.stdout
+    human = run(["stats"], env=env).stdout
+    assert "per text byte" in human and "all-MiniLM-L6-v2" in human
+
+
+def test_forget_and_errors(trained) -> None:
+    env, _ = trained
+    assert run(["forget", "short"], env=env).returncode == 0
+    res = run(["show", "short"], env=env)
+    assert res.returncode == 3 and "No memory with id 'short'" in res.stderr and res.stdout == ""
+    res = run(["forget", "short"], env=env)
+    assert res.returncode == 3
+
+
+def test_bad_file_is_rejected_and_nothing_stored(tmp_path: Path) -> None:
+    env = {**os.environ, "REMEMORY_STORE": str(tmp_path / "store")}
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"keywords": "k", "text": "ok"}, {"keywords": "k"}]')
+    res = run(["train", str(bad)], env=env)
+    assert res.returncode == 2
+    assert "episode #1: missing 'text'" in res.stderr and "Traceback" not in res.stderr
+    bad.write_text("not json")
+    res = run(["train", str(bad)], env=env)
+    assert res.returncode == 2 and "is not valid JSON" in res.stderr
+    assert json.loads(run(["stats", "--json"], env=env).stdout)["episodes"] == 0
+
+
+def test_unloadable_embedder_is_an_error(tmp_path: Path) -> None:
+    env = {**os.environ, "REMEMORY_STORE": str(tmp_path / "store"), "HF_HUB_OFFLINE": "1"}
+    data = tmp_path / "e.json"
+    data.write_text('[{"keywords": "k", "text": "t"}]')
+    res = run(["--embedder", str(tmp_path / "missing-model"), "train", str(data)], env=env)
+    assert res.returncode == 5 and "Could not load the embedding model" in res.stderr
+
+
+def test_default_store_is_in_user_data_dir(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REMEMORY_STORE"}
+    env["REMEMORY_HOME"] = str(tmp_path / "home")
+    data = tmp_path / "e.json"
+    data.write_text('[{"id": "one", "keywords": "k", "text": "in the default store"}]')
+    assert run(["train", str(data)], env=env).returncode == 0
+    assert (tmp_path / "home" / "default" / "rememory.db").exists()
+
+
+def test_seed_entry_points(tmp_path: Path) -> None:
+    env = {**os.environ, "REMEMORY_STORE": str(tmp_path / "store")}
+    res = run([], env=env, exe=[sys.executable, str(REPO / "train_memory.py")])
+    assert res.returncode == 0, res.stderr
+    res = run(["--top_k", "3"], env=env, stdin="walking on a bridge with Ilya\n",
+              exe=[sys.executable, str(REPO / "scripts" / "recall_memory.py")])  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Enter a phrase:" in res.stdout and "ID: bridge-night" in res.stdout
