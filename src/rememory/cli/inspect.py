@@ -73,5 +73,3 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     for ns, n in st.namespaces.items():
         click.echo(f"namespace:   {ns} ({n} episodes)")
 
-
-COMMANDS = [show, forget, verify, stats]

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 
 from ..errors import RememoryError
-from . import inspect, recall, train
+
+# Subcommands load on demand, so `rememory recall` never imports the server or chat stacks.
+COMMANDS = {
+    "train": "rememory.cli.train:train",
+    "recall": "rememory.cli.recall:recall",
+    "show": "rememory.cli.inspect:show",
+    "forget": "rememory.cli.inspect:forget",
+    "verify": "rememory.cli.inspect:verify",
+    "stats": "rememory.cli.inspect:stats",
+    "eval": "rememory.cli.eval:eval_command",
+    "chat": "rememory.cli.chat:chat",
+    "serve": "rememory.cli.serve:serve",
+    "mcp": "rememory.cli.serve:mcp_command",
+    "keys": "rememory.cli.keys:keys",
+}
 
 
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -40,12 +65,6 @@ class _Group(click.Group):
 def cli(ctx: click.Context, store: str | None, embedder: str | None) -> None:
     """ReMemory: exact reconstructive episodic memory for LLM agents."""
     ctx.obj = {"store": store, "embedder": embedder}
-
-
-cli.add_command(train.train)
-cli.add_command(recall.recall)
-for command in inspect.COMMANDS:
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:
