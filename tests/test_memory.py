@@ -203,3 +203,21 @@ def test_weights_never_hold_the_text(make_memory, tmp_path: Path) -> None:
     blobs = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
     for e in EPISODES:
         assert e["text"].encode() not in blobs
+
+
+def test_list_count_and_namespace_scoped_access(make_memory) -> None:
+    mem = make_memory()
+    mem.add_many(EPISODES[:3], namespace="alice")
+    mem.add_many(EPISODES[3:], namespace="bob")
+    assert [e.id for e in mem.list("alice", limit=2)] == ["bridge", "van"]
+    assert [e.id for e in mem.list("alice", limit=2, offset=2)] == ["dacha"]
+    assert mem.list("alice", limit=1)[0].text == EPISODES[0]["text"]
+    assert mem.count("alice") == 3 and mem.count() == 4
+    with pytest.raises(NotFoundError):
+        mem.get("cat", namespace="alice")
+    with pytest.raises(NotFoundError):
+        mem.forget("cat", namespace="alice")
+    assert mem.get("cat", namespace="bob").text == EPISODES[3]["text"]
+    st = mem.stats("alice")
+    assert st.episodes == 3 and st.text_bytes == sum(len(e["text"].encode()) for e in EPISODES[:3])
+    assert 0 < st.cell_bytes < 6 * st.text_bytes

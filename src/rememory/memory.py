@@ -169,13 +169,23 @@ class Memory:
             done_bytes += sum(len(d) for _, d, _ in chunk)
         return [e.id for e in eps]
 
-    def forget(self, id: str) -> None:
+    def forget(self, id: str, *, namespace: str | None = None) -> None:
         """Delete an episode and erase its cell's weights from disk.
+
+        With ``namespace``, an episode of another namespace counts as missing (tenant isolation).
 
         >>> mem.forget("t1")
         """
+        if namespace is not None and self._row(id, namespace) is None:
+            raise NotFoundError(f"No memory with id {id!r} in namespace {namespace!r}; nothing was forgotten.")
         if not self._store.delete([id]):
             raise NotFoundError(f"No memory with id {id!r}; nothing was forgotten. Check the id (rememory show ID).")
+
+    def _row(self, id: str, namespace: str | None) -> Row | None:
+        r = self._store.rows([id]).get(id)
+        if r is None or (namespace is not None and r.namespace != namespace):
+            return None
+        return r
 
     # --- reads ---
 
@@ -213,17 +223,35 @@ class Memory:
             raise data
         return data.decode("utf-8")
 
-    def get(self, id: str) -> Episode:
+    def get(self, id: str, *, namespace: str | None = None) -> Episode:
         """The episode with this id, its text reconstructed from its cell.
+
+        With ``namespace``, an episode of another namespace counts as missing (tenant isolation).
 
         >>> mem.get("e1").text
         'We walked with Ilya across the bridge.'
         """
-        rows = self._store.rows([id])
-        if id not in rows:
-            raise NotFoundError(f"No memory with id {id!r}. Check the id, or list memories with `rememory stats`.")
-        r = rows[id]
+        r = self._row(id, namespace)
+        if r is None:
+            where = f" in namespace {namespace!r}" if namespace is not None else ""
+            raise NotFoundError(f"No memory with id {id!r}{where}. Check the id and the namespace.")
         return Episode(r.id, r.keywords, self._text(r, self._reconstruct([r])), r.time, r.namespace)
+
+    def list(self, namespace: str = "default", *, limit: int = 100, offset: int = 0) -> list[Episode]:
+        """A page of a namespace's episodes (oldest first), texts reconstructed.
+
+        >>> [e.id for e in mem.list(limit=1)]
+        ['e1']
+        """
+        if not 1 <= limit <= MAX_TOP_K or offset < 0:
+            raise ConfigError(f"limit must be 1..{MAX_TOP_K} and offset >= 0, got limit={limit}, offset={offset}.")
+        rows = self._store.list_rows(validate_namespace(namespace), limit=limit, offset=offset)
+        got = self._reconstruct(rows)
+        return [Episode(r.id, r.keywords, self._text(r, got), r.time, r.namespace) for r in rows]
+
+    def count(self, namespace: str | None = None) -> int:
+        """Number of episodes in ``namespace`` (all namespaces if ``None``)."""
+        return self._store.count(namespace)
 
     def _namespace_keys(self, namespace: str) -> tuple[list[str], np.ndarray]:
         gen = self._store.generation()
@@ -283,9 +311,9 @@ class Memory:
                 progress(checked, total)
         return VerifyReport(checked=checked, failed=failed)
 
-    def stats(self) -> StoreStats:
-        """Sizes of the store: episodes, text bytes, cell bytes and total bytes on disk."""
-        rep = self._store.size_report()
+    def stats(self, namespace: str | None = None) -> StoreStats:
+        """Sizes of the store (or of one namespace): episodes, text, cell and on-disk bytes."""
+        rep = self._store.size_report(namespace)
         bound = self._store.embedder_info()
         emb, dim = bound if bound is not None else (self._embedder.id, 0)
         return StoreStats(

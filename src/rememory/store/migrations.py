@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ..errors import StoreError
 
 
-def _run(db: sqlite3.Connection, script: str) -> None:
+def run_script(db: sqlite3.Connection, script: str) -> None:
     # Not executescript(): it commits first, which would break the migration's transaction.
     for statement in script.split(";"):
         lines = [ln.split("--")[0] for ln in statement.splitlines()]
@@ -21,7 +21,7 @@ def _run(db: sqlite3.Connection, script: str) -> None:
 
 
 def _m001_initial(db: sqlite3.Connection) -> None:
-    _run(
+    run_script(
         db,
         """
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,22 +63,28 @@ def _m001_initial(db: sqlite3.Connection) -> None:
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial]
 
 
-def migrate(db: sqlite3.Connection) -> None:
-    """Bring ``db`` to the newest schema; refuse a store written by a newer version."""
+def migrate(db: sqlite3.Connection, migrations: list[Callable[[sqlite3.Connection], None]] | None = None) -> None:
+    """Bring ``db`` to the newest schema; refuse a database written by a newer version.
+
+    ``migrations`` defaults to the store's own list; other SQLite files (e.g. the server's key
+    store) pass theirs. ``db`` must be in autocommit mode (``isolation_level=None``).
+    """
+    if migrations is None:
+        migrations = MIGRATIONS
     version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
+    if version > len(migrations):
         raise StoreError(
-            f"This store has schema version {version}, newer than this rememory understands "
-            f"({len(MIGRATIONS)}). Upgrade rememory to open it."
+            f"This database has schema version {version}, newer than this rememory understands "
+            f"({len(migrations)}). Upgrade rememory to open it."
         )
-    for i in range(version, len(MIGRATIONS)):
+    for i in range(version, len(migrations)):
         db.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have migrated while we waited for the lock.
             if db.execute("PRAGMA user_version").fetchone()[0] > i:
                 db.execute("COMMIT")
                 continue
-            MIGRATIONS[i](db)
+            migrations[i](db)
             db.execute(f"PRAGMA user_version = {i + 1}")
             db.execute("COMMIT")
         except BaseException:

@@ -292,6 +292,13 @@ class Store:
             last = got[-1][11]
             yield [self._row(t) for t in got]
 
+    def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
+        """A page of a namespace's episodes, oldest first."""
+        got = self._read(
+            f"{self._ROW_SQL} WHERE e.namespace = ? ORDER BY e.rowid LIMIT ? OFFSET ?", (namespace, limit, offset)
+        )
+        return [self._row(t) for t in got]
+
     def load_artifacts(self, rows: Sequence[Row]) -> dict[str, Artifact | Exception]:
         """Read the weights of ``rows``; a cell whose shard is unreadable maps to an exception."""
         by_file: dict[str, list[Row]] = {}
@@ -324,8 +331,29 @@ class Store:
             return int(self._read("SELECT COUNT(*) FROM episodes")[0][0])
         return int(self._read("SELECT COUNT(*) FROM episodes WHERE namespace = ?", (namespace,))[0][0])
 
-    def size_report(self) -> dict[str, object]:
-        """Episode, text, cell and on-disk byte counts for ``stats``."""
+    def size_report(self, namespace: str | None = None) -> dict[str, object]:
+        """Episode, text, cell and on-disk byte counts for ``stats``.
+
+        For one namespace, cell bytes count the cells' own stream bytes (shards are shared), and
+        store bytes are left at 0: the files on disk are not split by namespace.
+        """
+        if namespace is not None:
+            (n, text_bytes, meta_bytes) = self._read(
+                "SELECT COUNT(*), COALESCE(SUM(n_bytes), 0),"
+                " COALESCE(SUM(LENGTH(cell) + LENGTH(spans) + LENGTH(digest)), 0) FROM episodes WHERE namespace = ?",
+                (namespace,),
+            )[0]
+            stream_bytes = 0
+            for (blob,) in self._read("SELECT spans FROM episodes WHERE namespace = ?", (namespace,)):
+                for name, (_, length) in shards.decode_spans(bytes(blob)).items():
+                    stream_bytes += length * np.dtype(name).itemsize
+            return {
+                "episodes": int(n),
+                "text_bytes": int(text_bytes),
+                "cell_bytes": int(stream_bytes + meta_bytes),
+                "store_bytes": 0,
+                "namespaces": {namespace: int(n)} if n else {},
+            }
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # report settled sizes, not a transient WAL
         (n, text_bytes, meta_bytes) = self._read(
