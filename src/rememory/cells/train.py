@@ -100,16 +100,17 @@ def _train_batch(batch: list[_Item], cfg: CellConfig) -> dict[int, QuantizedCell
         w1[j, :r, :h] = torch.randn(r, h, generator=gen) / r**0.5
         w2[j, :h, :a] = torch.randn(h, a, generator=gen) / h**0.5
     params = [w1, torch.zeros(b, 1, h_max), w2, torch.zeros(b, 1, a_max)]
+    for p in params:
+        p.requires_grad_(True)
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
     ids = torch.arange(b)
+    live = torch.ones(b, dtype=torch.bool)  # rows still training; finished rows wait for compaction
     counts = valid.sum(1).clamp(min=1)  # (b,)
     done: dict[int, QuantizedCell] = {}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
 
     for step in range(1, cfg.max_steps + 1):
-        for p in params:
-            p.requires_grad_(True)
         (w1q, q1, s1), (b1q, qb1, sb1), (w2q, q2, s2), (b2q, qb2, sb2) = (_fake_quant(p) for p in params)
         z = torch.sin(x @ w1q + b1q) * hmask  # (b, n, h)
         logits = z @ w2q + b2q + neg  # (b, n, a)
@@ -117,7 +118,7 @@ def _train_batch(batch: list[_Item], cfg: CellConfig) -> dict[int, QuantizedCell
             correct = logits.gather(2, y[..., None]).squeeze(2)  # (b, n)
             other = logits.scatter(2, y[..., None], -1e9).amax(2)  # (b, n)
             learnt = ((correct - other) > cfg.margin) | ~valid
-            finished = learnt.all(1)  # (b,)
+            finished = learnt.all(1) & live  # (b,)
         if bool(finished.any()):
             for j in torch.nonzero(finished).flatten().tolist():
                 it = batch[int(ids[j])]
@@ -131,27 +132,31 @@ def _train_batch(batch: list[_Item], cfg: CellConfig) -> dict[int, QuantizedCell
                     b2=qb2[j, 0, :a].to(torch.int8).numpy().copy(),
                     scales=torch.stack([s1[j, 0, 0], sb1[j, 0, 0], s2[j, 0, 0], sb2[j, 0, 0]]).half().numpy(),
                 )
-            keep = ~finished
-            if not bool(keep.any()):
+            live &= ~finished
+            n_live = int(live.sum())
+            if n_live == 0:
                 break
-            # Drop finished cells so that the rest of the batch costs less per step.
-            params = [p.detach()[keep] for p in params]
-            m1 = [m[keep] for m in m1]
-            m2 = [m[keep] for m in m2]
-            x, y, valid, hmask, neg, ids, counts = (t[keep] for t in (x, y, valid, hmask, neg, ids, counts))
-            continue
+            # Compacting copies every batch tensor, so do it only once a quarter of the rows are done.
+            if n_live <= 0.75 * live.numel():
+                keep = live
+                with torch.no_grad():
+                    params = [p.detach()[keep].requires_grad_(True) for p in params]
+                m1 = [m[keep] for m in m1]
+                m2 = [m[keep] for m in m2]
+                x, y, valid, hmask, neg, ids, counts = (t[keep] for t in (x, y, valid, hmask, neg, ids, counts))
+                live = torch.ones(n_live, dtype=torch.bool)
+                continue
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (b, n)
         # Sum of per-cell means: each cell's gradient is independent of its batch mates.
-        loss = ((ce * valid).sum(1) / counts).sum()
+        loss = ((ce * valid).sum(1) / counts * live).sum()
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
-            new = []
-            for i, (p, g) in enumerate(zip(params, grads)):
-                m1[i].mul_(beta1).add_(g, alpha=1 - beta1)
-                m2[i].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                upd = (m1[i] / (1 - beta1**step)) / ((m2[i] / (1 - beta2**step)).sqrt() + eps)
-                new.append(p.detach() - cfg.lr * upd)
-            params = new
+            # Adam with the bias corrections folded into one scalar step size.
+            lr_t = cfg.lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+            for p, g, m, v in zip(params, grads, m1, m2):
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                p.addcdiv_(m, v.sqrt().add_(eps), value=-lr_t)
     return done
 
 

@@ -72,4 +72,3 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"embedder:    {st.embedder} ({st.dim}-d)")
     for ns, n in st.namespaces.items():
         click.echo(f"namespace:   {ns} ({n} episodes)")
-
