@@ -73,7 +73,7 @@ def _plan_batches(items: list[_Item], cfg: CellConfig) -> list[list[_Item]]:
     return batches
 
 
-def _train_batch(batch: list[_Item], cfg: CellConfig) -> dict[int, QuantizedCell]:
+def _train_batch(batch: list[_Item], cfg: CellConfig, lr: float) -> dict[int, QuantizedCell]:
     """Train one batch; returns the cells that reached the margin, keyed by item index."""
     b = len(batch)
     n_max = max(it.shape.n for it in batch)
@@ -152,7 +152,7 @@ def _train_batch(batch: list[_Item], cfg: CellConfig) -> dict[int, QuantizedCell
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             # Adam with the bias corrections folded into one scalar step size.
-            lr_t = cfg.lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+            lr_t = lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
             for p, g, m, v in zip(params, grads, m1, m2):
                 m.mul_(beta1).add_(g, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -191,7 +191,8 @@ def train_cells(
     for attempt in range(cfg.attempts):
         failed: list[_Item] = []
         for batch in _plan_batches([it for it in pending if it.shape.n > 0], cfg):
-            trained = _train_batch(batch, cfg)
+            # A cell that missed may have oscillated at a high rate: retries also calm the rate down.
+            trained = _train_batch(batch, cfg, cfg.lr * 0.5**attempt)
             for it in batch:
                 cell = trained.get(it.index)
                 if cell is not None and cell.decode(it.seed, cfg.freq_std) == it.text:
