@@ -20,6 +20,7 @@ from .embed import Embedder, load_embedder
 from .engine import Artifact, MemoryEngine, get_engine
 from .episodes import validate_episode, validate_many, validate_namespace
 from .errors import ConfigError, DuplicateIdError, IntegrityError, NotFoundError
+from .index.config import RankingConfig
 from .records import Episode, RecallHit, StoreStats, VerifyReport
 from .store.sqlite import NewEpisode, Row, Store, mismatch, quantize_key
 
@@ -48,6 +49,7 @@ class Memory:
         *,
         embedder: str | Embedder | None = None,
         cell_config: CellConfig | None = None,
+        ranking: RankingConfig | None = None,
         max_text_bytes: int | None = None,
         batch_size: int = 256,
         busy_timeout: float = 30.0,
@@ -63,6 +65,7 @@ class Memory:
         if bound is not None and bound[0] != self._embedder.id:
             raise mismatch(self.path, bound[0], bound[1], self._embedder.id, None)
         self._engine: MemoryEngine = MlpCellEngine(cell_config)
+        self.ranking = ranking or RankingConfig()
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
         self._keys: dict[str, tuple[int, list[str], np.ndarray]] = {}

@@ -1,0 +1,1 @@
+"""Recall indexes: lexical (BM25 over hashed tokens), dense (exact or ANN) and their fusion."""

@@ -1,0 +1,46 @@
+"""Ranking settings: which signals recall fuses, and with what weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """Weights of the hybrid ranking. A weight of 0 switches a signal off (used for ablations).
+
+    Lexical signals are BM25 scores over an episode and over windows of its neighbours,
+    each divided by its maximum over the namespace. Dense signals are cosine similarities.
+    Defaults were tuned on half of locomo-dev (see README, "Recall quality").
+    """
+
+    bm25_own: float = 1.0  # BM25 of the episode's own keywords and text
+    bm25_ctx1: float = 1.0  # BM25 of the window of the episode and its 1 neighbour on each side
+    bm25_ctx2: float = 0.5  # ... 2 neighbours on each side
+    bm25_ctx8: float = 1.0  # ... 8 neighbours on each side (the surrounding conversation)
+    dense_own: float = 1.0  # cosine to the key of keywords + text
+    dense_ctx: float = 2.0  # cosine to the context key (the episode with its neighbours, embedded at training)
+    dense_near: float = 1.0  # mean cosine of the own keys within 2 neighbours
+    dense_far: float = 1.0  # mean cosine of the own keys within 8 neighbours
+    prf: float = 1.0  # pseudo-relevance feedback: re-query the context keys with the top hits mixed in
+    prf_docs: int = 3  # how many top hits feed the feedback
+    ann_threshold: int = 20000  # namespaces larger than this search dense keys with an ANN index
+    candidates: int = 200  # hits taken from each index before fusion, when the ANN index is used
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RankingConfig:
+        """Build from a dict, naming unknown keys."""
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ConfigError(f"Unknown ranking keys {unknown}; valid keys are {sorted(valid)}.")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lexical_only(self) -> RankingConfig:
+        return RankingConfig(**{**self.to_dict(), "dense_own": 0, "dense_ctx": 0, "dense_near": 0,
+                                "dense_far": 0, "prf": 0})  # fmt: skip
