@@ -1,5 +1,6 @@
 """The store on its own: real SQLite, real safetensors shards, no embedder."""
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _items(texts: list[str], ns: str = "default") -> tuple[list[NewEpisode], lis
     items = []
     for e in eps:
         q, s = quantize_key(rng.normal(size=EMB[1]).astype(np.float32))
-        items.append(NewEpisode(e, digest(e.text.encode()), len(e.text.encode()), q, s))
+        items.append(NewEpisode(e, digest(e.text.encode()), len(e.text.encode()), q, s, np.zeros(0, np.uint32), q, s))
     return items, arts
 
 
@@ -56,8 +57,7 @@ def test_identical_readd_is_noop_and_conflict_is_error(tmp_path: Path) -> None:
     assert store.commit_batch(items, arts, EMB, replace=False) == []
     assert len(list((tmp_path / "s" / "shards").iterdir())) == 1  # the no-op left no shard behind
     other, other_arts = _items(["different text"])
-    changed = [NewEpisode(Episode(items[0].episode.id, "kw", "different text"), o.digest, o.n_bytes, o.key, o.key_scale)
-               for o in other]  # fmt: skip
+    changed = [dataclasses.replace(o, episode=Episode(items[0].episode.id, "kw", "different text")) for o in other]
     with pytest.raises(DuplicateIdError, match="replace"):
         store.commit_batch(changed, other_arts, EMB, replace=False)
     assert store.commit_batch(changed, other_arts, EMB, replace=True) == [items[0].episode.id]

@@ -9,8 +9,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
 from typing import Any
 
-import numpy as np
-
 from .cells.codec import digest
 from .cells.engine import MlpCellEngine
 from .cells.model import CellConfig
@@ -21,6 +19,8 @@ from .engine import Artifact, MemoryEngine, get_engine
 from .episodes import validate_episode, validate_many, validate_namespace
 from .errors import ConfigError, DuplicateIdError, IntegrityError, NotFoundError
 from .index.config import RankingConfig
+from .index.live import NamespaceIndex
+from .index.tokenize import token_hashes
 from .records import Episode, RecallHit, StoreStats, VerifyReport
 from .store.sqlite import NewEpisode, Row, Store, mismatch, quantize_key
 
@@ -68,8 +68,8 @@ class Memory:
         self.ranking = ranking or RankingConfig()
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
-        self._keys: dict[str, tuple[int, list[str], np.ndarray]] = {}
-        self._keys_lock = threading.Lock()
+        self._indexes: dict[str, NamespaceIndex] = {}
+        self._index_lock = threading.Lock()
 
     # --- lifecycle ---
 
@@ -149,12 +149,14 @@ class Memory:
             todo.append((ep, data, dg))
         if todo:
             self._store.bind_embedder(self._embedder.id, self._embedder.dim)
+        contexts = self._context_texts([ep for ep, _, _ in todo])
         total_bytes = sum(len(d) for _, d, _ in todo)
         start = time.perf_counter()
         done_cells = done_bytes = 0
         for i in range(0, len(todo), self._batch_size):
             chunk = todo[i : i + self._batch_size]
             vecs = self._embedder.embed_batch([key_text(ep.keywords, ep.text) for ep, _, _ in chunk])
+            ctx_vecs = self._embedder.embed_batch(contexts[i : i + self._batch_size])
 
             def relay(ev: TrainProgress, base_cells: int = done_cells, base_bytes: int = done_bytes) -> None:
                 if progress is not None:
@@ -164,13 +166,38 @@ class Memory:
 
             arts = self._engine.encode([ep.keywords for ep, _, _ in chunk], [d for _, d, _ in chunk], relay)
             items = []
-            for (ep, data, dg), vec in zip(chunk, vecs):
+            for (ep, data, dg), vec, ctx_vec in zip(chunk, vecs, ctx_vecs):
                 q, scale = quantize_key(vec)
-                items.append(NewEpisode(ep, dg, len(data), q, scale))
+                cq, cscale = quantize_key(ctx_vec)
+                tokens = token_hashes(f"{ep.keywords} {ep.text}")
+                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale))
             self._store.commit_batch(items, arts, (self._embedder.id, self._embedder.dim), replace=replace)
             done_cells += len(chunk)
             done_bytes += sum(len(d) for _, d, _ in chunk)
         return [e.id for e in eps]
+
+    def _context_texts(self, eps: list[Episode]) -> list[str]:
+        """Each episode with its neighbours (previous and next of the same namespace), for the context key.
+
+        Neighbours come from this batch, in order; the first episode of a namespace also gets
+        the namespace's latest stored episode, reconstructed from its cell.
+        """
+        by_ns: dict[str, list[int]] = {}
+        for i, ep in enumerate(eps):
+            by_ns.setdefault(ep.namespace, []).append(i)
+        out = [""] * len(eps)
+        for ns, idx in by_ns.items():
+            texts = [f"{eps[i].keywords} {eps[i].text}" for i in idx]
+            last = self._store.list_rows_desc(ns, limit=1)
+            before = ""
+            if last:
+                prev = self._reconstruct(last)[last[0].id]
+                if isinstance(prev, bytes):
+                    before = f"{last[0].keywords} {prev.decode('utf-8')}"
+            for j, i in enumerate(idx):
+                window = [before if j == 0 else texts[j - 1], texts[j], texts[j + 1] if j + 1 < len(texts) else ""]
+                out[i] = " ".join(t for t in window if t)
+        return out
 
     def forget(self, id: str, *, namespace: str | None = None) -> None:
         """Delete an episode and erase its cell's weights from disk.
@@ -256,22 +283,24 @@ class Memory:
         """Number of episodes in ``namespace`` (all namespaces if ``None``)."""
         return self._store.count(namespace)
 
-    def _namespace_keys(self, namespace: str) -> tuple[list[str], np.ndarray]:
+    def _index(self, namespace: str) -> NamespaceIndex:
         gen = self._store.generation()
-        with self._keys_lock:
-            cached = self._keys.get(namespace)
-            if cached is not None and cached[0] == gen:
-                return cached[1], cached[2]
-            ids, mat = self._store.keys(namespace)
-            if len(ids):
-                mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
-            self._keys[namespace] = (gen, ids, mat)
-            return ids, mat
+        with self._index_lock:
+            idx = self._indexes.get(namespace)
+            if idx is None:
+                idx = self._indexes[namespace] = NamespaceIndex(self._embedder.dim, self.ranking)
+            if idx.generation != gen:
+                idx.sync(self._store.namespace_rowids(namespace), self._store.index_rows)
+                idx.generation = gen
+            return idx
 
     def recall(self, query: str, top_k: int = 3, namespace: str = "default") -> list[RecallHit]:
-        """The ``top_k`` episodes of ``namespace`` closest in meaning to ``query``, best first.
+        """The ``top_k`` episodes of ``namespace`` that best match ``query``, best first.
 
-        Only the hits' cells are decoded; each is checked against its digest.
+        Ranking fuses BM25 (over the episode and windows of its neighbours) with dense key
+        similarity (see :class:`~rememory.index.config.RankingConfig`). ``RecallHit.score`` is
+        that hybrid relevance in [0, 1]. Only the hits' cells are decoded, each checked
+        against its digest.
 
         >>> [hit.id for hit in mem.recall("bridge at night", top_k=1)]
         ['e1']
@@ -281,18 +310,15 @@ class Memory:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
             raise ConfigError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}.")
         namespace = validate_namespace(namespace)
-        ids, mat = self._namespace_keys(namespace)
-        if not ids:
+        if self._store.count(namespace) == 0:
             return []
         q = self._embedder.embed(query)
-        if mat.shape[1] != q.shape[0]:
-            raise mismatch(self.path, "?", mat.shape[1], self._embedder.id, q.shape[0])
-        scores = mat @ q  # (N,) cosine similarities
-        k = min(top_k, len(ids))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        rows = self._store.rows([ids[i] for i in top])
-        picked = [(rows[ids[i]], float(scores[i])) for i in top if ids[i] in rows]  # a concurrent forget
+        idx = self._index(namespace)
+        if q.shape[0] != idx.dim:
+            raise mismatch(self.path, "?", idx.dim, self._embedder.id, q.shape[0])
+        scored = idx.search(q, token_hashes(query), top_k)
+        rows = self._store.rows([s.id for s in scored])
+        picked = [(rows[s.id], s.score) for s in scored if s.id in rows]  # a concurrent forget
         got = self._reconstruct([r for r, _ in picked])
         return [RecallHit(r.id, s, r.keywords, self._text(r, got), r.time, r.namespace) for r, s in picked]
 

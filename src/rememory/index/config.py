@@ -13,14 +13,14 @@ class RankingConfig:
 
     Lexical signals are BM25 scores over an episode and over windows of its neighbours,
     each divided by its maximum over the namespace. Dense signals are cosine similarities.
-    Defaults were tuned on half of locomo-dev (see README, "Recall quality").
+    Defaults were tuned on conv-26/30/41 of locomo-dev and checked on conv-42/43 (README, "Recall quality").
     """
 
-    bm25_own: float = 1.0  # BM25 of the episode's own keywords and text
+    bm25_own: float = 0.5  # BM25 of the episode's own keywords and text
     bm25_ctx1: float = 1.0  # BM25 of the window of the episode and its 1 neighbour on each side
     bm25_ctx2: float = 0.5  # ... 2 neighbours on each side
     bm25_ctx8: float = 1.0  # ... 8 neighbours on each side (the surrounding conversation)
-    dense_own: float = 1.0  # cosine to the key of keywords + text
+    dense_own: float = 2.0  # cosine to the key of keywords + text
     dense_ctx: float = 2.0  # cosine to the context key (the episode with its neighbours, embedded at training)
     dense_near: float = 1.0  # mean cosine of the own keys within 2 neighbours
     dense_far: float = 1.0  # mean cosine of the own keys within 8 neighbours

@@ -60,7 +60,20 @@ def _m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial]
+def _m002_recall_index(db: sqlite3.Connection) -> None:
+    # Hashed tokens for BM25 and a second key embedding the episode with its neighbours.
+    run_script(
+        db,
+        """
+        ALTER TABLE episodes ADD COLUMN tokens BLOB NOT NULL DEFAULT x'';   -- uint32 token hashes
+        ALTER TABLE episodes ADD COLUMN ctx_key BLOB;                        -- int8, like key
+        ALTER TABLE episodes ADD COLUMN ctx_key_scale REAL;
+        CREATE INDEX episodes_namespace_rowid ON episodes(namespace, rowid);
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial, _m002_recall_index]
 
 
 def migrate(db: sqlite3.Connection, migrations: list[Callable[[sqlite3.Connection], None]] | None = None) -> None:

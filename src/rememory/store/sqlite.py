@@ -59,6 +59,9 @@ class NewEpisode:
     n_bytes: int
     key: np.ndarray  # (dim,) int8
     key_scale: float
+    tokens: np.ndarray  # (t,) uint32 token hashes of keywords and text
+    ctx_key: np.ndarray  # (dim,) int8: the episode embedded with its neighbours
+    ctx_key_scale: float
 
 
 def quantize_key(vec: np.ndarray) -> tuple[np.ndarray, float]:
@@ -206,12 +209,14 @@ class Store:
                         stale_shards.add(old[4])
                     db.execute(
                         "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest, key,"
-                        " key_scale, embedder, engine, cell, shard, spans)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " key_scale, embedder, engine, cell, shard, spans, tokens, ctx_key, ctx_key_scale)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest,
                             item.key.astype(np.int8).tobytes(), item.key_scale, emb_ref, art.engine,
                             json.dumps(art.config, separators=(",", ":")), shard_id, shards.encode_spans(sp),
+                            item.tokens.astype("<u4").tobytes(), item.ctx_key.astype(np.int8).tobytes(),
+                            item.ctx_key_scale,
                         ),
                     )  # fmt: skip
                     inserted.append(ep.id)
@@ -299,6 +304,11 @@ class Store:
         )
         return [self._row(t) for t in got]
 
+    def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]:
+        """The namespace's newest episodes, newest first."""
+        got = self._read(f"{self._ROW_SQL} WHERE e.namespace = ? ORDER BY e.rowid DESC LIMIT ?", (namespace, limit))
+        return [self._row(t) for t in got]
+
     def load_artifacts(self, rows: Sequence[Row]) -> dict[str, Artifact | Exception]:
         """Read the weights of ``rows``; a cell whose shard is unreadable maps to an exception."""
         by_file: dict[str, list[Row]] = {}
@@ -315,6 +325,25 @@ class Store:
             for r in group:
                 streams = got[r.id]
                 out[r.id] = streams if isinstance(streams, Exception) else Artifact(r.engine, r.cell, streams)
+        return out
+
+    def namespace_rowids(self, namespace: str) -> np.ndarray:
+        """Row ids of a namespace in insertion order (the recall index's slot order)."""
+        got = self._read("SELECT rowid FROM episodes WHERE namespace = ? ORDER BY rowid", (namespace,))
+        return np.array([g[0] for g in got], dtype=np.int64)
+
+    def index_rows(self, rowids: Sequence[int]) -> list[tuple[int, str, bytes, float, bytes, float, bytes]]:
+        """(rowid, id, key, key_scale, ctx_key, ctx_key_scale, tokens) for building recall indexes."""
+        out: list[tuple] = []
+        for i in range(0, len(rowids), 500):
+            chunk = [int(r) for r in rowids[i : i + 500]]
+            marks = ",".join("?" * len(chunk))
+            out += self._read(
+                "SELECT rowid, id, key, key_scale, COALESCE(ctx_key, key), COALESCE(ctx_key_scale, key_scale),"
+                f" tokens FROM episodes WHERE rowid IN ({marks})",
+                chunk,
+            )
+        out.sort(key=lambda t: t[0])
         return out
 
     def keys(self, namespace: str) -> tuple[list[str], np.ndarray]:

@@ -1,0 +1,91 @@
+"""Dense key search: exact cosine for small namespaces, a usearch HNSW index for large ones.
+
+Keys arrive int8-quantised from the store. The exact path keeps them as a float32 matrix;
+the ANN path keeps an int8 HNSW graph plus the int8 keys for exact rescoring of candidates,
+so memory stays near 2 bytes per dimension per key and no cell weights are ever loaded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class DenseIndex:
+    """Unit-norm keys of one namespace in insertion order (slot = position)."""
+
+    def __init__(self, dim: int, *, ann: bool) -> None:
+        self.dim = dim
+        self.ann = ann
+        self.n = 0
+        self.alive = np.zeros(0, dtype=bool)
+        self._q8 = np.zeros((0, dim), dtype=np.int8)  # (n, dim) quantised keys
+        self._scale = np.zeros(0, dtype=np.float32)  # (n,) per-key scale to unit norm
+        self._f32: np.ndarray | None = None  # exact path: (n, dim) float32, built lazily
+        self._hnsw = None
+
+    def add(self, q8: np.ndarray, scales: np.ndarray) -> None:
+        """Append keys (int8 rows with their dequantisation scales)."""
+        if len(q8) == 0:
+            return
+        q8 = np.asarray(q8, dtype=np.int8).reshape(-1, self.dim)
+        norms = np.linalg.norm(q8.astype(np.float32), axis=1) * np.asarray(scales, dtype=np.float32)
+        unit = np.asarray(scales, dtype=np.float32) / np.maximum(norms, 1e-12)  # int8 * unit -> unit vector
+        slots = np.arange(self.n, self.n + len(q8))
+        self._q8 = np.concatenate([self._q8, q8])
+        self._scale = np.concatenate([self._scale, unit])
+        self.alive = np.concatenate([self.alive, np.ones(len(q8), dtype=bool)])
+        self.n += len(q8)
+        if self.ann:
+            self._graph().add(slots, q8)
+        else:
+            self._f32 = None
+
+    def add_unit(self, other: DenseIndex) -> None:
+        """Append every slot of ``other`` (tombstones stay tombstones), e.g. to switch to ANN."""
+        start = self.n
+        self.add(other._q8, np.ones(other.n, dtype=np.float32))
+        self._scale[start:] = other._scale
+        for slot in np.nonzero(~other.alive)[0]:
+            self.remove(int(start + slot))
+
+    def unit(self, slots: np.ndarray) -> np.ndarray:
+        """Unit key vectors of ``slots``: (len(slots), dim) float32."""
+        return self._q8[slots].astype(np.float32) * self._scale[slots, None]
+
+    def remove(self, slot: int) -> None:
+        self.alive[slot] = False
+        if self.ann and self._hnsw is not None:
+            self._hnsw.remove(int(slot))
+
+    def _graph(self):
+        if self._hnsw is None:
+            from usearch.index import Index
+
+            self._hnsw = Index(ndim=self.dim, metric="cos", dtype="i8", connectivity=16, expansion_add=64,
+                               expansion_search=128)  # fmt: skip
+        return self._hnsw
+
+    def _matrix(self) -> np.ndarray:
+        if self._f32 is None:
+            self._f32 = self._q8.astype(np.float32) * self._scale[:, None]  # (n, dim) unit rows
+        return self._f32
+
+    def cosine(self, q: np.ndarray, slots: np.ndarray | None = None) -> np.ndarray:
+        """Exact cosine of unit query ``q`` to every slot (or to ``slots``); tombstones score -1."""
+        if slots is None:
+            sims = (self._q8.astype(np.float32) @ q) * self._scale if self.ann else self._matrix() @ q
+            return np.where(self.alive, sims, -1.0)
+        sims = (self._q8[slots].astype(np.float32) @ q) * self._scale[slots]
+        return np.where(self.alive[slots], sims, -1.0)
+
+    def candidates(self, q: np.ndarray, k: int) -> np.ndarray:
+        """Slots of (about) the ``k`` nearest keys: exact for small namespaces, HNSW for large ones."""
+        k = min(k, int(self.alive.sum()))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        if not self.ann:
+            sims = self.cosine(q)
+            return np.argpartition(-sims, k - 1)[:k]
+        q8 = np.clip(np.round(q / max(float(np.abs(q).max()), 1e-12) * 127), -127, 127).astype(np.int8)
+        found = self._graph().search(q8, k)
+        return np.asarray(found.keys, dtype=np.int64)
