@@ -1,0 +1,80 @@
+"""The recall indexes on their own: BM25 against a reference library, windows, tombstones, ANN."""
+
+import bm25s
+import numpy as np
+import pytest
+
+from rememory.index.config import RankingConfig
+from rememory.index.dense import DenseIndex
+from rememory.index.lexical import LexicalIndex
+from rememory.index.tokenize import token_hashes, words
+
+DOCS = [
+    "the cat sat on the mat",
+    "a dog chased the cat around the garden",
+    "support group meeting on friday",
+    "we painted a sunrise over the lake",
+    "the lake was frozen in january",
+]
+
+
+def test_bm25_matches_bm25s() -> None:
+    idx = LexicalIndex()
+    idx.add([token_hashes(d) for d in DOCS])
+    ref = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
+    ref.index([words(d) for d in DOCS], show_progress=False)
+    for query in ("cat", "lake sunrise", "support friday cat"):
+        ours = idx.scores(token_hashes(query), (0,))[0]
+        theirs = ref.get_scores(words(query)) * (1.2 + 1)  # bm25s drops the constant (k1 + 1) factor
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_window_field_is_bm25_of_the_concatenated_neighbours() -> None:
+    idx = LexicalIndex()
+    idx.add([token_hashes(d) for d in DOCS])
+    windows = [" ".join(DOCS[max(0, i - 1) : i + 2]) for i in range(len(DOCS))]
+    ref = bm25s.BM25(method="lucene", k1=1.2, b=0.75)
+    ref.index([words(d) for d in windows], show_progress=False)
+    ours = idx.scores(token_hashes("lake"), (1,))[1]
+    np.testing.assert_allclose(ours, ref.get_scores(words("lake")) * 2.2, rtol=1e-5, atol=1e-6)
+
+
+def test_tombstones_and_incremental_adds() -> None:
+    idx = LexicalIndex()
+    idx.add([token_hashes(d) for d in DOCS])
+    idx.remove(0)
+    s = idx.scores(token_hashes("cat"), (0, 1))
+    assert s[0][0] == 0 and s[1][0] == 0 and s[0][1] > 0
+    for i in range(5000):  # enough to force a merge of the unsorted tail
+        idx.add([token_hashes(f"filler document number {i}")])
+    idx.add([token_hashes("a late cat")])
+    s = idx.scores(token_hashes("cat"), (0,))[0]
+    assert s[1] > 0 and s[-1] > 0 and s[0] == 0 and np.count_nonzero(s) == 2
+
+
+def test_words_stem_per_script() -> None:
+    assert words("Running dogs") == ["run", "dog"]
+    assert words("собирали яблоки") == ["собира", "яблок"]
+
+
+def _keys(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("ann", [False, True])
+def test_dense_finds_nearest_and_skips_removed(ann: bool) -> None:
+    keys = _keys(500)
+    q8 = np.round(keys / np.abs(keys).max(axis=1, keepdims=True) * 127).astype(np.int8)
+    scales = np.abs(keys).max(axis=1) / 127
+    idx = DenseIndex(16, ann=ann)
+    idx.add(q8, scales)
+    assert idx.candidates(keys[42], 1)[0] == 42
+    np.testing.assert_allclose(idx.cosine(keys[42], np.array([42])), [1.0], atol=2e-2)
+    idx.remove(42)
+    assert 42 not in idx.candidates(keys[42], 10).tolist()
+
+
+def test_ranking_config_names_unknown_keys() -> None:
+    with pytest.raises(Exception, match="dense_ownn"):
+        RankingConfig.from_dict({"dense_ownn": 1})

@@ -1,0 +1,81 @@
+"""Recall ranking behaviour and index consistency, with the real model and a real store."""
+
+import json
+
+import pytest
+
+from rememory import Memory
+from rememory.index.config import RankingConfig
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.model
+
+EXAMPLES = json.loads((REPO / "examples" / "episodes.json").read_text("utf-8"))
+
+
+@pytest.fixture
+def trained(make_memory):
+    mem = make_memory()
+    mem.add_many(EXAMPLES)
+    return mem
+
+
+def test_exact_keyword_match_wins(trained) -> None:
+    assert trained.recall("Rachmaninoff", top_k=1)[0].id == "concert"
+    assert trained.recall("kefir", top_k=1)[0].id == "grandma-recipe"
+
+
+def test_paraphrase_is_found(trained) -> None:
+    hits = trained.recall("an evening stroll over the river with Ilya", top_k=3)
+    assert hits[0].id == "bridge-night"
+    assert 0 <= hits[-1].score <= hits[0].score <= 1
+
+
+def test_cyrillic_query_finds_russian_episode(trained) -> None:
+    assert trained.recall("сбор яблок на даче с бабушкой", top_k=1)[0].id == "ru-dacha"
+    assert trained.recall("собака впервые увидела снег", top_k=1)[0].id == "ru-dog"
+
+
+def test_index_follows_add_and_forget_across_instances(trained, make_memory, tmp_path) -> None:
+    other = Memory(tmp_path / "store", embedder=trained.embedder)  # a second handle, as another process
+    assert other.recall("Rachmaninoff", top_k=1)[0].id == "concert"
+    trained.forget("concert")
+    trained.add("Zanzibar, holiday", "Snorkelling off Zanzibar with a sea turtle.", id="zanzibar")
+    assert "concert" not in [h.id for h in other.recall("Rachmaninoff piano concerto", top_k=21)]
+    assert other.recall("Zanzibar", top_k=1)[0].id == "zanzibar"
+    other.close()
+
+
+def test_indexes_persist_across_reopen(make_memory, tmp_path, embedder) -> None:
+    mem = make_memory()
+    mem.add_many(EXAMPLES)
+    before = [h.id for h in mem.recall("a long walk along the embankment", top_k=5)]
+    mem.close()
+    again = Memory(tmp_path / "store", embedder=embedder)
+    assert [h.id for h in again.recall("a long walk along the embankment", top_k=5)] == before
+    again.close()
+
+
+def test_ann_path_agrees_with_exact_and_forgets(make_memory, tmp_path, embedder) -> None:
+    mem = make_memory(ranking=RankingConfig(ann_threshold=5, candidates=10))
+    mem.add_many(EXAMPLES)
+    exact = Memory(tmp_path / "store", embedder=embedder)
+    for query in ("walking on a bridge with Ilya", "marathon personal best", "переезд в Петербург"):
+        assert mem.recall(query, top_k=1)[0].id == exact.recall(query, top_k=1)[0].id
+    mem.forget("marathon")
+    assert "marathon" not in [h.id for h in mem.recall("marathon personal best", top_k=10)]
+    exact.close()
+
+
+def test_context_key_uses_neighbours(make_memory) -> None:
+    mem = make_memory()
+    mem.add_many([
+        {"id": "q", "keywords": "Anna", "text": "Anna: Guess where I went for my holiday?"},
+        {"id": "a", "keywords": "Boris", "text": "Boris: No idea, tell me!"},
+        {"id": "b", "keywords": "Anna", "text": "Anna: Iceland! We saw the northern lights."},
+        {"id": "c", "keywords": "Boris", "text": "Boris: My cat is sick again."},
+    ])  # fmt: skip
+    # "No idea, tell me!" says nothing on its own; its neighbours make it a holiday turn.
+    ids = [h.id for h in mem.recall("holiday in Iceland", top_k=4)]
+    assert ids.index("a") < ids.index("c")
