@@ -129,11 +129,14 @@ class Rememberer:
     """Stores chat exchanges as episodes on one background thread, in submission order.
 
     Training takes about a second per exchange; :meth:`submit` returns at once with the id the
-    episode will have. Failures are logged and kept for :meth:`pop_errors`.
+    episode will have. Texts are cut to ``max_bytes`` (default: 4096, or ``REMEMORY_MAX_TEXT_BYTES``
+    if lower). Failures are logged and kept for :meth:`pop_errors`.
 
     >>> rem = Rememberer(memory)
     >>> eid = rem.submit("My sister Zoe keeps bees.", "How lovely!")
-    >>> rem.wait(); memory.get(eid).text
+    >>> rem.wait()
+    True
+    >>> memory.get(eid).text
     'User: My sister Zoe keeps bees.\\nAssistant: How lovely!'
     """
 
@@ -146,8 +149,6 @@ class Rememberer:
         self._errors: list[tuple[str, Exception]] = []
         self._thread: threading.Thread | None = None
         self._closed = False
-
-    new_id = staticmethod(new_episode_id)
 
     def submit(self, user: str, assistant: str, *, namespace: str = "default", id: str | None = None) -> str:
         """Queue one exchange for training; returns its episode id."""

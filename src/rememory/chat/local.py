@@ -27,8 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
 from ..errors import ConfigError
 from .prompt import message_text
+from .proxy import openai_error
 
 logger = logging.getLogger(__name__)
 
@@ -213,17 +218,15 @@ def _load(path: Path) -> tuple[Any, Any]:
 # --- a minimal OpenAI-compatible server ---
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None) -> Any:
-    from .proxy import openai_error
-
-    return openai_error(status, message, type=type_, code=code)
+def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
+    return openai_error(status, message, code=code)
 
 
 def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def create_local_app(model: LocalChatModel, *, on_request: Callable[[dict[str, Any]], None] | None = None) -> Any:
+def create_local_app(model: LocalChatModel, *, on_request: Callable[[dict[str, Any]], None] | None = None) -> FastAPI:
     """A FastAPI app serving ``model`` as ``/v1/chat/completions`` (streaming or not) and ``/v1/models``.
 
     It honours ``messages``, ``max_tokens`` (or ``max_completion_tokens``), ``temperature``, ``top_p``,
@@ -233,11 +236,12 @@ def create_local_app(model: LocalChatModel, *, on_request: Callable[[dict[str, A
 
     >>> app = create_local_app(LocalChatModel())
     """
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.concurrency import run_in_threadpool
-
     app = FastAPI(title="ReMemory local model", version="1")
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("The local model failed on %s", request.url.path)
+        return openai_error(500, f"The local model failed: {type(exc).__name__}: {exc}", type="server_error")
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -371,7 +375,9 @@ class BackgroundServer:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m rememory.chat.local``: serve a GGUF chat model as an OpenAI-compatible endpoint."""
-    parser = argparse.ArgumentParser(prog="python -m rememory.chat.local", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m rememory.chat.local", description="Serve a GGUF chat model as an OpenAI-compatible API."
+    )
     parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default: %(default)s).")
     parser.add_argument("--port", type=int, default=8081, help="Port (default: %(default)s).")
     parser.add_argument("--gguf", help="A GGUF chat model file (default: the bundled SmolLM2-135M-Instruct).")

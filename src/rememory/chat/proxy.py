@@ -36,7 +36,7 @@ from ..episodes import validate_namespace
 from ..errors import ConfigError, InvalidEpisodeError, RememoryError
 from ..memory import Memory
 from ..records import RecallHit
-from .client import Rememberer
+from .client import Rememberer, new_episode_id
 from .prompt import DEFAULT_BASE_PROMPT, build_system_prompt, message_text, recall_query
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ REMEMBER_HEADER = "X-Rememory-Remember"
 RECALLED_HEADER = "X-Rememory-Recalled"
 EPISODE_HEADER = "X-Rememory-Episode"
 BODY_FIELD = "rememory"
+DRAIN_TIMEOUT_S = 120.0  # at shutdown, how long to wait for exchanges still training
 _BODY_KEYS = {"remember"}
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -206,6 +207,13 @@ class _SseCollector:
                     self.parts.append(content)
 
 
+def _last_user_text(messages: list[Any]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return message_text(m.get("content"))
+    return ""
+
+
 def _answer_of(data: Any) -> str | None:
     try:
         content = data["choices"][0]["message"]["content"]
@@ -243,7 +251,7 @@ def build_proxy_router(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        await run_in_threadpool(rememberer.close, timeout)
+        await run_in_threadpool(rememberer.close, DRAIN_TIMEOUT_S)
 
     router = APIRouter(lifespan=lifespan)
     headers = {"Accept": "application/json, text/event-stream"}
@@ -282,22 +290,30 @@ def build_proxy_router(
         except (_BadRequest, InvalidEpisodeError) as exc:
             return openai_error(400, str(exc))
         messages = body["messages"]
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+            return openai_error(400, "Each message must be an object with a 'role' and a 'content'.")
         try:
             query = recall_query(messages)
+            user_text = _last_user_text(messages)
+        except ConfigError as exc:
+            return openai_error(400, str(exc))
+        try:
             hits = await run_in_threadpool(memory.recall, query, top_k, namespace) if query else []
         except RememoryError as exc:
             return openai_error(500, f"Recalling memories failed: {exc}", type="rememory_error")
         body["messages"] = inject_memories(messages, hits)
         extra = {RECALLED_HEADER: ",".join(quote(h.id, safe="") for h in hits)}
-        user_text = message_text(next((m.get("content") for m in reversed(messages)
-                                       if isinstance(m, dict) and m.get("role") == "user"), ""))  # fmt: skip
-        episode_id = rememberer.new_id() if remember and user_text.strip() else None
+        episode_id = new_episode_id() if remember and user_text.strip() else None
         if episode_id is not None:
             extra[EPISODE_HEADER] = episode_id
 
         def store(answer: str | None) -> None:
-            if episode_id is not None and answer and answer.strip():
+            if episode_id is None:
+                return
+            if answer and answer.strip():
                 rememberer.submit(user_text, answer, namespace=namespace, id=episode_id)
+            else:
+                logger.warning("Exchange %s was not remembered: no complete answer from the upstream.", episode_id)
 
         if body.get("stream"):
             return await _stream(body, extra, store)
@@ -339,7 +355,7 @@ def build_proxy_router(
         async def relay() -> AsyncIterator[bytes]:
             collector = _SseCollector()
             try:
-                async for chunk in resp.aiter_raw():
+                async for chunk in resp.aiter_bytes():  # decoded, should the upstream compress
                     collector.feed(chunk)
                     yield chunk
             except httpx.HTTPError as exc:
@@ -350,8 +366,7 @@ def build_proxy_router(
             finally:
                 await resp.aclose()
                 await http.aclose()
-            if collector.done and not collector.failed:
-                store("".join(collector.parts))
+            store("".join(collector.parts) if collector.done and not collector.failed else None)
 
         return StreamingResponse(relay(), media_type="text/event-stream", headers=extra)
 

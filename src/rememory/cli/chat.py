@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from contextlib import ExitStack
 
 import click
@@ -14,7 +16,7 @@ from .common import namespace_option, open_memory
 HELP = """Commands:
   /memories  show the episodes injected into the last turn's system prompt
   /help      show this help
-  /exit      leave (end of input works too)"""
+  /exit      leave (end of input or Ctrl+C works too)"""
 
 
 def render_memories(hits: list[RecallHit] | None) -> str:
@@ -27,6 +29,15 @@ def render_memories(hits: list[RecallHit] | None) -> str:
         when = f"  time={h.time}" if h.time else ""
         lines += [f"  {h.id}  similarity={h.score:.3f}{when}", f"    {h.text}"]
     return "\n".join(lines) + "\n"
+
+
+def _require(modules: tuple[str, ...], why: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(
+            f"{why} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed. "
+            "Install it with: pip install 'rememory[chat]'"
+        )
 
 
 def _api_key(base_url: str | None) -> str:
@@ -69,18 +80,21 @@ def chat(
     Before each turn the episodes closest to your message are recalled and put into the
     system prompt. The API key comes from $OPENAI_API_KEY. Answers go to stdout.
     """
+    _require(("openai",), "rememory chat")
+    if local:
+        _require(("fastapi", "uvicorn", "gguf"), "rememory chat --local")
     import openai
 
     if local and ctx.get_parameter_source("base_url") == click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--local runs the model in-process; it cannot be combined with --base-url.")
     with ExitStack() as stack:
         if local:
-            from ..chat.local import BackgroundServer, LocalChatModel, create_local_app
+            from ..chat.local import LOCAL_MODEL_ID, BackgroundServer, LocalChatModel, create_local_app
 
+            if model is not None and model != LOCAL_MODEL_ID:
+                raise click.UsageError(f"--local serves {LOCAL_MODEL_ID!r}; leave out --model {model!r}.")
             click.echo("Loading the local model (SmolLM2-135M-Instruct)...", err=True)
             llm = LocalChatModel()
-            if model is not None and model != llm.model_id:
-                raise click.UsageError(f"--local serves {llm.model_id!r}; leave out --model {model!r}.")
             server = stack.enter_context(BackgroundServer(create_local_app(llm)))
             base_url, model = f"{server.url}/v1", llm.model_id
         if model is None:
@@ -109,12 +123,16 @@ def _report_errors(session: ChatSession) -> None:
 def _loop(session: ChatSession) -> None:
     import openai
 
-    stdin = click.get_text_stream("stdin")
+    stdin = sys.stdin
     click.echo(f"Chatting with {session.model} (namespace {session.namespace!r}). Type /help for commands.", err=True)
     while True:
         _report_errors(session)
         click.echo("You: ", nl=False, err=True)
-        line = stdin.readline()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            return
         if not line:
             click.echo("", err=True)
             return
@@ -134,6 +152,9 @@ def _loop(session: ChatSession) -> None:
             continue
         try:
             reply = session.ask(text, on_delta=lambda piece: click.echo(piece, nl=False))
+        except KeyboardInterrupt:
+            click.echo("\n(answer interrupted; it is not kept)", err=True)
+            continue
         except openai.APIConnectionError as exc:
             url = session.client.base_url
             click.echo(f"\nError: cannot reach the model server at {url} ({exc}). Is it running? "
