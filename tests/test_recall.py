@@ -79,3 +79,21 @@ def test_context_key_uses_neighbours(make_memory) -> None:
     # "No idea, tell me!" says nothing on its own; its neighbours make it a holiday turn.
     ids = [h.id for h in mem.recall("holiday in Iceland", top_k=4)]
     assert ids.index("a") < ids.index("c")
+
+
+def test_large_namespace_snapshot_round_trip(make_memory, tmp_path, embedder) -> None:
+    eps = [{"id": f"n{i}", "keywords": f"note {i}", "text": f"Note number {i}: item {i * 7 % 13} on the list."}
+           for i in range(240)]  # fmt: skip
+    cfg = RankingConfig(ann_threshold=150, candidates=50)
+    mem = make_memory(ranking=cfg)
+    mem.add_many(eps[:200])
+    mem.recall("note number 5", top_k=1)  # syncs and writes the snapshot
+    assert list((tmp_path / "store" / "index").glob("*.npz"))
+    mem.forget("n5")
+    mem.add_many(eps[200:])
+    mem.close()
+    again = Memory(tmp_path / "store", embedder=embedder, ranking=cfg)
+    ids = [h.id for h in again.recall("Note number 215", top_k=3)]
+    assert ids[0] == "n215"
+    assert "n5" not in [h.id for h in again.recall("Note number 5", top_k=20)]
+    again.close()

@@ -18,6 +18,7 @@ from .embed import Embedder, load_embedder
 from .engine import Artifact, MemoryEngine, get_engine
 from .episodes import validate_episode, validate_many, validate_namespace
 from .errors import ConfigError, DuplicateIdError, IntegrityError, NotFoundError
+from .index import snapshot
 from .index.config import RankingConfig
 from .index.live import NamespaceIndex
 from .index.tokenize import token_hashes
@@ -69,6 +70,7 @@ class Memory:
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
         self._indexes: dict[str, NamespaceIndex] = {}
+        self._snapshot_dir = self.path / "index"
         self._index_lock = threading.Lock()
 
     # --- lifecycle ---
@@ -85,6 +87,11 @@ class Memory:
 
     def __len__(self) -> int:
         return self._store.count()
+
+    @property
+    def max_text_bytes(self) -> int:
+        """The largest episode text accepted, in UTF-8 bytes."""
+        return self._max_text_bytes
 
     @property
     def embedder(self) -> Embedder:
@@ -288,10 +295,18 @@ class Memory:
         with self._index_lock:
             idx = self._indexes.get(namespace)
             if idx is None:
-                idx = self._indexes[namespace] = NamespaceIndex(self._embedder.dim, self.ranking)
+                idx = snapshot.load(self._snapshot_dir, namespace, self._embedder.dim, self.ranking)
+                idx = idx or NamespaceIndex(self._embedder.dim, self.ranking)
+                idx.snapshot_size = idx.lex.n
+                self._indexes[namespace] = idx
             if idx.generation != gen:
                 idx.sync(self._store.namespace_rowids(namespace), self._store.index_rows)
                 idx.generation = gen
+                # Large namespaces keep a snapshot so that a new process starts fast.
+                grown = idx.lex.n - idx.snapshot_size
+                if idx.size >= self.ranking.ann_threshold and grown >= max(1, idx.snapshot_size // 10):
+                    snapshot.save(idx, self._snapshot_dir, namespace)
+                    idx.snapshot_size = idx.lex.n
             return idx
 
     def recall(self, query: str, top_k: int = 3, namespace: str = "default") -> list[RecallHit]:

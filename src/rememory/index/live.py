@@ -38,6 +38,7 @@ class NamespaceIndex:
         self.own = DenseIndex(dim, ann=False)
         self.ctx = DenseIndex(dim, ann=False)
         self.generation = -1
+        self.snapshot_size = 0  # slots covered by the last snapshot written or read
 
     @property
     def size(self) -> int:

@@ -1,0 +1,167 @@
+"""API keys: each key belongs to one namespace (a tenant); only a hash of it is stored.
+
+Keys live in ``keys.db``, a SQLite file next to the store's own database, with its own ordered
+migrations. A key reads ``rmk_<key id>_<secret>``: the key id is public (``rememory keys list``
+shows it) and finds the row; the whole key's SHA-256 is then compared in constant time. The
+server reads this file on every request, so ``rememory keys create`` and ``rememory keys revoke``
+take effect at once, even while a server runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..episodes import validate_namespace
+from ..errors import ConfigError, InvalidEpisodeError, NotFoundError, StoreError
+from ..store.migrations import migrate, run_script
+
+KEYS_DB = "keys.db"
+PREFIX = "rmk"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_KEY = re.compile(r"^rmk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+
+
+def _m001_keys(db: sqlite3.Connection) -> None:
+    run_script(
+        db,
+        """
+        CREATE TABLE api_keys (
+            name TEXT PRIMARY KEY,
+            key_id TEXT NOT NULL UNIQUE,   -- public part of the key, finds the row
+            key_hash BLOB NOT NULL,        -- SHA-256 of the whole key (the key itself is never stored)
+            namespace TEXT NOT NULL,
+            created_at TEXT NOT NULL       -- ISO 8601, UTC
+        );
+        """,
+    )
+
+
+MIGRATIONS = [_m001_keys]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key's public record (never the key itself)."""
+
+    name: str
+    key_id: str
+    namespace: str
+    created_at: str
+
+    @property
+    def hint(self) -> str:
+        """How the key starts, to tell keys apart: ``rmk_<key id>_…``."""
+        return f"{PREFIX}_{self.key_id}_…"
+
+
+def _hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+class KeyStore:
+    """The API keys of one store directory (``<store>/keys.db``). Safe for several threads and processes.
+
+    >>> keys = KeyStore.for_store("memories")
+    >>> key = keys.create("alice")          # shown once; only its hash is kept
+    >>> keys.authenticate(key).namespace
+    'alice'
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            migrate(self._db, MIGRATIONS)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StoreError(f"Cannot open the key store {self.path}: {exc}. Check the --store path.") from exc
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_store(cls, store_path: str | os.PathLike[str]) -> KeyStore:
+        """The key store that lives in the store directory ``store_path``."""
+        return cls(Path(store_path) / KEYS_DB)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"The key store {self.path} is unreadable: {exc}.") from exc
+
+    def create(self, name: str, namespace: str | None = None) -> str:
+        """Make a key for ``namespace`` (default: ``name``); returns the key, which is not stored."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(
+                f"Key name {name!r} is not valid: use 1-64 letters, digits, '.', '_', '@' or '-', "
+                "starting with a letter or digit."
+            )
+        try:
+            namespace = validate_namespace(name if namespace is None else namespace)
+        except InvalidEpisodeError as exc:
+            raise ConfigError(str(exc)) from None
+        key_id = secrets.token_hex(6)
+        key = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"  # 256 bits of secret
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO api_keys(name, key_id, key_hash, namespace, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (name, key_id, _hash(key), namespace, created),
+                )
+            except sqlite3.IntegrityError:
+                raise ConfigError(
+                    f"A key named {name!r} already exists. Pick another name, or revoke it first "
+                    f"(rememory keys revoke {name})."
+                ) from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"Cannot write the key store {self.path}: {exc}.") from exc
+        return key
+
+    def authenticate(self, key: str) -> ApiKey | None:
+        """The record of ``key``, or ``None`` if it is malformed, unknown or revoked."""
+        m = _KEY.match(key) if isinstance(key, str) else None
+        if m is None:
+            return None
+        rows = self._query(
+            "SELECT name, key_id, namespace, created_at, key_hash FROM api_keys WHERE key_id = ?", (m.group(1),)
+        )
+        if not rows or not hmac.compare_digest(rows[0][4], _hash(key)):
+            return None
+        return ApiKey(*rows[0][:4])
+
+    def list(self) -> list[ApiKey]:
+        """Every key's public record, by name."""
+        return [
+            ApiKey(*r) for r in self._query("SELECT name, key_id, namespace, created_at FROM api_keys ORDER BY name")
+        ]
+
+    def revoke(self, name: str) -> None:
+        """Delete the key called ``name``; requests using it get 401 from then on."""
+        with self._lock:
+            try:
+                gone = self._db.execute("DELETE FROM api_keys WHERE name = ?", (name,)).rowcount
+            except sqlite3.Error as exc:
+                raise StoreError(f"Cannot write the key store {self.path}: {exc}.") from exc
+        if not gone:
+            raise NotFoundError(f"No API key named {name!r}. List the keys with `rememory keys list`.")

@@ -1,0 +1,321 @@
+"""The REST API (``/v1``): add, recall, get, list, forget, stats, verify, and training jobs.
+
+Every route works inside one namespace, the request's tenant: the API key's namespace when auth
+is on (asking for another one is a 403), else the ``namespace`` the request names, else
+``"default"``. An episode of another namespace is simply not there (404, never its data).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations at
+# runtime, and some name objects local to build_rest_router (the tenant dependency).
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..episodes import MAX_ID_CHARS, validate_many, validate_namespace
+from ..errors import IntegrityError, NotFoundError
+from ..memory import Memory
+from ..records import Episode
+from .auth import ApiKey
+from .errors import ApiError, ErrorResponse
+from .jobs import Job, JobRunner
+
+MAX_TOP_K = 100
+MAX_PAGE = 100
+MAX_BATCH = 1000
+MAX_KEYWORDS_CHARS = 4096
+MAX_QUERY_CHARS = 8192
+MAX_WAIT_S = 60.0
+
+# --- the tenant of a request ---
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Who is asking: the API key (``None`` when the server runs without auth)."""
+
+    key: ApiKey | None
+
+    def namespace(self, requested: str | None) -> str:
+        """The namespace this request works in; a key may only name its own."""
+        if self.key is None:
+            return validate_namespace("default" if requested is None else requested)
+        if requested is not None and requested != self.key.namespace:
+            raise ApiError(
+                403,
+                f"This API key belongs to namespace {self.key.namespace!r}, not {requested!r}. Leave out "
+                "'namespace' (the key's own is used), or use a key of that namespace.",
+                type="forbidden",
+            )
+        return self.key.namespace
+
+
+TenantDep = Callable[..., Tenant]
+
+# --- request and response bodies ---
+
+_NAMESPACE_DOC = (
+    "Namespace to work in. With an API key, leave it out (or give the key's own namespace); "
+    "without auth it defaults to 'default'."
+)
+
+
+class EpisodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keywords: str = Field(
+        max_length=MAX_KEYWORDS_CHARS,
+        description="A few words about the episode (people, places, topics). Recall matches a query "
+        "against the keywords and the text together.",
+        examples=["Ilya, bridge, night"],
+    )
+    text: str = Field(
+        min_length=1,
+        description="The exact text to remember, UTF-8, at most the server's episode limit (16384 bytes by "
+        "default). Recall and get return it byte-exact.",
+        examples=["We walked with Ilya across the bridge."],
+    )
+    id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        description="Your id for the episode. Ids are unique across the whole store, so leave it out unless "
+        "you need it: the default id is derived from the namespace and the content.",
+    )
+    time: str | None = Field(
+        default=None,
+        description="When it happened, as an ISO 8601 date-time.",
+        examples=["2023-05-08T13:56:00"],
+    )
+
+
+class AddOne(EpisodeIn):
+    """One episode."""
+
+    namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
+
+
+class AddMany(BaseModel):
+    """A batch of episodes, validated as a whole: one bad episode rejects the batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    episodes: list[EpisodeIn] = Field(min_length=1, max_length=MAX_BATCH)
+    namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
+
+
+class Progress(BaseModel):
+    episodes_done: int
+    episodes_total: int
+    bytes_done: int
+    bytes_total: int
+    elapsed_s: float
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str = Field(description="The job id, for GET /v1/jobs/{job_id}.")
+    status: str = Field(description="queued, running, succeeded or failed.")
+    ids: list[str] = Field(description="The ids of the job's episodes, in input order.")
+    progress: Progress
+    error: JobError | None = Field(description="Why the job failed (null unless status is failed).")
+    created_at: float = Field(description="Unix time.")
+    finished_at: float | None = Field(description="Unix time, null until the job finishes.")
+
+
+class AddResponse(BaseModel):
+    ids: list[str] = Field(description="The episodes' ids, in input order (duplicates collapsed).")
+    job_id: str = Field(description="The training job; GET /v1/jobs/{job_id} reports its progress.")
+    job: JobOut
+
+
+class RecallRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to remember, in your words.")
+    top_k: int = Field(
+        default=3, ge=1, le=MAX_TOP_K, strict=True, description="How many episodes to return, best first."
+    )
+    namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
+
+
+class Hit(BaseModel):
+    id: str
+    score: float = Field(description="How well the episode matches the query; higher is better.")
+    keywords: str
+    text: str = Field(description="The episode's exact text, reconstructed from its memory cell.")
+    time: str | None
+
+
+class RecallResponse(BaseModel):
+    query: str
+    hits: list[Hit]
+
+
+class EpisodeOut(BaseModel):
+    id: str
+    keywords: str
+    text: str = Field(description="The episode's exact text, reconstructed from its memory cell.")
+    time: str | None
+    namespace: str
+
+
+class EpisodePage(BaseModel):
+    items: list[EpisodeOut] = Field(description="Oldest first.")
+    total: int = Field(description="Episodes in the namespace.")
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last page.")
+
+
+class Forgotten(BaseModel):
+    id: str
+    forgotten: bool = True
+
+
+class Stats(BaseModel):
+    episodes: int
+    text_bytes: int
+    cell_bytes: int
+    store_bytes: int = Field(description="Bytes on disk (0 for one namespace: the files are shared).")
+    embedder: str
+    dim: int
+    namespaces: dict[str, int]
+    cell_bytes_per_text_byte: float
+    store_bytes_per_text_byte: float
+
+
+class VerifyResponse(BaseModel):
+    checked: int = Field(description="Cells of the namespace checked.")
+    failed: dict[str, str] = Field(description="Id → why its cell did not reconstruct its exact text.")
+    ok: bool
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse, "description": _ERROR_DOCS[code]} for code in codes}
+
+
+_ERROR_DOCS = {
+    400: "Bad argument, or a body that is not UTF-8 JSON.",
+    401: "Missing, invalid or revoked API key.",
+    403: "The API key belongs to another namespace.",
+    404: "No such episode or job in this namespace.",
+    413: "Request body over the server's limit.",
+    422: "Invalid request or episode.",
+    500: "A stored memory cell is damaged (integrity_error) or the store is unreadable.",
+    503: "The store is busy; retry.",
+}
+
+
+def _episode_out(ep: Episode) -> EpisodeOut:
+    return EpisodeOut(id=ep.id, keywords=ep.keywords, text=ep.text, time=ep.time, namespace=ep.namespace)
+
+
+async def _wait(job: Job, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not job.done.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max_text_bytes: int) -> APIRouter:
+    """The ``/v1`` routes over ``memory``; ``tenant`` is the dependency that authenticates a request."""
+    router = APIRouter(prefix="/v1", responses=_errors(400, 401, 413, 422, 503))
+    TenantArg = Annotated[Tenant, Depends(tenant)]
+    NamespaceQuery = Annotated[str | None, Query(description=_NAMESPACE_DOC)]
+    EpisodeId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, description="The episode's id.")]
+    Wait = Annotated[
+        float,
+        Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the job to finish before answering (0: don't)."),
+    ]
+
+    @router.post("/memories", status_code=202, response_model=AddResponse, responses=_errors(403), tags=["memories"])
+    async def add_memories(body: AddOne | AddMany, who: TenantArg, response: Response, wait: Wait = 0) -> AddResponse:
+        """Add one episode or a batch. Training runs in the background: the answer has the ids and a job id."""
+        ns = who.namespace(body.namespace)
+        items = body.episodes if isinstance(body, AddMany) else [body]
+        raw = [ep.model_dump(include={"keywords", "text", "id", "time"}, exclude_none=True) for ep in items]
+        episodes = validate_many(raw, namespace=ns, max_text_bytes=max_text_bytes)
+        job = jobs.submit(episodes, namespace=ns)
+        if wait:
+            await _wait(job, wait)
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return AddResponse(ids=job.ids, job_id=job.id, job=JobOut(**job.to_dict()))
+
+    @router.get("/jobs/{job_id}", response_model=JobOut, responses=_errors(404), tags=["memories"])
+    async def get_job(job_id: str, who: TenantArg, wait: Wait = 0) -> JobOut:
+        """A training job's status and progress."""
+        job = jobs.get(job_id, namespace=who.namespace(None))
+        if job is None:
+            raise ApiError(404, f"No job {job_id!r} in this namespace (finished jobs are kept for a while only).")
+        if wait:
+            await _wait(job, wait)
+        return JobOut(**job.to_dict())
+
+    @router.post("/recall", response_model=RecallResponse, responses=_errors(403, 500), tags=["recall"])
+    def recall(body: RecallRequest, who: TenantArg) -> RecallResponse:
+        """The episodes closest in meaning to the query, best first, with their exact texts."""
+        hits = memory.recall(body.query, top_k=body.top_k, namespace=who.namespace(body.namespace))
+        return RecallResponse(query=body.query, hits=[Hit(**h.to_dict()) for h in hits])
+
+    @router.get("/memories", response_model=EpisodePage, responses=_errors(403, 500), tags=["memories"])
+    def list_memories(
+        who: TenantArg,
+        namespace: NamespaceQuery = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 20,
+        offset: Annotated[int, Query(ge=0, le=2**62, description="Episodes to skip.")] = 0,
+    ) -> EpisodePage:
+        """A page of the namespace's episodes, oldest first, with their exact texts."""
+        ns = who.namespace(namespace)
+        items = memory.list(ns, limit=limit, offset=offset)
+        total = memory.count(ns)
+        nxt = offset + len(items) if items and offset + len(items) < total else None
+        return EpisodePage(items=[_episode_out(e) for e in items], total=total, limit=limit, offset=offset,
+                           next_offset=nxt)  # fmt: skip
+
+    @router.get(
+        "/memories/{episode_id:path}", response_model=EpisodeOut, responses=_errors(403, 404, 500), tags=["memories"]
+    )
+    def get_memory(episode_id: EpisodeId, who: TenantArg, namespace: NamespaceQuery = None) -> EpisodeOut:
+        """One episode, its text reconstructed byte-exact."""
+        return _episode_out(memory.get(episode_id, namespace=who.namespace(namespace)))
+
+    @router.delete(
+        "/memories/{episode_id:path}", response_model=Forgotten, responses=_errors(403, 404), tags=["memories"]
+    )
+    def forget(episode_id: EpisodeId, who: TenantArg, namespace: NamespaceQuery = None) -> Forgotten:
+        """Delete an episode and erase its cell's weights."""
+        memory.forget(episode_id, namespace=who.namespace(namespace))
+        return Forgotten(id=episode_id)
+
+    @router.get("/stats", response_model=Stats, responses=_errors(403), tags=["store"])
+    def stats(who: TenantArg, namespace: NamespaceQuery = None) -> Stats:
+        """Sizes of the namespace: episodes, text bytes, cell bytes."""
+        return Stats(**memory.stats(who.namespace(namespace)).to_dict())
+
+    @router.post("/verify", response_model=VerifyResponse, responses=_errors(403), tags=["store"])
+    def verify(who: TenantArg, namespace: NamespaceQuery = None) -> VerifyResponse:
+        """Decode every cell of the namespace and check it against its digest."""
+        ns = who.namespace(namespace)
+        report = memory.verify()
+        failed = {id_: why for id_, why in report.failed.items() if _in_namespace(memory, id_, ns)}
+        return VerifyResponse(checked=memory.count(ns), failed=failed, ok=not failed)
+
+    return router
+
+
+def _in_namespace(memory: Memory, id_: str, namespace: str) -> bool:
+    try:
+        memory.get(id_, namespace=namespace)
+    except NotFoundError:
+        return False
+    except IntegrityError:
+        return True
+    return True

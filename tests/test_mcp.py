@@ -1,0 +1,147 @@
+"""MCP end to end, driven by the official ``mcp`` client SDK: ``rememory mcp`` over stdio, and
+``/mcp`` of a real server over streamable HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters, stdio_client
+from mcp.client.session import IncomingMessage
+from mcp.client.streamable_http import streamable_http_client
+
+from rememory import Memory
+from rememory.server import KeyStore, create_app
+
+from .test_server import BIN, LiveServer, doc_blocks
+
+pytestmark = pytest.mark.model
+
+TEXT = "Прогулка с Ильёй по мосту ночью 🌉\n\tодин пробел  , два пробела\r\nend "  # odd whitespace on purpose
+TIME = "2023-05-08T23:10:00"
+
+
+async def roundtrip(client: Client) -> None:
+    """The tools are described; remember → recall byte-exact → forget → gone; bad input is a tool error."""
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == {"remember", "recall", "forget", "stats"}
+    for tool in tools.values():
+        assert tool.description and tool.input_schema["type"] == "object" and tool.output_schema
+        assert all(p.get("description") for p in tool.input_schema["properties"].values())
+    assert tools["remember"].input_schema["required"] == ["keywords", "text"]
+    assert set(tools["remember"].input_schema["properties"]) == {"keywords", "text", "time"}
+    assert tools["recall"].input_schema["properties"]["top_k"]["maximum"] == 100
+    assert tools["recall"].annotations.read_only_hint and tools["forget"].annotations.destructive_hint
+
+    before = (await client.call_tool("stats", {})).structured_content["episodes"]
+    res = await client.call_tool("remember", {"keywords": "Илья, мост, ночь", "text": TEXT, "time": TIME})
+    assert not res.is_error, res.content
+    id_ = res.structured_content["id"]
+    query = {"query": "прогулка с Ильёй по мосту ночью", "top_k": 5}
+    res = await client.call_tool("recall", query)
+    assert not res.is_error, res.content
+    [hit] = [h for h in res.structured_content["memories"] if h["id"] == id_]
+    assert (hit["text"], hit["time"], hit["keywords"]) == (TEXT, TIME, "Илья, мост, ночь")  # byte-exact
+    stats = (await client.call_tool("stats", {})).structured_content
+    assert stats["episodes"] == before + 1 and stats["text_bytes"] >= len(TEXT.encode("utf-8"))
+
+    res = await client.call_tool("forget", {"id": id_})
+    assert res.structured_content == {"id": id_, "forgotten": True}
+    res = await client.call_tool("recall", query)
+    assert id_ not in [h["id"] for h in res.structured_content["memories"]]
+    assert (await client.call_tool("stats", {})).structured_content["episodes"] == before
+    res = await client.call_tool("forget", {"id": id_})
+    assert res.is_error and "No memory with id" in res.content[0].text
+
+    for name, args in [("recall", {"query": "x", "top_k": 0}), ("remember", {"keywords": "k", "text": ""}),
+                       ("remember", {"keywords": "k", "text": "t", "time": "soon"}), ("forget", {})]:  # fmt: skip
+        res = await client.call_tool(name, args)
+        assert res.is_error and res.content[0].text, (name, args)
+
+
+async def roundtrip_over_http(url: str, headers: dict[str, str]) -> None:
+    """:func:`roundtrip` against ``url`` (a server's /mcp), with ``headers`` on every request."""
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=120) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        await roundtrip(client)
+
+
+def test_stdio_from_the_docs_snippet(tmp_path: Path) -> None:
+    """The desktop-agent configuration of docs/service.md, launched by the SDK's stdio client."""
+    config = json.loads(doc_blocks("json")[0])["mcpServers"]["rememory"]
+    store = tmp_path / "memories"
+    params = StdioServerParameters(
+        command=config["command"],
+        args=[a.replace("/path/to/memories", str(store)) for a in config["args"]],
+        env={
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "REMEMORY_HOME": str(tmp_path / "home"),
+            "HF_HUB_OFFLINE": "1",
+        },
+    )
+    stray: list[Exception] = []
+
+    async def on_message(message: IncomingMessage) -> None:
+        if isinstance(message, Exception):  # a stdout line that is not JSON-RPC
+            stray.append(message)
+
+    async def main() -> None:
+        with (tmp_path / "stderr.log").open("w") as errlog:
+            transport = stdio_client(params, errlog=errlog)
+            async with Client(transport, message_handler=on_message, read_timeout_seconds=120) as client:
+                await roundtrip(client)
+
+    anyio.run(main)
+    assert not stray, stray
+    assert (store / "rememory.db").exists()  # the store of the snippet's --store
+    assert "Traceback" not in (tmp_path / "stderr.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def mcp_service(tmp_path_factory: pytest.TempPathFactory, embedder) -> Iterator[tuple[str, dict[str, str]]]:
+    memory = Memory(tmp_path_factory.mktemp("mcp") / "store", embedder=embedder)
+    keys = KeyStore.for_store(memory.path)
+    key = {"dora": keys.create("dora"), "eve": keys.create("eve")}
+    with LiveServer(create_app(memory, keys=keys)) as url:
+        yield url, key
+    keys.close()
+    memory.close()
+
+
+def test_http_roundtrip(mcp_service: tuple[str, dict[str, str]]) -> None:
+    url, key = mcp_service
+    anyio.run(roundtrip_over_http, f"{url}/mcp", {"Authorization": f"Bearer {key['dora']}"})
+
+
+def test_http_tenants_and_auth(mcp_service: tuple[str, dict[str, str]]) -> None:
+    url, key = mcp_service
+
+    async def main() -> None:
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {key['eve']}"}, timeout=120) as h_eve,
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {key['dora']}"}, timeout=120) as h_dora,
+            Client(streamable_http_client(f"{url}/mcp", http_client=h_eve)) as eve,
+            Client(streamable_http_client(f"{url}/mcp", http_client=h_dora)) as dora,
+        ):
+            res = await eve.call_tool("remember", {"keywords": "eve, diary", "text": "Eve's private diary entry."})
+            id_ = res.structured_content["id"]
+            res = await dora.call_tool("recall", {"query": "Eve's private diary", "top_k": 10})
+            assert id_ not in json.dumps(res.structured_content) and "diary" not in json.dumps(res.structured_content)
+            res = await dora.call_tool("forget", {"id": id_})
+            assert res.is_error and "No memory" in res.content[0].text
+            res = await eve.call_tool("recall", {"query": "Eve's private diary", "top_k": 1})
+            assert res.structured_content["memories"][0]["text"] == "Eve's private diary entry."
+            assert (await eve.call_tool("stats", {})).structured_content["episodes"] == 1
+
+    anyio.run(main)
+    for headers in ({}, {"Authorization": "Bearer rmk_nope"}):
+        res = httpx.post(f"{url}/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert res.status_code == 401 and res.json()["error"]["type"] == "unauthorized"
