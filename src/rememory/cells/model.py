@@ -82,6 +82,10 @@ class CellShape:
         # Solve k*h^2 + (1 + a)*h + a >= target for the smallest integer h.
         h = (-(1 + a) + math.sqrt((1 + a) ** 2 + 4 * k * max(target - a, 0))) / (2 * k)
         h = max(cfg.min_hidden, math.ceil(h))
+        if scale > 1:
+            # With a large alphabet the output layer dominates and the width barely moves with
+            # the budget, so a retry also widens the network itself.
+            h = max(h, math.ceil(cls.for_text(n, a, cfg).h * scale))
         return cls(n, a, k * h, h)
 
 

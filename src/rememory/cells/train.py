@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,7 +177,21 @@ def train_cells(
     b'hello'
     """
     cfg = cfg or CellConfig()
-    torch.set_num_threads(os.cpu_count() or 1)
+    # Every core gets its own batch, each single-threaded: on these tiny matmuls one op split
+    # over two threads gains little, and an op-level thread pool collapses (measured 36x
+    # slower) as soon as another process competes for a core.
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_all(items, cfg, progress, workers)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _train_all(
+    items: Sequence[tuple[bytes, bytes]], cfg: CellConfig, progress: ProgressFn | None, workers: int
+) -> list[QuantizedCell]:
     start = time.perf_counter()
     total_bytes = sum(len(t) for _, t in items)
     results: list[QuantizedCell | None] = [None] * len(items)
@@ -190,20 +205,28 @@ def train_cells(
         progress(TrainProgress(0, len(items), 0, total_bytes, 0.0))
     for attempt in range(cfg.attempts):
         failed: list[_Item] = []
-        for batch in _plan_batches([it for it in pending if it.shape.n > 0], cfg):
-            # A cell that missed may have oscillated at a high rate: retries also calm the rate down.
-            trained = _train_batch(batch, cfg, cfg.lr * 0.5**attempt)
-            for it in batch:
-                cell = trained.get(it.index)
-                if cell is not None and cell.decode(it.seed, cfg.freq_std) == it.text:
-                    results[it.index] = cell
-                    cells_done += 1
-                    bytes_done += len(it.text)
-                else:
-                    failed.append(it)
-            if progress is not None:
-                elapsed = time.perf_counter() - start
-                progress(TrainProgress(cells_done, len(items), bytes_done, total_bytes, elapsed))
+        batches = _plan_batches([it for it in pending if it.shape.n > 0], cfg)
+        # A cell that missed may have oscillated at a high rate: retries also calm the rate down.
+        lr = cfg.lr * 0.5**attempt
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            futures = {pool.submit(_train_batch, batch, cfg, lr): batch for batch in batches}
+            for fut in as_completed(futures):
+                batch, trained = futures[fut], fut.result()
+                for it in batch:
+                    cell = trained.get(it.index)
+                    if cell is not None and cell.decode(it.seed, cfg.freq_std) == it.text:
+                        results[it.index] = cell
+                        cells_done += 1
+                        bytes_done += len(it.text)
+                    else:
+                        failed.append(it)
+                if progress is not None:
+                    elapsed = time.perf_counter() - start
+                    progress(TrainProgress(cells_done, len(items), bytes_done, total_bytes, elapsed))
+        finally:
+            # On Ctrl-C or an error, drop the batches not yet started instead of finishing them.
+            pool.shutdown(wait=True, cancel_futures=True)
         for it in pending:
             if it.shape.n == 0:
                 results[it.index] = QuantizedCell(
