@@ -199,6 +199,7 @@ class Memory:
             before = ""
             if last:
                 prev = self._reconstruct(last)[last[0].id]
+                # A damaged cell is reported by recall and verify; it must not block new memories.
                 if isinstance(prev, bytes):
                     before = f"{last[0].keywords} {prev.decode('utf-8')}"
             for j, i in enumerate(idx):
