@@ -10,12 +10,14 @@ of the largest smaller one. Reports per size:
   over LoCoMo questions, for the default ranking and for ``ann_threshold=10**9`` (exact);
 * agree@10: the fraction of the exact top-10 ids that the default ranking's top 10 also has;
 * cold start: a new process running ``rememory --store DIR recall PHRASE --json``, median of 3;
-* peak RSS of a fresh process that opens the store and answers all the queries.
+* memory: the peak RSS of a fresh process that opens the store and answers all the queries,
+  and how much resident memory the store and its indexes add to the loaded model.
 
     .venv/bin/python bench/recall_latency.py --sizes 1000,5000
     .venv/bin/python bench/recall_latency.py --json recall_latency.json   # 1k, 10k, 100k
 
-Building 100k episodes (about 13 MB of text) takes roughly half an hour on 2 CPU cores.
+Building is the slow part: 100k episodes hold 9.3 MB of text, and a shared 2-core machine
+trained 5-7 episodes/s (hours for 100k). Build once on a bigger machine; reruns reuse it.
 Not a test: timings are noisy, so compare the two columns of one run, not runs.
 """
 
@@ -44,7 +46,7 @@ from rememory.index.config import RankingConfig
 REPO = Path(__file__).resolve().parent.parent
 LOCOMO = REPO.parent / "shared" / "data" / "locomo-dev"
 BIN = Path(sys.executable).parent / "rememory"
-GENERATOR = 1  # bump when make_episodes changes: cached stores built by another version are rebuilt
+GENERATOR = 2  # bump when make_episodes changes: cached stores built by another version are rebuilt
 MARKER = "bench-complete.json"
 EXACT = RankingConfig(ann_threshold=10**9)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -65,8 +67,11 @@ def make_episodes(turns: list[dict], n: int) -> list[dict]:
             speaker, own = split[i % len(turns)]
             _, other = split[rng.randrange(len(turns))]
             text = f"{speaker}: {rng.choice(own)} {rng.choice(other)}"
-            if text in seen:
-                text += f" (again, {round_})"
+            if text in seen:  # the same two sentences drawn twice: number the repeat
+                k = 2
+                while f"{text} ({k})" in seen:
+                    k += 1
+                text = f"{text} ({k})"
             ep = {"id": f"{base['id']}~{round_}", "keywords": base["keywords"], "text": text}
         seen.add(ep["text"])
         out.append(ep)
@@ -179,11 +184,12 @@ def cold_start(store: Path, phrase: str, runs: int, embedder: str | None) -> flo
     return statistics.median(times)
 
 
-def peak_rss_mb(store: Path, args: argparse.Namespace, mode: str) -> dict[str, float]:
-    """Peak RSS of a fresh process that opens the store and answers every question.
+def memory_use(store: Path, args: argparse.Namespace, mode: str) -> dict[str, float]:
+    """RSS (MB) of a fresh process that opens the store and answers every question.
 
-    ``model_mb`` is its peak once the embedding model is loaded, before the store is opened,
-    so ``peak_mb - model_mb`` is what the store and its indexes add.
+    ``peak_mb`` is its high-water mark (often set while the model loads); ``model_mb`` its
+    resident size with only the model loaded and ``after_mb`` after the questions, so
+    ``after_mb - model_mb`` is what the store and its indexes keep in memory.
     """
     cmd = [sys.executable, __file__, "--rss-child", str(store), "--rss-mode", mode, "--queries", str(args.queries),
            "--data", str(args.data)] + (["--embedder", args.embedder] if args.embedder else [])  # fmt: skip
@@ -191,23 +197,32 @@ def peak_rss_mb(store: Path, args: argparse.Namespace, mode: str) -> dict[str, f
         cmd += ["--ann-threshold", str(args.ann_threshold)]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if res.returncode != 0:
-        raise SystemExit(f"the RSS probe failed:\n{res.stderr}")
+        raise SystemExit(f"the memory probe failed:\n{res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def rss_child(args: argparse.Namespace) -> None:
-    def peak_mb() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _rss_now_mb() -> float:
+    """Current resident size (Linux /proc; NaN elsewhere)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return float("nan")
+    m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(m.group(1)) / 1024 if m else float("nan")
 
+
+def rss_child(args: argparse.Namespace) -> None:
     ranking = EXACT if args.rss_mode == "exact" else default_ranking(args)
     questions = load_questions(args.data, args.queries)
     embedder = load_embedder(args.embedder)
     embedder.embed(questions[0])
-    model_mb = peak_mb()
+    model_mb = _rss_now_mb()
     with Memory(args.rss_child, embedder=embedder, ranking=ranking) as mem:
         for q in questions:
             mem.recall(q, top_k=3)
-    print(json.dumps({"peak_mb": peak_mb(), "model_mb": model_mb}))
+        after_mb = _rss_now_mb()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(json.dumps({"peak_mb": peak_mb, "model_mb": model_mb, "after_mb": after_mb}))
 
 
 def default_ranking(args: argparse.Namespace) -> RankingConfig:
@@ -219,13 +234,13 @@ def render(rows: list[dict]) -> str:
             "1st ms", "cold s", "RSS MB", "+store MB", "exact +store", "disk MB"]  # fmt: skip
     table = [head]
     for r in rows:
-        d, e, rss = r["default"], r["exact"], r["peak_rss_mb"]
+        d, e, rss = r["default"], r["exact"], r["rss_mb"]
         table.append([
             str(r["episodes"]), "yes" if r["ann_active"] else "no", f"{d['p50_ms']:.1f}", f"{d['p95_ms']:.1f}",
             f"{e['p50_ms']:.1f}", f"{e['p95_ms']:.1f}", f"{r['exact/default p50']:.2f}x", f"{r['agree@10']:.3f}",
             f"{d['first_ms']:.0f}", f"{r['cold_start_s']:.2f}", f"{rss['default']['peak_mb']:.0f}",
-            f"{rss['default']['peak_mb'] - rss['default']['model_mb']:.0f}",
-            f"{rss['exact']['peak_mb'] - rss['exact']['model_mb']:.0f}", f"{r['disk_mb']:.1f}",
+            f"{rss['default']['after_mb'] - rss['default']['model_mb']:.0f}",
+            f"{rss['exact']['after_mb'] - rss['exact']['model_mb']:.0f}", f"{r['disk_mb']:.1f}",
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table)
@@ -268,7 +283,7 @@ def main() -> None:
         row = {"episodes": n, "ann_active": n > default.ann_threshold, "build_s": build_s, "queries": len(questions)}
         row.update(measure(store, questions, embedder, default))
         row["cold_start_s"] = cold_start(store, questions[0], args.cold_runs, args.embedder)
-        row["peak_rss_mb"] = {mode: peak_rss_mb(store, args, mode) for mode in ("default", "exact")}
+        row["rss_mb"] = {mode: memory_use(store, args, mode) for mode in ("default", "exact")}
         rows.append(row)
         built = "cached" if build_s is None else f"built in {build_s:.0f} s"
         print(f"   {built}; p50 {row['default']['p50_ms']:.1f} ms", file=sys.stderr, flush=True)
@@ -276,8 +291,9 @@ def main() -> None:
           f"{default.ann_threshold} episodes) vs exact dense scan, same run")  # fmt: skip
     print(render(rows))
     print("\n1st ms: the first recall of the default ranking (index load). cold s: a new `rememory recall` process "
-          "(CLI default ranking), median of 3.\nRSS MB: peak of a fresh process answering every question; "
-          "+store MB: that peak minus the peak with only the model loaded. disk MB: the store directory.")  # fmt: skip
+          f"(CLI default ranking), median of {args.cold_runs}.\nRSS MB: peak RSS of a fresh process answering every "
+          "question; +store MB: its RSS after the questions minus its RSS with only the model loaded (exact +store: "
+          "the same with the exact scan). disk MB: the store directory.")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"queries": len(questions), "embedder": embedder.id, "sizes": rows}, indent=2))
 
