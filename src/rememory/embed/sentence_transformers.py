@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,35 @@ class SentenceTransformerEmbedder(Embedder):
         model = self._load()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = model.encode(
-            list(texts),
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with _few_threads(len(texts)):
+            vecs = model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vecs, dtype=np.float32)
+
+
+@contextmanager
+def _few_threads(n_texts: int) -> Iterator[None]:
+    """Embed a query or two on one thread.
+
+    A single short text gains little from torch's thread pool, and that pool collapses when
+    another process competes for a core (one query took ~1 s instead of ~10 ms, measured).
+    """
+    if n_texts > 4:
+        yield
+        return
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def load_embedder(name_or_path: str | Embedder | None = None) -> Embedder:
