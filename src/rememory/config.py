@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 # Long texts make big, slow cells; chat turns and notes are far below this.
@@ -28,6 +32,17 @@ def resolve_store_path(path: str | os.PathLike[str] | None) -> Path:
     if env:
         return Path(env)
     return user_data_dir() / "default"
+
+
+def dataclass_from_dict(cls: type[T], d: dict, what: str) -> T:
+    """Build config dataclass ``cls`` from ``d``, naming unknown keys (a typo must not silently use a default)."""
+    from .errors import ConfigError
+
+    valid = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - valid)
+    if unknown:
+        raise ConfigError(f"Unknown {what} keys {unknown}; valid keys are {sorted(valid)}.")
+    return cls(**d)
 
 
 def resolve_max_text_bytes(value: int | None) -> int:

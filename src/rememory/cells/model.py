@@ -15,10 +15,11 @@ faster than GELU at the same size (measured in bench/cells.py's development).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..config import dataclass_from_dict
 from ..errors import ConfigError
 from .codec import from_alphabet
 from .features import position_features
@@ -48,12 +49,8 @@ class CellConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> CellConfig:
-        """Build from a dict, naming any unknown keys (a typo must not silently use a default)."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ConfigError(f"Unknown cell config keys {unknown}; valid keys are {sorted(valid)}.")
-        return cls(**d)
+        """Build from a dict, naming any unknown keys."""
+        return dataclass_from_dict(cls, d, "cell config")
 
     def to_dict(self) -> dict:
         return asdict(self)

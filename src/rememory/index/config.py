@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from ..errors import ConfigError
+from ..config import dataclass_from_dict
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,7 @@ class RankingConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RankingConfig:
         """Build from a dict, naming unknown keys."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ConfigError(f"Unknown ranking keys {unknown}; valid keys are {sorted(valid)}.")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "ranking")
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def lexical_only(self) -> RankingConfig:
-        return RankingConfig(**{**self.to_dict(), "dense_own": 0, "dense_ctx": 0, "dense_near": 0,
-                                "dense_far": 0, "prf": 0})  # fmt: skip
