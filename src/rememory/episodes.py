@@ -136,8 +136,10 @@ def validate_many(items: Iterable[Any], *, namespace: str, max_text_bytes: int) 
     return out
 
 
-def load_episodes_file(path: str | os.PathLike[str]) -> list[Any]:
-    """Read a JSON file holding a list of episodes (validated later by ``Memory.add_many``)."""
+def load_episodes_file(
+    path: str | os.PathLike[str], *, what: str = "episodes", example: str = '[{"keywords": "...", "text": "..."}]'
+) -> list[Any]:
+    """Read a JSON file holding a list (of episodes, by default; validated later by ``Memory.add_many``)."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -154,11 +156,10 @@ def load_episodes_file(path: str | os.PathLike[str]) -> list[Any]:
     except json.JSONDecodeError as exc:
         raise InvalidEpisodeError(
             f"{p} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}. "
-            'Expected a list like [{"keywords": "...", "text": "..."}].'
+            f"Expected a list like {example}."
         ) from None
     if not isinstance(data, list):
         raise InvalidEpisodeError(
-            f"{p} must hold a JSON list of episodes, but it holds a {type(data).__name__}. "
-            'Expected [{"keywords": "...", "text": "..."}, ...].'
+            f"{p} must hold a JSON list of {what}, but it holds a {type(data).__name__}. Expected {example}."
         )
     return data

@@ -152,9 +152,9 @@ def validate_queries(items: Iterable[Any]) -> list[EvalQuery]:
 def load_queries_file(path: str | os.PathLike[str]) -> list[EvalQuery]:
     """Read and check a JSON list of queries."""
     try:
-        items = load_episodes_file(path)
+        items = load_episodes_file(path, what="queries", example=_QUERY_EXAMPLE)
     except InvalidEpisodeError as exc:
-        raise ConfigError(f"Cannot read the queries file: {exc} (a queries file holds {_QUERY_EXAMPLE}.)") from None
+        raise ConfigError(f"Cannot read the queries file: {exc}") from None
     return validate_queries(items)
 
 
