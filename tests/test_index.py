@@ -52,6 +52,41 @@ def test_tombstones_and_incremental_adds() -> None:
     assert s[1] > 0 and s[-1] > 0 and s[0] == 0 and np.count_nonzero(s) == 2
 
 
+def _reference_window_bm25(docs: list[np.ndarray], alive: np.ndarray, query: np.ndarray, w: int) -> np.ndarray:
+    """BM25 of each alive slot's window (its alive neighbours within ``w``, concatenated), the slow way."""
+    n = len(docs)
+    empty = [np.zeros(0, np.uint32)]
+    windows = [np.concatenate([docs[j] for j in range(max(0, i - w), min(n, i + w + 1)) if alive[j]] or empty)
+               for i in range(n)]  # fmt: skip
+    live = int(alive.sum())
+    avg = np.mean([len(windows[i]) for i in range(n) if alive[i]])
+    out = np.zeros(n)
+    for t in np.unique(query):
+        tf = np.array([np.count_nonzero(win == t) for win in windows], dtype=float)
+        df = np.count_nonzero((tf > 0) & alive)
+        idf = np.log(1 + (live - df + 0.5) / (df + 0.5))
+        dl = np.array([len(win) for win in windows], dtype=float)
+        out += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avg))
+    return np.where(alive, out, 0.0)
+
+
+def test_rare_and_frequent_tokens_score_like_a_direct_computation() -> None:
+    # Zipf tokens: frequent ones take the whole-array path, rare ones the per-posting path.
+    rng = np.random.default_rng(7)
+    docs = [np.minimum(rng.zipf(1.4, size=rng.integers(1, 9)), 500).astype(np.uint32) for _ in range(1200)]
+    idx = LexicalIndex()
+    idx.add(docs[:700])
+    idx.add(docs[700:])  # one part merged, one part still in the tail
+    alive = np.ones(len(docs), dtype=bool)
+    for slot in rng.choice(len(docs), 150, replace=False):
+        idx.remove(int(slot))
+        alive[slot] = False
+    query = np.array([1, 2, 17, 61, 499, 12345], dtype=np.uint32)
+    got = idx.scores(query, (0, 1, 2, 8))
+    for w in (0, 1, 2, 8):
+        np.testing.assert_allclose(got[w], _reference_window_bm25(docs, alive, query, w), rtol=1e-9, atol=1e-12)
+
+
 def test_words_stem_per_script() -> None:
     assert words("Running dogs") == ["run", "dog"]
     assert words("собирали яблоки") == ["собира", "яблок"]

@@ -326,13 +326,15 @@ class Memory:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
             raise ConfigError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}.")
         namespace = validate_namespace(namespace)
-        if self._store.count(namespace) == 0:
+        if namespace not in self._indexes and self._store.count(namespace) == 0:
+            return []  # answers without loading the model
+        idx = self._index(namespace)
+        if idx.size == 0:
             return []
         q = self._embedder.embed(query)
-        idx = self._index(namespace)
         if q.shape[0] != idx.dim:
             raise mismatch(self.path, "?", idx.dim, self._embedder.id, q.shape[0])
-        scored = idx.search(q, token_hashes(query), top_k)
+        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k)
         rows = self._store.rows([s.id for s in scored])
         picked = [(rows[s.id], s.score) for s in scored if s.id in rows]  # a concurrent forget
         got = self._reconstruct([r for r, _ in picked])

@@ -9,6 +9,8 @@ postings once it grows; removals are tombstones. Neither rebuilds the index.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 K1 = 1.2
@@ -27,6 +29,7 @@ class LexicalIndex:
         self._tf = np.zeros(0, dtype=np.float64)
         self._tail: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._tail_size = 0
+        self._cached: _Stats | None = None
 
     def add(self, tokens: list[np.ndarray]) -> None:
         """Append documents (each an array of uint32 token hashes) at the end, in order."""
@@ -41,6 +44,7 @@ class LexicalIndex:
         self.dl = np.concatenate([self.dl, [float(len(t)) for t in tokens]])
         self.alive = np.concatenate([self.alive, np.ones(len(tokens), dtype=bool)])
         self.n += len(tokens)
+        self._cached = None
         if self._tail_size > max(4096, self._tok.size // 8):
             self._merge()
 
@@ -48,6 +52,7 @@ class LexicalIndex:
         """Tombstone a document: it no longer matches or counts in any statistic."""
         self.alive[slot] = False
         self.dl[slot] = 0.0
+        self._cached = None
 
     def _merge(self) -> None:
         if not self._tail:
@@ -60,6 +65,7 @@ class LexicalIndex:
         self._tail, self._tail_size = [], 0
 
     def _postings(self, token: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots (ascending: the tail only holds slots newer than the sorted part) and term frequencies."""
         lo, hi = np.searchsorted(self._tok, [token, token + 1])
         docs, tfs = [self._doc[lo:hi]], [self._tf[lo:hi]]
         for t, d, f in self._tail:
@@ -69,37 +75,142 @@ class LexicalIndex:
                 tfs.append(f[m])
         return np.concatenate(docs), np.concatenate(tfs)
 
-    def scores(self, query: np.ndarray, windows: tuple[int, ...]) -> dict[int, np.ndarray]:
-        """BM25 of every slot for each window width (0 = the episode alone): {w: (n,) scores}."""
-        out = {w: np.zeros(self.n) for w in windows}
-        live = int(self.alive.sum())
-        if live == 0 or len(query) == 0:
-            return out
-        dl_w = {w: _window_sum(self.dl, w) for w in windows}
-        avg_w = {w: max(float(dl_w[w][self.alive].mean()), 1e-9) for w in windows}
+    def _stats(self) -> _Stats:
+        """Per-index constants of every query, recomputed only after an add or a removal."""
+        if self._cached is None:
+            c_alive = np.concatenate([[0], np.cumsum(self.alive, dtype=np.int64)])
+            self._cached = _Stats(int(c_alive[-1]), c_alive, {})
+        return self._cached
+
+    def _norm(self, st: _Stats, w: int) -> np.ndarray:
+        """(n,) BM25 length normalisation of every window of width ``w``; infinite at tombstones."""
+        norm = st.norm.get(w)
+        if norm is None:
+            dl_w = _window_sum(self.dl, w)
+            avg = max(float(dl_w[self.alive].mean()), 1e-9)
+            norm = K1 * (1.0 - B + B * dl_w / avg)
+            norm[~self.alive] = np.inf  # a tombstone scores tf / (tf + inf) = 0
+            st.norm[w] = norm
+        return norm
+
+    def query(self, query: np.ndarray) -> LexicalQuery:
+        """The query's tokens looked up once, to score windows of any width from them.
+
+        >>> idx = LexicalIndex()
+        >>> idx.add([np.array([7, 8], dtype=np.uint32), np.array([9], dtype=np.uint32)])
+        >>> idx.query(np.array([9], dtype=np.uint32)).scores(1) > 0
+        array([ True,  True])
+        """
+        terms = []
         for token in np.unique(np.asarray(query, dtype=np.uint32)):
             docs, tfs = self._postings(int(token))
             keep = self.alive[docs]
-            if not keep.any():
-                continue
-            tf = np.bincount(docs[keep], weights=tfs[keep], minlength=self.n)  # (n,)
-            for w in windows:
-                tf_w = _window_sum(tf, w)
-                df = int(np.count_nonzero(tf_w[self.alive]))
-                idf = np.log(1.0 + (live - df + 0.5) / (df + 0.5))
-                norm = K1 * (1.0 - B + B * dl_w[w] / avg_w[w])
-                out[w] += idf * tf_w * (K1 + 1.0) / (tf_w + norm)
-        for w in windows:
-            out[w][~self.alive] = 0.0
-        return out
+            if keep.any():
+                terms.append(_Term(docs[keep], tfs[keep]))
+        return LexicalQuery(self, self._stats(), terms)
+
+    def scores(self, query: np.ndarray, windows: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """BM25 of every slot for each window width (0 = the episode alone): {w: (n,) scores}."""
+        lq = self.query(query)
+        return {w: lq.scores(w) for w in windows}
+
+
+@dataclass
+class _Stats:
+    live: int  # alive documents
+    c_alive: np.ndarray  # (n + 1,) prefix counts of alive slots
+    norm: dict[int, np.ndarray]  # window width -> (n,) length normalisation, filled on first use
+
+
+@dataclass
+class _Term:
+    docs: np.ndarray  # (m,) ascending alive slots holding the token
+    tfs: np.ndarray  # (m,) its term frequency in each
+
+
+class LexicalQuery:
+    """One query against a :class:`LexicalIndex`: BM25 of every slot, per window width.
+
+    A rare token is scored only on the windows around its postings; a token whose windows
+    cover much of the namespace is scored with whole-array operations, which are cheaper
+    there than gathering slot by slot. Results are cached per width.
+    """
+
+    def __init__(self, index: LexicalIndex, st: _Stats, terms: list[_Term]) -> None:
+        self.ix, self.st, self.terms = index, st, terms
+        self._scores: dict[int, np.ndarray] = {}
+        self._cums: dict[int, np.ndarray] = {}
+
+    def _cum(self, j: int) -> np.ndarray:
+        """(n + 1,) prefix sums of term ``j``'s frequency over all slots, shared by every width."""
+        got = self._cums.get(j)
+        if got is None:
+            term = self.terms[j]
+            got = self._cums[j] = np.concatenate([[0.0], np.cumsum(np.bincount(term.docs, term.tfs, self.ix.n))])
+        return got
+
+    def _df(self, term: _Term, w: int) -> int:
+        """Alive slots whose window of width ``w`` holds the term (its document frequency)."""
+        if w == 0:
+            return term.docs.size
+        start, length = _runs(term.docs, w, self.ix.n)
+        return int((self.st.c_alive[start + length] - self.st.c_alive[start]).sum())
+
+    def scores(self, w: int) -> np.ndarray:
+        """(n,) BM25 of every slot for windows of width ``w`` (0 = the episode alone); 0 at tombstones."""
+        got = self._scores.get(w)
+        if got is not None:
+            return got
+        n, norm = self.ix.n, self.ix._norm(self.st, w)
+        acc = np.zeros(n)
+        for j, term in enumerate(self.terms):
+            df = self._df(term, w)
+            weight = np.log(1.0 + (self.st.live - df + 0.5) / (df + 0.5)) * (K1 + 1.0)  # idf * (k1 + 1)
+            if w == 0:
+                acc[term.docs] += weight * term.tfs / (term.tfs + norm[term.docs])
+            elif term.docs.size * (2 * w + 1) < n // 8:
+                slots = _cover(term.docs, w, n)
+                run = np.concatenate([[0.0], np.cumsum(term.tfs)])
+                tf = run[np.searchsorted(term.docs, slots + w, "right")] - run[np.searchsorted(term.docs, slots - w)]
+                acc[slots] += weight * tf / (tf + norm[slots])
+            else:
+                tf = _window_sum_cum(self._cum(j), w)  # (n,)
+                den = tf + norm
+                np.divide(tf, den, out=tf)
+                tf *= weight
+                acc += tf
+        self._scores[w] = acc
+        return acc
+
+
+def _runs(docs: np.ndarray, w: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint runs (start, length) covering the slots within ``w`` of the ascending ``docs``.
+
+    Each doc contributes the part of its window that the previous doc's does not cover.
+    """
+    start = np.maximum(docs - w, 0)
+    start[1:] = np.maximum(start[1:], docs[:-1] + w + 1)
+    start = np.minimum(start, n)
+    return start, np.maximum(np.minimum(docs + w, n - 1) - start + 1, 0)
+
+
+def _cover(docs: np.ndarray, w: int, n: int) -> np.ndarray:
+    """Sorted slots within ``w`` of any of the ascending ``docs``, inside [0, n), without a sort."""
+    start, length = _runs(docs, w, n)
+    offset = np.cumsum(length) - length  # where each run starts in the output
+    return np.repeat(start - offset, length) + np.arange(int(length.sum()))
 
 
 def _window_sum(x: np.ndarray, w: int) -> np.ndarray:
     """Sum of ``x`` over each slot and its ``w`` neighbours on each side."""
-    if w == 0:
-        return x
-    c = np.concatenate([[0.0], np.cumsum(x)])
-    idx = np.arange(x.size)
-    lo = np.clip(idx - w, 0, x.size)
-    hi = np.clip(idx + w + 1, 0, x.size)
-    return c[hi] - c[lo]
+    return x if w == 0 else _window_sum_cum(np.concatenate([[0.0], np.cumsum(x)]), w)
+
+
+def _window_sum_cum(c: np.ndarray, w: int) -> np.ndarray:
+    """Window sums from the prefix sums ``c`` (n + 1,) of a series, by slices rather than gathers."""
+    n = c.size - 1
+    out = np.full(n, c[n])
+    m = max(n - w, 0)
+    out[:m] = c[w + 1 : w + 1 + m]  # slot s sums up to s + w (clipped at the end) ...
+    out[n - m :] -= c[:m]  # ... from s - w (clipped at the start)
+    return out

@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import RankingConfig
 from .dense import DenseIndex
-from .lexical import LexicalIndex, _window_sum
+from .lexical import LexicalIndex
 
 WINDOWS = (0, 1, 2, 8)
 
@@ -66,38 +66,52 @@ class NamespaceIndex:
             self.own = _to_ann(self.own)
             self.ctx = _to_ann(self.ctx)
 
-    def search(self, q: np.ndarray, q_tokens: np.ndarray, top_k: int) -> list[Scored]:
-        """The ``top_k`` best slots for unit query vector ``q`` and query token hashes."""
+    def lexical(self, q_tokens: np.ndarray) -> np.ndarray:
+        """(n,) weighted BM25 of every slot over all window widths, each width scaled by its maximum.
+
+        Needs no query vector, so it can run while the query is being embedded.
+        """
+        lq = self.lex.query(q_tokens)
+        out = np.zeros(self.lex.n)
+        for w, weight in self._bm25_weights().items():
+            if weight:
+                scores = lq.scores(w)
+                top = float(scores.max()) if scores.size else 0.0
+                if top > 0:
+                    out += (weight / top) * scores
+        return out
+
+    def _bm25_weights(self) -> dict[int, float]:
+        cfg = self.cfg
+        return {0: cfg.bm25_own, 1: cfg.bm25_ctx1, 2: cfg.bm25_ctx2, 8: cfg.bm25_ctx8}
+
+    def search(self, q: np.ndarray, lexical: np.ndarray, top_k: int) -> list[Scored]:
+        """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens."""
         cfg = self.cfg
         alive = self.lex.alive
         if not alive.any():
             return []
-        lex = self.lex.scores(q_tokens, WINDOWS)  # {w: (n,)}
+        if lexical.size < alive.size:  # rows synced in by another thread since lexical() ran
+            lexical = np.concatenate([lexical, np.zeros(alive.size - lexical.size)])
         if self.own.ann:
-            c = cfg.candidates
+            c = min(cfg.candidates, self.lex.n)
             pools = [self.own.candidates(q, c), self.ctx.candidates(q, c)]
-            pools += [np.argpartition(-lex[w], min(c, self.lex.n) - 1)[:c] for w in WINDOWS]
+            pools.append(np.argpartition(-lexical, min(2 * c, self.lex.n) - 1)[: 2 * c])
             cand = np.unique(np.concatenate(pools))
             cand = cand[alive[cand]]
         else:
-            cand = np.nonzero(alive)[0]
-        weights = {0: cfg.bm25_own, 1: cfg.bm25_ctx1, 2: cfg.bm25_ctx2, 8: cfg.bm25_ctx8}
-        fused = np.zeros(cand.size)
-        for w, weight in weights.items():
-            if weight:
-                top = float(lex[w].max())
-                if top > 0:
-                    fused += weight * lex[w][cand] / top
+            cand = np.flatnonzero(alive)
+        fused = lexical[cand]  # (c,)
+        weights = self._bm25_weights()
         if cfg.dense_own or cfg.dense_near or cfg.dense_far:
-            near = np.unique(np.clip((cand[:, None] + np.arange(-8, 9)[None, :]).ravel(), 0, self.lex.n - 1))
-            own_full = np.zeros(self.lex.n)
-            own_full[near] = np.maximum(self.own.cosine(q, near), 0.0) * alive[near]
+            far = 8 if cfg.dense_far else 2 if cfg.dense_near else 0
+            near = np.unique(np.clip((cand[:, None] + np.arange(-far, far + 1)[None, :]).ravel(), 0, self.lex.n - 1))
+            own = np.maximum(self.own.cosine(q, near), 0.0) * alive[near]  # (len(near),)
             if cfg.dense_own:
-                fused += cfg.dense_own * own_full[cand]
-            count = alive.astype(np.float64)
+                fused += cfg.dense_own * _at(near, own, cand)
             for w, weight in ((2, cfg.dense_near), (8, cfg.dense_far)):
                 if weight:
-                    fused += weight * (_window_sum(own_full, w) / np.maximum(_window_sum(count, w), 1))[cand]
+                    fused += weight * _window_mean(near, own, alive, cand, w)
         if cfg.dense_ctx:
             fused += cfg.dense_ctx * np.maximum(self.ctx.cosine(q, cand), 0.0)
         total = sum(weights.values()) + cfg.dense_own + cfg.dense_ctx + cfg.dense_near + cfg.dense_far
@@ -111,6 +125,24 @@ class NamespaceIndex:
         order = np.argsort(-fused, kind="stable")[:top_k]
         total = max(total, 1e-12)
         return [Scored(int(cand[i]), self.ids[cand[i]], float(min(max(fused[i] / total, 0.0), 1.0))) for i in order]
+
+
+def _at(slots: np.ndarray, vals: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``vals`` looked up at the slots ``at`` (0 where ``slots``, sorted, lacks one)."""
+    if slots.size == 0:
+        return np.zeros(at.size)
+    pos = np.minimum(np.searchsorted(slots, at), slots.size - 1)
+    return np.where(slots[pos] == at, vals[pos], 0.0)
+
+
+def _window_mean(near: np.ndarray, vals: np.ndarray, alive: np.ndarray, at: np.ndarray, w: int) -> np.ndarray:
+    """Mean of ``vals`` (known on the sorted ``near``) over the alive slots within ``w`` of each slot of ``at``."""
+    nb = at[:, None] + np.arange(-w, w + 1)[None, :]  # (len(at), 2w + 1) neighbour slots
+    inside = (nb >= 0) & (nb < alive.size)
+    nb = np.where(inside, nb, 0)
+    total = (_at(near, vals, nb.ravel()).reshape(nb.shape) * inside).sum(axis=1)
+    count = (alive[nb] & inside).sum(axis=1)
+    return total / np.maximum(count, 1)
 
 
 def _to_ann(dense: DenseIndex) -> DenseIndex:
