@@ -6,7 +6,7 @@ import pytest
 
 from rememory.index.config import RankingConfig
 from rememory.index.dense import DenseIndex
-from rememory.index.lexical import LexicalIndex
+from rememory.index.lexical import LexicalIndex, _window_sum
 from rememory.index.tokenize import token_hashes, words
 
 DOCS = [
@@ -84,7 +84,15 @@ def test_rare_and_frequent_tokens_score_like_a_direct_computation() -> None:
     query = np.array([1, 2, 17, 61, 499, 12345], dtype=np.uint32)
     got = idx.scores(query, (0, 1, 2, 8))
     for w in (0, 1, 2, 8):
-        np.testing.assert_allclose(got[w], _reference_window_bm25(docs, alive, query, w), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got[w], _reference_window_bm25(docs, alive, query, w), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9, 17, 18, 100])
+def test_window_sums_clip_at_both_ends(n: int) -> None:
+    x = np.random.default_rng(n).random(n)
+    for w in (0, 1, 2, 8, 20):
+        want = [x[max(0, i - w) : i + w + 1].sum() for i in range(n)]
+        np.testing.assert_allclose(_window_sum(x, w), want, rtol=1e-12)
 
 
 def test_words_stem_per_script() -> None:

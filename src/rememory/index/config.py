@@ -28,6 +28,7 @@ class RankingConfig:
     prf_docs: int = 3  # how many top hits feed the feedback
     ann_threshold: int = 20000  # namespaces larger than this search dense keys with an ANN index
     candidates: int = 200  # hits taken from each index before fusion, when the ANN index is used
+    rerank: int = 100  # ANN path: fused candidates that also get the neighbour-window dense signals
 
     @classmethod
     def from_dict(cls, d: dict) -> RankingConfig:

@@ -66,7 +66,8 @@ class LexicalIndex:
 
     def _postings(self, token: int) -> tuple[np.ndarray, np.ndarray]:
         """Slots (ascending: the tail only holds slots newer than the sorted part) and term frequencies."""
-        lo, hi = np.searchsorted(self._tok, [token, token + 1])
+        key = np.uint32(token)  # a Python int key would make numpy cast all postings to int64 per lookup
+        lo, hi = int(np.searchsorted(self._tok, key, "left")), int(np.searchsorted(self._tok, key, "right"))
         docs, tfs = [self._doc[lo:hi]], [self._tf[lo:hi]]
         for t, d, f in self._tail:
             m = t == token
@@ -83,12 +84,12 @@ class LexicalIndex:
         return self._cached
 
     def _norm(self, st: _Stats, w: int) -> np.ndarray:
-        """(n,) BM25 length normalisation of every window of width ``w``; infinite at tombstones."""
+        """(n,) float32 BM25 length normalisation of every window of width ``w``; infinite at tombstones."""
         norm = st.norm.get(w)
         if norm is None:
             dl_w = _window_sum(self.dl, w)
             avg = max(float(dl_w[self.alive].mean()), 1e-9)
-            norm = K1 * (1.0 - B + B * dl_w / avg)
+            norm = (K1 * (1.0 - B + B * dl_w / avg)).astype(np.float32)
             norm[~self.alive] = np.inf  # a tombstone scores tf / (tf + inf) = 0
             st.norm[w] = norm
         return norm
@@ -142,11 +143,13 @@ class LexicalQuery:
         self._cums: dict[int, np.ndarray] = {}
 
     def _cum(self, j: int) -> np.ndarray:
-        """(n + 1,) prefix sums of term ``j``'s frequency over all slots, shared by every width."""
+        """(n + 1,) int64 prefix sums of term ``j``'s frequency over all slots, shared by every width."""
         got = self._cums.get(j)
         if got is None:
             term = self.terms[j]
-            got = self._cums[j] = np.concatenate([[0.0], np.cumsum(np.bincount(term.docs, term.tfs, self.ix.n))])
+            got = np.zeros(self.ix.n + 1, dtype=np.int64)  # counts: exact at any size
+            got[term.docs + 1] = term.tfs  # docs are distinct
+            self._cums[j] = np.cumsum(got, out=got)
         return got
 
     def _df(self, term: _Term, w: int) -> int:
@@ -154,6 +157,8 @@ class LexicalQuery:
         if w == 0:
             return term.docs.size
         start, length = _runs(term.docs, w, self.ix.n)
+        if self.st.live == self.ix.n:  # no tombstones: every covered slot counts
+            return int(length.sum())
         return int((self.st.c_alive[start + length] - self.st.c_alive[start]).sum())
 
     def scores(self, w: int) -> np.ndarray:
@@ -162,7 +167,7 @@ class LexicalQuery:
         if got is not None:
             return got
         n, norm = self.ix.n, self.ix._norm(self.st, w)
-        acc = np.zeros(n)
+        acc = np.zeros(n, dtype=np.float32)  # float32 halves the memory traffic of the whole-array path
         for j, term in enumerate(self.terms):
             df = self._df(term, w)
             weight = np.log(1.0 + (self.st.live - df + 0.5) / (df + 0.5)) * (K1 + 1.0)  # idf * (k1 + 1)
@@ -174,7 +179,7 @@ class LexicalQuery:
                 tf = run[np.searchsorted(term.docs, slots + w, "right")] - run[np.searchsorted(term.docs, slots - w)]
                 acc[slots] += weight * tf / (tf + norm[slots])
             else:
-                tf = _window_sum_cum(self._cum(j), w)  # (n,)
+                tf = _window_sum_cum(self._cum(j), w, np.float32)  # (n,)
                 den = tf + norm
                 np.divide(tf, den, out=tf)
                 tf *= weight
@@ -206,11 +211,16 @@ def _window_sum(x: np.ndarray, w: int) -> np.ndarray:
     return x if w == 0 else _window_sum_cum(np.concatenate([[0.0], np.cumsum(x)]), w)
 
 
-def _window_sum_cum(c: np.ndarray, w: int) -> np.ndarray:
-    """Window sums from the prefix sums ``c`` (n + 1,) of a series, by slices rather than gathers."""
+def _window_sum_cum(c: np.ndarray, w: int, dtype: type = np.float64) -> np.ndarray:
+    """Window sums from the prefix sums ``c`` (n + 1,) of a series: slot s sums s - w .. s + w, clipped."""
     n = c.size - 1
-    out = np.full(n, c[n])
-    m = max(n - w, 0)
-    out[:m] = c[w + 1 : w + 1 + m]  # slot s sums up to s + w (clipped at the end) ...
-    out[n - m :] -= c[:m]  # ... from s - w (clipped at the start)
+    out = np.empty(n, dtype=dtype)
+    a, b = min(w, n), max(n - w - 1, 0)  # slots before a clip at the start, slots from b + 1 at the end
+    if a <= b:
+        np.subtract(c[a + w + 1 : b + w + 2], c[a - w : b - w + 1], out=out[a : b + 1], casting="unsafe")
+        np.copyto(out[:a], c[w + 1 : a + w + 1], casting="unsafe")
+        np.subtract(c[n], c[b + 1 - w : n - w], out=out[b + 1 :], casting="unsafe")
+    else:  # the window is wider than the namespace: every slot is clipped on some side
+        idx = np.arange(n)
+        np.subtract(c[np.minimum(idx + w + 1, n)], c[np.maximum(idx - w, 0)], out=out, casting="unsafe")
     return out

@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import RankingConfig
 from .dense import DenseIndex
-from .lexical import LexicalIndex
+from .lexical import LexicalIndex, _cover
 
 WINDOWS = (0, 1, 2, 8)
 
@@ -72,7 +72,7 @@ class NamespaceIndex:
         Needs no query vector, so it can run while the query is being embedded.
         """
         lq = self.lex.query(q_tokens)
-        out = np.zeros(self.lex.n)
+        out = np.zeros(self.lex.n, dtype=np.float32)
         for w, weight in self._bm25_weights().items():
             if weight:
                 scores = lq.scores(w)
@@ -101,19 +101,26 @@ class NamespaceIndex:
             cand = cand[alive[cand]]
         else:
             cand = np.flatnonzero(alive)
-        fused = lexical[cand]  # (c,)
+        fused = lexical[cand].astype(np.float64)  # (c,)
         weights = self._bm25_weights()
-        if cfg.dense_own or cfg.dense_near or cfg.dense_far:
+        if cfg.dense_ctx:
+            fused += cfg.dense_ctx * np.maximum(self.ctx.cosine(q, cand), 0.0)
+        two_stage = self.own.ann and cfg.dense_own > 0
+        if two_stage:
+            fused += cfg.dense_own * np.maximum(self.own.cosine(q, cand), 0.0)
+            keep = max(cfg.rerank, top_k)
+            if cand.size > keep:  # neighbour signals read 17 keys per candidate: only for the most promising
+                sel = np.sort(np.argpartition(-fused, keep - 1)[:keep])
+                cand, fused = cand[sel], fused[sel]
+        if cfg.dense_near or cfg.dense_far or (cfg.dense_own and not two_stage):
             far = 8 if cfg.dense_far else 2 if cfg.dense_near else 0
-            near = np.unique(np.clip((cand[:, None] + np.arange(-far, far + 1)[None, :]).ravel(), 0, self.lex.n - 1))
+            near = _cover(cand, far, self.lex.n)  # cand is sorted; its neighbours, sorted
             own = np.maximum(self.own.cosine(q, near), 0.0) * alive[near]  # (len(near),)
-            if cfg.dense_own:
+            if cfg.dense_own and not two_stage:
                 fused += cfg.dense_own * _at(near, own, cand)
             for w, weight in ((2, cfg.dense_near), (8, cfg.dense_far)):
                 if weight:
                     fused += weight * _window_mean(near, own, alive, cand, w)
-        if cfg.dense_ctx:
-            fused += cfg.dense_ctx * np.maximum(self.ctx.cosine(q, cand), 0.0)
         total = sum(weights.values()) + cfg.dense_own + cfg.dense_ctx + cfg.dense_near + cfg.dense_far
         if cfg.prf and cand.size:
             # Pseudo-relevance feedback: the best hits' context keys sharpen the query.
