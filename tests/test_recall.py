@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from rememory import Memory
@@ -88,12 +89,22 @@ def test_large_namespace_snapshot_round_trip(make_memory, tmp_path, embedder) ->
     mem = make_memory(ranking=cfg)
     mem.add_many(eps[:200])
     mem.recall("note number 5", top_k=1)  # syncs and writes the snapshot
-    assert list((tmp_path / "store" / "index").glob("*.npz"))
-    mem.forget("n5")
-    mem.add_many(eps[200:])
+    index_dir = tmp_path / "store" / "index"
+    assert list(index_dir.glob("*.npz"))
     mem.close()
+    mapped = Memory(tmp_path / "store", embedder=embedder, ranking=cfg)
+    assert mapped.recall("Note number 7", top_k=1)[0].id == "n7"
+    idx = mapped._indexes["default"]
+    assert isinstance(idx.own._q8, np.memmap) and idx.own._hnsw_is_view  # read from disk lazily
+    mapped.forget("n5")
+    mapped.add_many(eps[200:])  # changes a mapped, read-only snapshot: copied into memory first
+    assert mapped.recall("Note number 215", top_k=1)[0].id == "n215"
+    assert not idx.own._hnsw_is_view
+    mapped.close()
     again = Memory(tmp_path / "store", embedder=embedder, ranking=cfg)
     ids = [h.id for h in again.recall("Note number 215", top_k=3)]
     assert ids[0] == "n215"
     assert "n5" not in [h.id for h in again.recall("Note number 5", top_k=20)]
     again.close()
+    versions = {p.name.split("-")[1].split(".")[0] for p in index_dir.glob("*-*.npy")}
+    assert len(versions) == 1  # a newer snapshot removes the files of the older one

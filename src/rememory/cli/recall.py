@@ -9,6 +9,7 @@ import click
 from ..memory import Memory
 from ..records import RecallHit
 from .common import namespace_option, open_memory
+from .main import FAST_EXIT
 
 
 def render_hits(query: str, hits: list[RecallHit]) -> str:
@@ -39,6 +40,7 @@ def _answer(mem: Memory, phrase: str, top_k: int, namespace: str, as_json: bool)
 @click.pass_context
 def recall(ctx: click.Context, phrase: str | None, top_k: int, namespace: str, as_json: bool) -> None:
     """Recall the episodes closest to PHRASE (with no PHRASE: ask for phrases interactively)."""
+    FAST_EXIT.set()
     with open_memory(ctx) as mem:
         if phrase is not None:
             _answer(mem, phrase, top_k, namespace, as_json)

@@ -22,6 +22,7 @@ class DenseIndex:
         self._scale = np.zeros(0, dtype=np.float32)  # (n,) per-key scale to unit norm
         self._f32: np.ndarray | None = None  # exact path: (n, dim) float32, built lazily
         self._hnsw = None
+        self._hnsw_is_view = False  # a memory-mapped snapshot graph: copied into memory before any change
 
     def add(self, q8: np.ndarray, scales: np.ndarray) -> None:
         """Append keys (int8 rows with their dequantisation scales)."""
@@ -36,7 +37,7 @@ class DenseIndex:
         self.alive = np.concatenate([self.alive, np.ones(len(q8), dtype=bool)])
         self.n += len(q8)
         if self.ann:
-            self._graph().add(slots, q8)
+            self._writable_graph().add(slots, q8)
         else:
             self._f32 = None
 
@@ -55,7 +56,7 @@ class DenseIndex:
     def remove(self, slot: int) -> None:
         self.alive[slot] = False
         if self.ann and self._hnsw is not None:
-            self._hnsw.remove(int(slot))
+            self._writable_graph().remove(int(slot))
 
     def _graph(self):
         if self._hnsw is None:
@@ -64,6 +65,13 @@ class DenseIndex:
             self._hnsw = Index(ndim=self.dim, metric="cos", dtype="i8", connectivity=16, expansion_add=64,
                                expansion_search=128)  # fmt: skip
         return self._hnsw
+
+    def _writable_graph(self):
+        graph = self._graph()
+        if self._hnsw_is_view:
+            graph = self._hnsw = graph.copy()
+            self._hnsw_is_view = False
+        return graph
 
     def _matrix(self) -> np.ndarray:
         if self._f32 is None:

@@ -1,7 +1,8 @@
 """Snapshots of large namespaces' recall indexes, so a new process starts in well under a second.
 
-A snapshot is an ``.npz`` of plain arrays (no pickle) plus the two usearch graphs, written to
-temporary files and renamed into place. It is only a cache: on load, the index is synced
+A snapshot is a small ``.npz`` manifest plus ``.npy`` arrays and the two usearch graphs (no
+pickle), each written to a temporary file and renamed into place; a new process maps the
+large parts instead of reading them. It is only a cache: on load, the index is synced
 against the store's current row ids, so rows added or forgotten since are applied, and a
 missing or unreadable snapshot just means building from SQLite again.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -21,54 +23,78 @@ from .dense import DenseIndex
 from .lexical import LexicalIndex
 from .live import NamespaceIndex
 
-FORMAT = 1
+FORMAT = 2
+MAPPED = ("tok", "doc", "tf", "own_q8", "own_scale", "ctx_q8", "ctx_scale")  # the large arrays
 
 
 def _stem(directory: Path, namespace: str) -> Path:
     return directory / hashlib.blake2b(namespace.encode("utf-8"), digest_size=8).hexdigest()
 
 
+def _part(stem: Path, version: str, name: str) -> Path:
+    return stem.with_name(f"{stem.name}-{version}.{name}")
+
+
+def _atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _save_npy(path: str, arr: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to a path
+        np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+
+
 def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
-    """Write ``idx`` atomically under ``directory``."""
+    """Write ``idx`` under ``directory``: versioned array files first, then the manifest that names them.
+
+    A reader opens the manifest, then the files of its version, memory-mapped: a new process
+    starts without reading the arrays, and only the pages a query touches become resident.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     stem = _stem(directory, namespace)
+    version = uuid.uuid4().hex[:12]
     lex = idx.lex
     lex._merge()
     rowids = np.full(lex.n, -1, dtype=np.int64)
     for rowid, slot in idx.slot_of.items():
         rowids[slot] = rowid
-    arrays = {
+    big = {"tok": lex._tok, "doc": lex._doc, "tf": lex._tf}
+    for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
+        big[f"{name}_q8"], big[f"{name}_scale"] = dense._q8, dense._scale
+    for name, arr in big.items():
+        _atomic(_part(stem, version, f"{name}.npy"), lambda p, a=arr: _save_npy(p, a))
+    if idx.own.ann:
+        _atomic(_part(stem, version, "own.usearch"), lambda p: idx.own._graph().save(str(p)))
+        _atomic(_part(stem, version, "ctx.usearch"), lambda p: idx.ctx._graph().save(str(p)))
+    manifest = {
         "format": np.array([FORMAT]),
         "dim": np.array([idx.dim]),
+        "version": np.frombuffer(version.encode("ascii"), dtype=np.uint8),
+        "ann": np.array([idx.own.ann]),
         "rowids": rowids,
         "ids": np.frombuffer("\n".join(idx.ids).encode("utf-8"), dtype=np.uint8),
         "alive": lex.alive,
         "dl": lex.dl,
-        "tok": lex._tok,
-        "doc": lex._doc,
-        "tf": lex._tf,
+        "own_alive": idx.own.alive,
+        "ctx_alive": idx.ctx.alive,
     }
-    for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
-        arrays[f"{name}_q8"] = dense._q8
-        arrays[f"{name}_scale"] = dense._scale
-        arrays[f"{name}_alive"] = dense.alive
 
-    def write_npz(p: str) -> None:
+    def write_manifest(p: str) -> None:
         with open(p, "wb") as fh:  # a file object: np.savez would append ".npz" to a path
-            np.savez(fh, **arrays)
+            np.savez(fh, **manifest)
 
-    files = {stem.with_suffix(".npz"): write_npz}
-    if idx.own.ann:
-        files[stem.with_suffix(".own.usearch")] = lambda p: idx.own._graph().save(str(p))
-        files[stem.with_suffix(".ctx.usearch")] = lambda p: idx.ctx._graph().save(str(p))
-    for target, write in files.items():
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    _atomic(stem.with_suffix(".npz"), write_manifest)
+    for old in directory.glob(f"{stem.name}-*"):  # earlier versions (and format 1 files); open maps stay valid
+        if not old.name.startswith(f"{stem.name}-{version}."):
+            old.unlink(missing_ok=True)
+    for old in (stem.with_suffix(".own.usearch"), stem.with_suffix(".ctx.usearch")):
+        old.unlink(missing_ok=True)
 
 
 def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> NamespaceIndex | None:
@@ -79,9 +105,12 @@ def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> Names
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            if int(z["format"][0]) != FORMAT or int(z["dim"][0]) != dim:
+            if "format" not in z.files or int(z["format"][0]) != FORMAT or int(z["dim"][0]) != dim:
                 return None
             a = {k: z[k] for k in z.files}
+        version = bytes(a["version"]).decode("ascii")
+        for name in MAPPED:
+            a[name] = np.load(_part(stem, version, f"{name}.npy"), mmap_mode="r", allow_pickle=False)
         idx = NamespaceIndex(dim, cfg)
         ids = bytes(a["ids"]).decode("utf-8")
         idx.ids = ids.split("\n") if ids else []
@@ -90,7 +119,7 @@ def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> Names
         lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"].copy(), a["dl"].copy()
         lex._tok, lex._doc, lex._tf = a["tok"], a["doc"], a["tf"]
         idx.lex = lex
-        ann = stem.with_suffix(".own.usearch").exists()
+        ann = bool(a["ann"][0])
         for name in ("own", "ctx"):
             dense = DenseIndex(dim, ann=ann)
             dense.n = len(a[f"{name}_alive"])
@@ -98,10 +127,13 @@ def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> Names
             if ann:
                 from usearch.index import Index
 
-                dense._hnsw = Index.restore(str(stem.with_suffix(f".{name}.usearch")))
+                dense._hnsw = Index.restore(str(_part(stem, version, f"{name}.usearch")), view=True)
+                if dense._hnsw is None:
+                    return None
+                dense._hnsw_is_view = True
             setattr(idx, name, dense)
         if len(idx.ids) != lex.n:
             return None
         return idx
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError):
-        return None  # a damaged cache is rebuilt from the store, which is the source of truth
+        return None  # a damaged or half-replaced cache is rebuilt from the store, the source of truth
