@@ -108,3 +108,7 @@ def test_large_namespace_snapshot_round_trip(make_memory, tmp_path, embedder) ->
     again.close()
     versions = {p.name.split("-")[1].split(".")[0] for p in index_dir.glob("*-*.npy")}
     assert len(versions) == 1  # a newer snapshot removes the files of the older one
+    exact = Memory(tmp_path / "store", embedder=embedder, ranking=RankingConfig(ann_threshold=10**9))
+    assert exact.recall("Note number 215", top_k=1)[0].id == "n215"
+    assert not exact._indexes["default"].own.ann  # an ANN snapshot does not override the ranking's choice
+    exact.close()

@@ -119,7 +119,8 @@ def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> Names
         lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"].copy(), a["dl"].copy()
         lex._tok, lex._doc, lex._tf = a["tok"], a["doc"], a["tf"]
         idx.lex = lex
-        ann = bool(a["ann"][0])
+        # The graphs serve only if this ranking wants ANN at this size (snapshots outlive settings).
+        ann = bool(a["ann"][0]) and int(a["alive"].sum()) > cfg.ann_threshold
         for name in ("own", "ctx"):
             dense = DenseIndex(dim, ann=ann)
             dense.n = len(a[f"{name}_alive"])
