@@ -83,7 +83,12 @@ class DenseIndex:
         if slots is None:
             sims = (self._q8.astype(np.float32) @ q) * self._scale if self.ann else self._matrix() @ q
             return np.where(self.alive, sims, -1.0)
-        sims = self._q8[slots].astype(np.float32) @ q * self._scale[slots] if self.ann else self._matrix()[slots] @ q
+        if self.ann:
+            sims = self._q8[slots].astype(np.float32) @ q * self._scale[slots]
+        elif slots.size * 4 > self.n:  # many slots: one product over the matrix beats copying its rows
+            sims = (self._matrix() @ q)[slots]
+        else:
+            sims = self._matrix()[slots] @ q
         return np.where(self.alive[slots], sims, -1.0)
 
     def candidates(self, q: np.ndarray, k: int) -> np.ndarray:

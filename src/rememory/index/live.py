@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import RankingConfig
 from .dense import DenseIndex
-from .lexical import LexicalIndex, _cover
+from .lexical import LexicalIndex, _cover, _window_sum
 
 WINDOWS = (0, 1, 2, 8)
 
@@ -124,14 +124,22 @@ class NamespaceIndex:
         total = sum(weights.values()) + cfg.dense_own + cfg.dense_ctx + cfg.dense_near + cfg.dense_far
         if cfg.prf and cand.size:
             # Pseudo-relevance feedback: the best hits' context keys sharpen the query.
-            top = cand[np.argsort(-fused, kind="stable")[: cfg.prf_docs]]
+            top = cand[_best(fused, cfg.prf_docs)]
             q2 = q + cfg.prf * self.ctx.unit(top).mean(axis=0)
             q2 /= max(float(np.linalg.norm(q2)), 1e-12)
             fused += cfg.prf * np.maximum(self.ctx.cosine(q2, cand), 0.0)
             total += cfg.prf
-        order = np.argsort(-fused, kind="stable")[:top_k]
+        order = _best(fused, top_k)
         total = max(total, 1e-12)
         return [Scored(int(cand[i]), self.ids[cand[i]], float(min(max(fused[i] / total, 0.0), 1.0))) for i in order]
+
+
+def _best(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest scores, best first (ties: lower position first)."""
+    if k < scores.size:
+        part = np.argpartition(-scores, k - 1)[:k]
+        return part[np.lexsort((part, -scores[part]))]
+    return np.argsort(-scores, kind="stable")
 
 
 def _at(slots: np.ndarray, vals: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -144,6 +152,11 @@ def _at(slots: np.ndarray, vals: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 def _window_mean(near: np.ndarray, vals: np.ndarray, alive: np.ndarray, at: np.ndarray, w: int) -> np.ndarray:
     """Mean of ``vals`` (known on the sorted ``near``) over the alive slots within ``w`` of each slot of ``at``."""
+    n = alive.size
+    if at.size * (2 * w + 1) > n:  # most slots: whole-array window sums beat per-neighbour lookups
+        full = np.zeros(n)
+        full[near] = vals
+        return (_window_sum(full, w) / np.maximum(_window_sum(alive.astype(np.float64), w), 1))[at]
     nb = at[:, None] + np.arange(-w, w + 1)[None, :]  # (len(at), 2w + 1) neighbour slots
     inside = (nb >= 0) & (nb < alive.size)
     nb = np.where(inside, nb, 0)
