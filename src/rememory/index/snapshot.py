@@ -90,11 +90,13 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
             np.savez(fh, **manifest)
 
     _atomic(stem.with_suffix(".npz"), write_manifest)
-    for old in directory.glob(f"{stem.name}-*"):  # earlier versions (and format 1 files); open maps stay valid
-        if not old.name.startswith(f"{stem.name}-{version}."):
+    stale = [p for p in directory.glob(f"{stem.name}-*") if not p.name.startswith(f"{stem.name}-{version}.")]
+    stale += [stem.with_suffix(".own.usearch"), stem.with_suffix(".ctx.usearch")]  # format 1
+    for old in stale:  # on POSIX, processes that mapped them keep their view
+        try:
             old.unlink(missing_ok=True)
-    for old in (stem.with_suffix(".own.usearch"), stem.with_suffix(".ctx.usearch")):
-        old.unlink(missing_ok=True)
+        except OSError:  # still mapped where that forbids deletion (Windows): the next save retries
+            continue
 
 
 def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> NamespaceIndex | None:
