@@ -10,6 +10,7 @@ postings once it grows; removals are tombstones. Neither rebuilds the index.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -80,8 +81,16 @@ class LexicalIndex:
         """Per-index constants of every query, recomputed only after an add or a removal."""
         if self._cached is None:
             c_alive = np.concatenate([[0], np.cumsum(self.alive, dtype=np.int64)])
-            self._cached = _Stats(int(c_alive[-1]), c_alive, {})
+            self._cached = _Stats(int(c_alive[-1]), c_alive, {}, {})
         return self._cached
+
+    def alive_in_window(self, w: int) -> np.ndarray:
+        """(n,) how many alive slots each window of width ``w`` holds (cached until the next change)."""
+        st = self._stats()
+        got = st.alive_w.get(w)
+        if got is None:
+            got = st.alive_w[w] = _window_sum_cum(st.c_alive, w)
+        return got
 
     def _norm(self, st: _Stats, w: int) -> np.ndarray:
         """(n,) float32 BM25 length normalisation of every window of width ``w``; infinite at tombstones."""
@@ -121,12 +130,18 @@ class _Stats:
     live: int  # alive documents
     c_alive: np.ndarray  # (n + 1,) prefix counts of alive slots
     norm: dict[int, np.ndarray]  # window width -> (n,) length normalisation, filled on first use
+    alive_w: dict[int, np.ndarray]  # window width -> (n,) alive slots per window, filled on first use
 
 
 @dataclass
 class _Term:
     docs: np.ndarray  # (m,) ascending alive slots holding the token
     tfs: np.ndarray  # (m,) its term frequency in each
+
+    @cached_property
+    def run(self) -> np.ndarray:
+        """(m + 1,) prefix sums of ``tfs``, shared by every window width."""
+        return np.concatenate([[0.0], np.cumsum(self.tfs)])
 
 
 class LexicalQuery:
@@ -175,8 +190,8 @@ class LexicalQuery:
                 acc[term.docs] += weight * term.tfs / (term.tfs + norm[term.docs])
             elif term.docs.size * (2 * w + 1) < n // 8:
                 slots = _cover(term.docs, w, n)
-                run = np.concatenate([[0.0], np.cumsum(term.tfs)])
-                tf = run[np.searchsorted(term.docs, slots + w, "right")] - run[np.searchsorted(term.docs, slots - w)]
+                hi, lo = np.searchsorted(term.docs, slots + w, "right"), np.searchsorted(term.docs, slots - w)
+                tf = term.run[hi] - term.run[lo]
                 acc[slots] += weight * tf / (tf + norm[slots])
             else:
                 tf = _window_sum_cum(self._cum(j), w, np.float32)  # (n,)

@@ -16,8 +16,6 @@ from .config import RankingConfig
 from .dense import DenseIndex
 from .lexical import LexicalIndex, _cover, _window_sum
 
-WINDOWS = (0, 1, 2, 8)
-
 
 @dataclass(frozen=True)
 class Scored:
@@ -67,10 +65,7 @@ class NamespaceIndex:
             self.ctx = _to_ann(self.ctx)
 
     def lexical(self, q_tokens: np.ndarray) -> np.ndarray:
-        """(n,) weighted BM25 of every slot over all window widths, each width scaled by its maximum.
-
-        Needs no query vector, so it can run while the query is being embedded.
-        """
+        """(n,) weighted BM25 of every slot over all window widths, each width scaled by its maximum."""
         lq = self.lex.query(q_tokens)
         out = np.zeros(self.lex.n, dtype=np.float32)
         for w, weight in self._bm25_weights().items():
@@ -120,7 +115,7 @@ class NamespaceIndex:
                 fused += cfg.dense_own * _at(near, own, cand)
             for w, weight in ((2, cfg.dense_near), (8, cfg.dense_far)):
                 if weight:
-                    fused += weight * _window_mean(near, own, alive, cand, w)
+                    fused += weight * _window_mean(near, own, self.lex, cand, w)
         total = sum(weights.values()) + cfg.dense_own + cfg.dense_ctx + cfg.dense_near + cfg.dense_far
         if cfg.prf and cand.size:
             # Pseudo-relevance feedback: the best hits' context keys sharpen the query.
@@ -150,15 +145,15 @@ def _at(slots: np.ndarray, vals: np.ndarray, at: np.ndarray) -> np.ndarray:
     return np.where(slots[pos] == at, vals[pos], 0.0)
 
 
-def _window_mean(near: np.ndarray, vals: np.ndarray, alive: np.ndarray, at: np.ndarray, w: int) -> np.ndarray:
+def _window_mean(near: np.ndarray, vals: np.ndarray, lex: LexicalIndex, at: np.ndarray, w: int) -> np.ndarray:
     """Mean of ``vals`` (known on the sorted ``near``) over the alive slots within ``w`` of each slot of ``at``."""
-    n = alive.size
+    alive, n = lex.alive, lex.n
     if at.size * (2 * w + 1) > n:  # most slots: whole-array window sums beat per-neighbour lookups
         full = np.zeros(n)
         full[near] = vals
-        return (_window_sum(full, w) / np.maximum(_window_sum(alive.astype(np.float64), w), 1))[at]
+        return (_window_sum(full, w) / np.maximum(lex.alive_in_window(w), 1))[at]
     nb = at[:, None] + np.arange(-w, w + 1)[None, :]  # (len(at), 2w + 1) neighbour slots
-    inside = (nb >= 0) & (nb < alive.size)
+    inside = (nb >= 0) & (nb < n)
     nb = np.where(inside, nb, 0)
     total = (_at(near, vals, nb.ravel()).reshape(nb.shape) * inside).sum(axis=1)
     count = (alive[nb] & inside).sum(axis=1)
