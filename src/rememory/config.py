@@ -7,11 +7,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TypeVar
 
+from .limits import DEFAULT_MAX_TEXT_BYTES
+
 T = TypeVar("T")
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-# Long texts make big, slow cells; chat turns and notes are far below this.
-DEFAULT_MAX_TEXT_BYTES = 16384
 
 
 def user_data_dir() -> Path:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidEpisodeError
+from .limits import MAX_ID_CHARS
 from .records import Episode
 
 _ALLOWED = {"id", "keywords", "text", "time", "namespace"}
-MAX_ID_CHARS = 256
 
 
 def default_id(namespace: str, keywords: str, text: str, time: str | None) -> str:
