@@ -73,7 +73,7 @@ def test_show_stats_verify(trained) -> None:
     assert stats["episodes"] == 21 and {"episodes", "text_bytes", "cell_bytes", "store_bytes"} <= set(stats)
     assert stats["cell_bytes"] / stats["text_bytes"] < 5
     res = run(["verify"], env=env)
-    assert res.returncode == 0 and "21/21 cells exact" in res.stdout
+    assert res.returncode == 0 and "21/21 memories exact" in res.stdout
     human = run(["stats"], env=env).stdout
     assert "per text byte" in human and "all-MiniLM-L6-v2" in human
 

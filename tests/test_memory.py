@@ -4,6 +4,7 @@ import json
 import multiprocessing as mp
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rememory import (
@@ -15,6 +16,7 @@ from rememory import (
     NotFoundError,
 )
 from rememory.embed import Embedder
+from tests.storeutil import locate
 
 pytestmark = pytest.mark.model
 
@@ -90,11 +92,9 @@ def test_corruption_is_detected_and_other_cells_stay_readable(make_memory, tmp_p
     mem = make_memory()
     mem.add_many(EPISODES[:2])
     mem.add_many(EPISODES[2:])  # a second batch: a second shard
-    shard_dir = tmp_path / "store" / "shards"
-    row = mem._store.rows(["bridge"])["bridge"]
-    victim = shard_dir / row.shard_file
+    victim, spans = locate(tmp_path / "store", "default", "bridge")
     data = bytearray(victim.read_bytes())
-    off, length = row.spans["int8"]
+    off, length = spans["int8"]
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
     start = 8 + header_len + header["int8"]["data_offsets"][0] + off  # the "bridge" cell's own int8 span
@@ -115,8 +115,8 @@ def test_unreadable_weight_file(make_memory, tmp_path: Path) -> None:
     mem = make_memory()
     mem.add_many(EPISODES[:1])
     mem.add_many(EPISODES[1:2])
-    row = mem._store.rows(["bridge"])["bridge"]
-    (tmp_path / "store" / "shards" / row.shard_file).write_bytes(b"garbage, not safetensors")
+    victim, _ = locate(tmp_path / "store", "default", "bridge")
+    victim.write_bytes(b"garbage, not safetensors")
     with pytest.raises(IntegrityError, match="unreadable"):
         mem.get("bridge")
     assert mem.get("van").text == EPISODES[1]["text"]
@@ -221,3 +221,144 @@ def test_list_count_and_namespace_scoped_access(make_memory) -> None:
     st = mem.stats("alice")
     assert st.episodes == 3 and st.text_bytes == sum(len(e["text"].encode()) for e in EPISODES[:3])
     assert 0 < st.cell_bytes < 6 * st.text_bytes
+
+
+# --- issue 9: nothing lost, nothing leaked ---
+
+SECRET = {"id": "secret-4711", "keywords": "Zanzibar, quokka, passport",
+          "text": "My passport number is Q7X-5521; I hid it behind the quokka poster."}  # fmt: skip
+
+
+def _store_bytes(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())
+
+
+def test_forget_erases_the_episode_from_every_file(make_memory, tmp_path: Path) -> None:
+    """After forget returns, no byte of the store directory holds the episode's id, keywords, tokens or keys."""
+    from rememory.index.config import RankingConfig
+    from rememory.index.tokenize import token_hashes
+    from tests.storeutil import raw_db
+
+    # A tiny ANN threshold makes even this namespace keep snapshots (arrays and HNSW graphs) on disk.
+    mem = make_memory(ranking=RankingConfig(ann_threshold=2))
+    mem.add_many([*EPISODES, SECRET])
+    path = tmp_path / "store"
+    with raw_db(path) as db:
+        key, ctx_key, tokens = db.execute(
+            "SELECT key, ctx_key, tokens FROM episodes WHERE id = ?", (SECRET["id"],)
+        ).fetchone()
+    others = {int(t) for e in EPISODES for t in token_hashes(f"{e['keywords']} {e['text']}")}
+    own_tokens = [int(t).to_bytes(4, "little") for t in set(np.frombuffer(tokens, "<u4").tolist()) - others]
+    needles = {"id": SECRET["id"].encode(), "keywords": SECRET["keywords"].encode(), "key": key, "ctx_key": ctx_key,
+               **{f"token {i}": t for i, t in enumerate(own_tokens)}}  # fmt: skip
+    assert mem.recall("quokka poster passport", top_k=1)[0].id == SECRET["id"]  # indexes, then snapshots
+    assert list((path / "index").glob("*.npy")), "the test needs a snapshot on disk"
+    before = _store_bytes(path)
+    assert [n for n, v in needles.items() if v in before]  # the secret is on disk before the forget
+
+    mem.forget(SECRET["id"])
+    after = _store_bytes(path)
+    assert [n for n, v in needles.items() if v in after] == []
+    # The live index forgets too, and its next snapshot is written without the episode.
+    mem.add("new, episode", "Something new to grow the index past its snapshot.")
+    assert SECRET["id"] not in [h.id for h in mem.recall("quokka poster passport", top_k=5)]
+    assert list((path / "index").glob("*.npy"))
+    leaks = {p.name: [n for n, v in needles.items() if v in p.read_bytes()] for p in path.rglob("*") if p.is_file()}
+    assert {k: v for k, v in leaks.items() if v} == {}
+
+
+def test_ids_are_per_namespace_and_other_tenants_ids_look_missing(make_memory) -> None:
+    mem = make_memory()
+    mem.add("k", "alice's text", id="same", namespace="alice")
+    assert mem.add("k", "bob's text", id="same", namespace="bob") == "same"  # neither refused nor probed
+    assert mem.get("same", namespace="alice").text == "alice's text"
+    assert mem.get("same", namespace="bob").text == "bob's text"
+    mem.add("k", "only alice has this", id="alices-only", namespace="alice")
+    missing = []
+    for id_ in ("alices-only", "never-existed"):
+        with pytest.raises(NotFoundError) as exc:
+            mem.get(id_, namespace="bob")
+        missing.append(str(exc.value).replace(repr(id_), "ID"))
+    assert missing[0] == missing[1]  # another tenant's id answers exactly like a missing one
+    mem.forget("same", namespace="bob")
+    assert mem.get("same", namespace="alice").text == "alice's text"
+
+
+def test_tampered_snapshot_cannot_leak_another_namespace(make_memory, tmp_path: Path) -> None:
+    from rememory.index import snapshot
+    from rememory.index.config import RankingConfig
+
+    ranking = RankingConfig(ann_threshold=2)
+    mem = make_memory(ranking=ranking)
+    mem.add_many([SECRET], namespace="alice")
+    mem.add_many(EPISODES, namespace="bob")
+    assert mem.recall("bridge", namespace="bob")  # writes bob's snapshot
+    manifest = snapshot._stem(tmp_path / "store" / "index", "bob").with_suffix(".npz")
+    with np.load(manifest) as z:
+        parts = {k: z[k] for k in z.files}
+    # Every slot of bob's index now claims to be alice's secret.
+    ids = "\n".join([SECRET["id"]] * len(EPISODES)).encode()
+    parts["ids"] = np.frombuffer(ids, dtype=np.uint8)
+    with open(manifest, "wb") as fh:
+        np.savez(fh, **parts)
+    fresh = make_memory(ranking=ranking)
+    hits = fresh.recall("passport quokka poster", top_k=5, namespace="bob")
+    assert SECRET["text"] not in [h.text for h in hits] and all(h.namespace == "bob" for h in hits)
+
+
+def test_a_row_moved_to_another_namespace_fails_verification(make_memory, tmp_path: Path) -> None:
+    from tests.storeutil import raw_db
+
+    mem = make_memory()
+    mem.add_many([SECRET], namespace="alice")
+    mem.add_many(EPISODES[:1], namespace="bob")
+    with raw_db(tmp_path / "store") as db:
+        db.execute("UPDATE episodes SET namespace = 'bob' WHERE id = ?", (SECRET["id"],))
+    with pytest.raises(IntegrityError, match="digest mismatch"):
+        mem.get(SECRET["id"], namespace="bob")
+    report = mem.verify()
+    assert [(f.namespace, f.id) for f in report.failures] == [("bob", SECRET["id"])]
+
+
+def _damage_every_way(path: Path) -> dict[str, str]:
+    """Damage five episodes' metadata in five ways; returns id -> what the report must mention."""
+    from tests.storeutil import raw_db
+
+    with raw_db(path) as db:
+        db.execute("UPDATE episodes SET cell = '{not json' WHERE id = 'bridge'")
+        db.execute("UPDATE episodes SET spans = x'690000' WHERE id = 'van'")
+        db.execute("UPDATE episodes SET cell = json_set(cell, '$.n', 90000000000) WHERE id = 'dacha'")
+        db.execute("UPDATE episodes SET key = x'0102' WHERE id = 'cat'")
+        db.execute("UPDATE episodes SET tokens = x'010203' WHERE id = ?", (SECRET["id"],))
+    return {"bridge": "damaged", "van": "spans", "dacha": "bytes", "cat": "key has 2 bytes", SECRET["id"]: "token"}
+
+
+def test_damaged_metadata_is_reported_never_a_crash(make_memory, tmp_path: Path, caplog) -> None:
+    mem = make_memory()
+    mem.add_many([*EPISODES, SECRET, {"id": "fine", "keywords": "tea", "text": "Green tea at noon."}])
+    expect = _damage_every_way(tmp_path / "store")
+    fresh = make_memory()
+    report = fresh.verify()
+    assert report.checked == 6
+    got = {f.id: f.reason for f in report.failures}
+    assert set(got) == set(expect)
+    for id_, word in expect.items():
+        assert word in got[id_], (id_, got[id_])
+    for id_ in ("bridge", "van", "dacha"):
+        with pytest.raises(IntegrityError, match=repr(id_)):
+            fresh.get(id_)
+    # Recall still answers for the intact episodes, and says which damaged ones it left out.
+    with caplog.at_level("WARNING", logger="rememory"):
+        assert fresh.recall("green tea", top_k=1)[0].id == "fine"
+    warned = caplog.text
+    assert "'cat'" in warned and repr(SECRET["id"]) in warned and "rememory verify" in warned
+
+
+def test_a_new_episode_never_takes_a_forgotten_ones_place(make_memory) -> None:
+    """Rowids are never reused: a live index must not mistake a new episode for the forgotten newest one."""
+    mem = make_memory()
+    mem.add_many(EPISODES)
+    assert mem.recall("vet vaccination", top_k=1)[0].id == "cat"  # the index is live
+    mem.forget("cat")  # the newest row
+    new = mem.add("tea, noon", "Green tea at noon with Masha.")
+    assert mem.recall("green tea with Masha", top_k=1)[0].id == new

@@ -170,15 +170,22 @@ def test_tenant_isolation_on_every_route(service: Service) -> None:
             ("GET", "/v1/jobs/{job_id}"): lambda: assert_error(bob.get(f"/v1/jobs/{job}"), 404),
             ("GET", "/v1/stats"): lambda: no_trace(bob.get("/v1/stats")),
             ("POST", "/v1/verify"): lambda: no_trace(bob.post("/v1/verify")),
-            # Bob cannot overwrite Alice's episode by reusing its id: his job fails, hers is intact.
-            ("POST", "/v1/memories"): lambda: add(bob, {"keywords": "x", "text": "overwrite", "id": "alice-secret"}),
+            # Ids are per namespace: Bob's add with Alice's id answers as for any new id (no probing, no
+            # blocking), and stores his own episode; hers is intact (checked below).
+            ("POST", "/v1/memories"): lambda: same_id_is_new(),
         }
+
+        def same_id_is_new() -> None:
+            job = add(bob, {"keywords": "x", "text": "overwrite", "id": "alice-secret"})["job"]
+            assert job["status"] == "succeeded", job
+            assert bob.get("/v1/memories/alice-secret").json()["text"] == "overwrite"
+
         routes = {(m.upper(), p) for p, ops in service.app.openapi()["paths"].items() for m in ops}
         assert set(cross) == routes  # a new route needs an isolation check here
         for attempt in cross.values():
             attempt()
-        assert bob.get("/v1/stats").json()["namespaces"] == {"bobs-ns": 1}
-        assert bob.get("/v1/memories").json()["total"] == 1
+        assert bob.get("/v1/stats").json()["namespaces"] == {"bobs-ns": 2}
+        assert bob.get("/v1/memories").json()["total"] == 2
 
         # Naming Alice's namespace explicitly is refused on every route that takes one.
         for res in (

@@ -1,19 +1,26 @@
 """The store on its own: real SQLite, real safetensors shards, no embedder."""
 
 import dataclasses
+import json
+import os
 import sqlite3
+import stat
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rememory.cells.codec import digest
 from rememory.cells.engine import MlpCellEngine
-from rememory.errors import DuplicateIdError, EmbedderMismatchError, StoreBusyError, StoreError
+from rememory.errors import DuplicateIdError, EmbedderMismatchError, IntegrityError, StoreBusyError, StoreError
+from rememory.integrity import episode_digest
+from rememory.quant import quantize_int8
 from rememory.records import Episode
 from rememory.store import shards
-from rememory.store.migrations import MIGRATIONS
-from rememory.store.sqlite import DB_NAME, NewEpisode, Store, quantize_key
+from rememory.store.migrations import MIGRATIONS, migrate
+from rememory.store.records import NewEpisode
+from rememory.store.sqlite import DB_NAME, Store
+from tests.storeutil import locate, raw_db
 
 EMB = ("test-embedder", 8)
 
@@ -25,8 +32,9 @@ def _items(texts: list[str], ns: str = "default") -> tuple[list[NewEpisode], lis
     rng = np.random.default_rng(0)
     items = []
     for e in eps:
-        q, s = quantize_key(rng.normal(size=EMB[1]).astype(np.float32))
-        items.append(NewEpisode(e, digest(e.text.encode()), len(e.text.encode()), q, s, np.zeros(0, np.uint32), q, s))
+        q, s = quantize_int8(rng.normal(size=EMB[1]).astype(np.float32))
+        dg = episode_digest(e.namespace, e.id, e.text.encode())
+        items.append(NewEpisode(e, dg, len(e.text.encode()), q, s, np.zeros(0, np.uint32), q, s))
     return items, arts
 
 
@@ -34,11 +42,11 @@ def test_round_trip(tmp_path: Path) -> None:
     store = Store(tmp_path / "s")
     items, arts = _items(["first memory", "вторая память"])
     assert store.commit_batch(items, arts, EMB, replace=False) == [it.episode.id for it in items]
-    rows = store.rows([it.episode.id for it in items])
+    rows = store.rows("default", [it.episode.id for it in items])
     loaded = store.load_artifacts(list(rows.values()))
     engine = MlpCellEngine()
     for it in items:
-        art = loaded[it.episode.id]
+        art = loaded[rows[it.episode.id].rowid]
         assert engine.decode(art, it.episode.keywords) == it.episode.text.encode()
         assert rows[it.episode.id].digest == it.digest
     store.close()
@@ -69,18 +77,19 @@ def test_delete_erases_weights_from_disk(tmp_path: Path) -> None:
     items, arts = _items(["keep this one", "forget this one"])
     store.commit_batch(items, arts, EMB, replace=False)
     gone = items[1].episode.id
-    row = store.rows([gone])[gone]
-    path = tmp_path / "s" / "shards" / row.shard_file
-    off, length = row.spans["int8"]
+    path, spans = locate(tmp_path / "s", "default", gone)
+    off, length = spans["int8"]
     from safetensors.numpy import load_file
 
     assert np.any(load_file(path)["int8"][off : off + length] != 0)
-    assert store.delete([gone, "no-such-id"]) == [gone]
+    assert store.delete("other", [gone]) == []  # ids are per namespace
+    assert store.delete("default", [gone, "no-such-id"]) == [gone]
     assert not np.any(load_file(path)["int8"][off : off + length])  # zeroed on disk
     kept = items[0].episode.id
-    art = store.load_artifacts([store.rows([kept])[kept]])[kept]
+    row = store.rows("default", [kept])[kept]
+    art = store.load_artifacts([row])[row.rowid]
     assert MlpCellEngine().decode(art, items[0].episode.keywords) == b"keep this one"
-    store.delete([kept])
+    store.delete("default", [kept])
     assert not path.exists()  # the last episode took its shard with it
 
 
@@ -139,3 +148,254 @@ def test_spans_encoding_round_trip() -> None:
     blob = shards.encode_spans(spans)
     assert len(blob) == 27
     assert shards.decode_spans(blob) == spans
+
+
+# --- a store is never silently lost or replaced (issue 9, item 1) ---
+
+
+def _committed(path: Path, texts: list[str], ns: str = "default") -> Store:
+    store = Store(path)
+    items, arts = _items(texts, ns)
+    store.commit_batch(items, arts, EMB, replace=False)
+    return store
+
+
+@pytest.mark.parametrize("how", ["missing", "empty"])
+def test_missing_or_empty_database_is_refused_and_nothing_is_deleted(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "s"
+    _committed(path, ["a memory that must survive"]).close()
+    shard_files = sorted((path / "shards").iterdir())
+    old = time.time() - 7200  # older than any commit in flight: the old cleanup deleted these
+    for f in shard_files:
+        os.utime(f, (old, old))
+    (path / DB_NAME).unlink()
+    if how == "empty":
+        (path / DB_NAME).write_bytes(b"")
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match=f"damaged: its database {DB_NAME} is {how}.*Restore"):
+            Store(path, read_only=read_only)
+    assert sorted((path / "shards").iterdir()) == shard_files
+    assert (path / DB_NAME).exists() == (how == "empty")  # no fresh database was created either
+
+
+def test_cleanup_deletes_only_what_the_database_proves_abandoned(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    _committed(path, ["kept"]).close()
+    unknown = path / "shards" / "0123456789abcdef.safetensors"  # e.g. the database was restored from a backup
+    shards.write_atomic(unknown, {"int8": np.arange(5, dtype=np.int8)})
+    pending = path / "shards" / "fedcba9876543210.safetensors"  # a commit that crashed before its rows
+    shards.write_atomic(pending, {"int8": np.arange(5, dtype=np.int8)})
+    with raw_db(path) as db:
+        db.execute("INSERT INTO pending_shards(file, since) VALUES (?, ?)", (pending.name, int(time.time()) - 7200))
+    old = time.time() - 7200
+    for f in (path / "shards").iterdir():
+        os.utime(f, (old, old))
+    store = Store(path)
+    assert unknown.exists() and not pending.exists()
+    assert store.count() == 1 and len(list((path / "shards").iterdir())) == 2
+    with raw_db(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM pending_shards").fetchone()[0] == 0
+
+
+def test_a_commit_marks_its_shard_pending_until_its_rows_exist(tmp_path: Path) -> None:
+    """A crash between writing a shard and committing its rows leaves a mark that proves it abandoned."""
+    path = tmp_path / "s"
+    store = Store(path)
+    store.bind_embedder(*EMB)
+    items, arts = _items(["will not commit"])
+    seen: list[list[str]] = []
+    real = shards.write_atomic
+
+    def crash_after_write(p: Path, tensors: dict) -> None:
+        real(p, tensors)
+        with raw_db(path) as db:
+            seen.append([f for (f,) in db.execute("SELECT file FROM pending_shards")])
+        raise KeyboardInterrupt  # the process dies here
+
+    shards.write_atomic = crash_after_write
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.commit_batch(items, arts, EMB, replace=False)
+    finally:
+        shards.write_atomic = real
+    assert len(seen[0]) == 1  # recorded before the file existed
+    assert list((path / "shards").iterdir()) == [] and store.count() == 0
+
+
+def test_read_only_store_never_writes(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    _committed(path, ["one", "two"]).close()
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in path.rglob("*") if p.is_file()}
+    store = Store(path, read_only=True)
+    rows = store.rows("default", [f"id{i}-{t}" for i, t in enumerate(["one", "two"])])
+    arts = store.load_artifacts(list(rows.values()))
+    assert len(rows) == 2 and all(not isinstance(a, Exception) for a in arts.values())
+    assert store.size_report().episodes == 2
+    with pytest.raises(StoreError, match="read-only"):
+        store.delete("default", list(rows))
+    store.close()
+    # SQLite may create an empty log and its shared-memory index to read a WAL database; no data is written.
+    log = [p for p in path.iterdir() if p.name.endswith(("-wal", "-shm")) and p not in before]
+    assert all(p.name.endswith("-shm") or p.stat().st_size == 0 for p in log)
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in path.rglob("*") if p.is_file() and p not in log}
+    assert before == after
+    with pytest.raises(StoreError, match="no store"):
+        Store(tmp_path / "nothing-here", read_only=True)
+    assert not (tmp_path / "nothing-here").exists()
+
+
+# --- forget erases, ids are per namespace (issue 9, items 2 and 3) ---
+
+
+def test_delete_erases_the_row_from_the_database_and_its_log(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    store = Store(path)
+    items, arts = _items(["keep me around", "the secret text"])
+    store.commit_batch(items, arts, EMB, replace=False)
+    gone = items[1]
+    needles = [gone.episode.id.encode(), gone.key.tobytes()]
+    assert any(n in _all_bytes(path) for n in needles)
+    store.delete("default", [gone.episode.id])
+    blob = _all_bytes(path)  # before close: erased by the time delete returns
+    for needle in needles:
+        assert needle not in blob, needle
+    assert items[0].episode.id.encode() in blob
+
+
+def _all_bytes(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())
+
+
+def test_ids_are_unique_per_namespace(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    a, a_arts = _items(["text of tenant a"], "a")
+    b, b_arts = _items(["text of tenant b"], "b")
+    b = [dataclasses.replace(it, episode=dataclasses.replace(it.episode, id=a[0].episode.id)) for it in b]
+    b = [dataclasses.replace(it, digest=episode_digest("b", it.episode.id, it.episode.text.encode())) for it in b]
+    assert store.commit_batch(a, a_arts, EMB, replace=False) == [a[0].episode.id]
+    assert store.commit_batch(b, b_arts, EMB, replace=False) == [a[0].episode.id]  # no duplicate_id across tenants
+    ra, rb = store.rows("a", [a[0].episode.id]), store.rows("b", [a[0].episode.id])
+    assert ra[a[0].episode.id].digest != rb[a[0].episode.id].digest
+    assert store.delete("a", [a[0].episode.id]) == [a[0].episode.id]
+    assert store.count("b") == 1 and store.count("a") == 0
+
+
+def _v2_store(path: Path) -> list[Episode]:
+    """A store as rememory wrote it before ids became per-namespace (schema 2, text-only digests)."""
+    from rememory.cells.codec import digest
+
+    path.mkdir()
+    (path / "shards").mkdir()
+    eps = [Episode("e1", "kw one", "first, in namespace a", None, "a"),
+           Episode("e2", "kw two", "second, in b", None, "b")]  # fmt: skip
+    arts = MlpCellEngine().encode([e.keywords for e in eps], [e.text.encode() for e in eps])
+    tensors, spans = shards.pack([a.streams for a in arts])
+    shards.write_atomic(path / "shards" / "old.safetensors", tensors)
+    db = sqlite3.connect(path / DB_NAME, isolation_level=None)
+    migrate(db, MIGRATIONS[:2])
+    db.execute("INSERT INTO meta(key, value) VALUES ('embedder', 'test-embedder'), ('dim', '8')")
+    db.execute("INSERT INTO embedders(id, name, dim) VALUES (1, 'test-embedder', 8)")
+    db.execute("INSERT INTO shards(id, file, created_at) VALUES (1, 'old.safetensors', 0)")
+    for e, art, sp in zip(eps, arts, spans):
+        db.execute(
+            "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest, key, key_scale,"
+            " embedder, engine, cell, shard, spans, tokens, ctx_key, ctx_key_scale)"
+            " VALUES (?,?,?,?,0,?,?,?,1.0,1,?,?,1,?,?,?,1.0)",
+            (e.id, e.namespace, e.keywords, e.time, len(e.text.encode()), digest(e.text.encode()), bytes(8),
+             art.engine, json.dumps(art.config), shards.encode_spans(sp), b"", bytes(8)),
+        )  # fmt: skip
+    db.close()
+    return eps
+
+
+def test_migration_to_per_namespace_ids_keeps_every_episode(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    eps = _v2_store(path)
+    store = Store(path)
+    with raw_db(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    engine = MlpCellEngine()
+    for e in eps:
+        row = store.rows(e.namespace, [e.id])[e.id]
+        assert row.digest_format == 1  # old digests are kept and still checked as text-only digests
+        art = store.load_artifacts([row])[row.rowid]
+        assert engine.decode(art, e.keywords) == e.text.encode()
+    items, arts = _items(["now e1 may exist in b too"], "b")
+    items = [dataclasses.replace(it, episode=dataclasses.replace(it.episode, id="e1")) for it in items]
+    assert store.commit_batch(items, arts, EMB, replace=False) == ["e1"]
+    assert store.count("b") == 2 and store.count("a") == 1
+
+
+def test_migration_statements_may_hold_semicolons(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    migrate(db, [("CREATE TABLE t (v TEXT)", "INSERT INTO t VALUES ('a;b -- not a comment')")])
+    assert db.execute("SELECT v FROM t").fetchone()[0] == "a;b -- not a comment"
+
+
+# --- damaged metadata is reported, never a crash (issue 9, item 4) ---
+
+
+def test_damaged_rows_are_listed_with_their_reason(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    store = _committed(path, ["ok one", "short key", "odd tokens", "bad digest"])
+    ids = [f"id{i}-{t[:4]}" for i, t in enumerate(["ok one", "short key", "odd tokens", "bad digest"])]
+    with raw_db(path) as db:
+        db.execute("UPDATE episodes SET key = x'0102' WHERE id = ?", (ids[1],))
+        db.execute("UPDATE episodes SET tokens = x'010203' WHERE id = ?", (ids[2],))
+        db.execute("UPDATE episodes SET digest = x'00' WHERE id = ?", (ids[3],))
+    found = {d.id: d.reason for d in store.damaged()}
+    assert set(found) == set(ids[1:])
+    assert "key has 2 bytes" in found[ids[1]] and "token" in found[ids[2]] and "digest" in found[ids[3]]
+    rows = store.index_rows(store.namespace_rowids("default").tolist())
+    assert [r.damage is None for r in rows] == [True, False, False, True]
+
+
+def test_damaged_engine_metadata_maps_to_an_integrity_error_per_episode(tmp_path: Path) -> None:
+    texts = ["fine", "bad json", "bad spans", "spans past the end", "not an object"]
+    path = tmp_path / "s"
+    store = _committed(path, texts)
+    ids = [f"id{i}-{t[:4]}" for i, t in enumerate(texts)]
+    with raw_db(path) as db:
+        db.execute("UPDATE episodes SET cell = '{not json' WHERE id = ?", (ids[1],))
+        db.execute("UPDATE episodes SET spans = x'6900' WHERE id = ?", (ids[2],))
+        db.execute("UPDATE episodes SET spans = ? WHERE id = ?",
+                   (shards.encode_spans({"int8": (10**6, 50)}), ids[3]))  # fmt: skip
+        db.execute("UPDATE episodes SET cell = '[1, 2]' WHERE id = ?", (ids[4],))
+    rows = store.rows("default", ids)
+    got = store.load_artifacts([rows[i] for i in ids])
+    assert not isinstance(got[rows[ids[0]].rowid], Exception)
+    for i in ids[1:]:
+        err = got[rows[i].rowid]
+        assert isinstance(err, IntegrityError) and err.ids == [i], err
+
+
+def test_spans_decoding_rejects_damage() -> None:
+    with pytest.raises(ValueError, match="multiple of 9"):
+        shards.decode_spans(b"\x00" * 10)
+    with pytest.raises(ValueError, match="unknown or repeated"):
+        shards.decode_spans(b"Z" + bytes(8))
+
+
+# --- file permissions (issue 9, item 9) ---
+
+
+def test_store_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    from rememory.server.auth import KeyStore
+
+    old = os.umask(0)
+    try:
+        path = tmp_path / "s"
+        store = _committed(path, ["private"])
+        KeyStore.for_store(path).create("alice")
+        for p in [path, *path.rglob("*")]:
+            mode = stat.S_IMODE(p.stat().st_mode)
+            assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+        store.close()
+        # A store made wider by hand is narrowed again on open.
+        os.chmod(path, 0o755)
+        os.chmod(path / DB_NAME, 0o644)
+        Store(path).close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+        assert stat.S_IMODE((path / DB_NAME).stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -47,8 +47,13 @@ class MemoryEngine(ABC):
         """One artifact per (key, text); each must already decode to its exact text."""
 
     @abstractmethod
-    def decode(self, artifact: Artifact, key: str) -> bytes:
-        """Reconstruct the bytes of one episode from its artifact and its key."""
+    def decode(self, artifact: Artifact, key: str, *, n_bytes: int | None = None) -> bytes:
+        """Reconstruct the bytes of one episode from its artifact and its key.
+
+        ``n_bytes`` is the length the store recorded: an engine must check its artifact against
+        it (and against its own streams) before allocating anything, and raise
+        :class:`~rememory.errors.IntegrityError` for an artifact that does not fit.
+        """
 
     def verify(self, artifact: Artifact, key: str, expected_digest: bytes) -> bool:
         """Whether ``artifact`` reconstructs bytes with digest ``expected_digest``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -9,7 +10,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from .cells.codec import digest
 from .cells.engine import MlpCellEngine
 from .cells.model import CellConfig
 from .cells.train import TrainProgress
@@ -17,13 +17,18 @@ from .config import resolve_max_text_bytes, resolve_store_path
 from .embed import Embedder, load_embedder
 from .engine import Artifact, MemoryEngine, get_engine
 from .episodes import validate_episode, validate_many, validate_namespace
-from .errors import ConfigError, DuplicateIdError, IntegrityError, NotFoundError
+from .errors import ConfigError, IntegrityError, NotFoundError, RememoryError
 from .index import snapshot
 from .index.config import RankingConfig
 from .index.live import NamespaceIndex
 from .index.tokenize import token_hashes
-from .records import Episode, RecallHit, StoreStats, VerifyReport
-from .store.sqlite import NewEpisode, Row, Store, mismatch, quantize_key
+from .integrity import episode_digest
+from .quant import quantize_int8
+from .records import Episode, RecallHit, StoreStats, VerifyFailure, VerifyReport
+from .store.records import NewEpisode, Row
+from .store.sqlite import SNAPSHOT_DIR, Store, check_duplicate, mismatch
+
+logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[TrainProgress], None]
 MAX_TOP_K = 1000
@@ -54,11 +59,13 @@ class Memory:
         max_text_bytes: int | None = None,
         batch_size: int = 256,
         busy_timeout: float = 30.0,
+        read_only: bool = False,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         self.path = resolve_store_path(path)
-        self._store = Store(self.path, busy_timeout=busy_timeout)
+        self.read_only = read_only
+        self._store = Store(self.path, busy_timeout=busy_timeout, read_only=read_only)
         bound = self._store.embedder_info()
         if embedder is None and bound is not None:
             embedder = bound[0]  # reopen with the model the store was built with
@@ -70,7 +77,7 @@ class Memory:
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
         self._indexes: dict[str, NamespaceIndex] = {}
-        self._snapshot_dir = self.path / "index"
+        self._snapshot_dir = self.path / SNAPSHOT_DIR
         self._index_lock = threading.Lock()
 
     # --- lifecycle ---
@@ -139,21 +146,16 @@ class Memory:
         return self._add(eps, progress=progress, replace=replace)
 
     def _add(self, eps: list[Episode], *, progress: ProgressFn | None, replace: bool) -> list[str]:
-        existing = self._store.rows([e.id for e in eps])
+        existing: dict[tuple[str, str], Row] = {}
+        for ns in {ep.namespace for ep in eps}:
+            for r in self._store.rows(ns, [e.id for e in eps if e.namespace == ns]).values():
+                existing[(ns, r.id)] = r
         todo: list[tuple[Episode, bytes, bytes]] = []
         for ep in eps:
             data = ep.text.encode("utf-8")
-            dg = digest(data)
-            row = existing.get(ep.id)
-            if row is not None:
-                if (row.namespace, row.keywords, row.time, row.digest) == (ep.namespace, ep.keywords, ep.time, dg):
-                    continue
-                if not replace:
-                    raise DuplicateIdError(
-                        f"An episode with id {ep.id!r} already exists with different content. Give the new "
-                        "episode another id, or replace the old one (replace=True, CLI --replace)."
-                    )
-            todo.append((ep, data, dg))
+            dg = episode_digest(ep.namespace, ep.id, data)
+            if check_duplicate(existing.get((ep.namespace, ep.id)), ep, dg, replace=replace):
+                todo.append((ep, data, dg))
         if todo:
             self._store.bind_embedder(self._embedder.id, self._embedder.dim)
         contexts = self._context_texts([ep for ep, _, _ in todo])
@@ -174,8 +176,8 @@ class Memory:
             arts = self._engine.encode([ep.keywords for ep, _, _ in chunk], [d for _, d, _ in chunk], relay)
             items = []
             for (ep, data, dg), vec, ctx_vec in zip(chunk, vecs, ctx_vecs):
-                q, scale = quantize_key(vec)
-                cq, cscale = quantize_key(ctx_vec)
+                q, scale = quantize_int8(vec)
+                cq, cscale = quantize_int8(ctx_vec)
                 tokens = token_hashes(f"{ep.keywords} {ep.text}")
                 items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale))
             self._store.commit_batch(items, arts, (self._embedder.id, self._embedder.dim), replace=replace)
@@ -198,81 +200,100 @@ class Memory:
             last = self._store.list_rows_desc(ns, limit=1)
             before = ""
             if last:
-                prev = self._reconstruct(last)[last[0].id]
-                # A damaged cell is reported by recall and verify; it must not block new memories.
+                prev = self._reconstruct(last)[last[0].rowid]
                 if isinstance(prev, bytes):
                     before = f"{last[0].keywords} {prev.decode('utf-8')}"
+                else:  # a damaged memory must not block new ones; verify and recall report it
+                    logger.warning(
+                        "The context key of the new episodes in namespace %r leaves out their predecessor %r, whose "
+                        "memory is damaged (%s). Run `rememory verify` and re-add it.", ns, last[0].id, prev
+                    )  # fmt: skip
             for j, i in enumerate(idx):
                 window = [before if j == 0 else texts[j - 1], texts[j], texts[j + 1] if j + 1 < len(texts) else ""]
                 out[i] = " ".join(t for t in window if t)
         return out
 
-    def forget(self, id: str, *, namespace: str | None = None) -> None:
-        """Delete an episode and erase its cell's weights from disk.
+    def forget(self, id: str, *, namespace: str = "default") -> None:
+        """Delete an episode and erase it from every file the store owns, before returning.
 
-        With ``namespace``, an episode of another namespace counts as missing (tenant isolation).
+        Its row is overwritten, the database's write-ahead log truncated, its weights zeroed, and
+        the namespace's recall snapshot dropped (the next process rebuilds it from the store).
 
         >>> mem.forget("t1")
         """
-        if namespace is not None and self._row(id, namespace) is None:
-            raise NotFoundError(f"No memory with id {id!r} in namespace {namespace!r}; nothing was forgotten.")
-        if not self._store.delete([id]):
-            raise NotFoundError(f"No memory with id {id!r}; nothing was forgotten. Check the id (rememory show ID).")
+        namespace = validate_namespace(namespace)
+        if not self._store.delete(namespace, [id]):
+            raise NotFoundError(
+                f"No memory with id {id!r} in namespace {namespace!r}; nothing was forgotten. "
+                "Check the id and the namespace (rememory show ID --namespace NS)."
+            )
+        with snapshot.locked(self._snapshot_dir):
+            snapshot.discard(self._snapshot_dir, namespace)
+        with self._index_lock:
+            idx = self._indexes.get(namespace)
+            if idx is not None:
+                idx.snapshot_size = 0  # re-snapshot (without the forgotten episode) once the index syncs
 
-    def _row(self, id: str, namespace: str | None) -> Row | None:
-        r = self._store.rows([id]).get(id)
-        if r is None or (namespace is not None and r.namespace != namespace):
-            return None
-        return r
+    def _row(self, id: str, namespace: str) -> Row | None:
+        return self._store.rows(validate_namespace(namespace), [id]).get(id)
 
     # --- reads ---
 
-    def _reconstruct(self, rows: Sequence[Row]) -> dict[str, bytes | Exception]:
+    def _reconstruct(self, rows: Sequence[Row]) -> dict[int, bytes | IntegrityError]:
+        """Each row's exact text by rowid, or the :class:`IntegrityError` that says why it is unreadable."""
         arts = self._store.load_artifacts(rows)
-        out: dict[str, bytes | Exception] = {}
+        out: dict[int, bytes | IntegrityError] = {}
         for r in rows:
-            art = arts[r.id]
-            if isinstance(art, Exception):
-                out[r.id] = IntegrityError(
-                    f"The memory cell {r.id!r} is unreadable ({art}). Its weights file is damaged; "
-                    "run `rememory verify` to list every affected cell, then re-add them.",
+            art = arts[r.rowid]
+            if isinstance(art, IntegrityError):
+                out[r.rowid] = IntegrityError(
+                    f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {art}. Run `rememory verify` "
+                    "to list every affected memory, then re-add them.",
                     ids=[r.id],
                 )
                 continue
-            out[r.id] = self._decode_checked(r, art)
+            out[r.rowid] = self._decode_checked(r, art)
         return out
 
-    def _decode_checked(self, r: Row, art: Artifact) -> bytes | Exception:
+    def _decode_checked(self, r: Row, art: Artifact) -> bytes | IntegrityError:
         try:
-            data = get_engine(art.engine).decode(art, r.keywords)
-        except (ValueError, KeyError) as exc:
-            return IntegrityError(f"The memory cell {r.id!r} is malformed ({exc}); re-add the episode.", ids=[r.id])
-        if len(data) != r.n_bytes or digest(data) != r.digest:
+            data = get_engine(art.engine).decode(art, r.keywords, n_bytes=r.n_bytes)
+        except Exception as exc:  # any engine, any damage: stored data that fails to decode is damaged
+            what = str(exc) if isinstance(exc, RememoryError) else f"{type(exc).__name__}: {exc}"
             return IntegrityError(
-                f"The memory cell {r.id!r} did not reconstruct its exact text (digest mismatch): its weights "
-                "are damaged. Run `rememory verify` to list every affected cell, then re-add them.",
+                f"The memory {r.id!r} (namespace {r.namespace!r}) is malformed ({what}); re-add the episode.",
+                ids=[r.id],
+            )
+        try:
+            want = episode_digest(r.namespace, r.id, data, r.digest_format)
+        except ValueError:
+            want = b""
+        if len(data) != r.n_bytes or want != r.digest:
+            return IntegrityError(
+                f"The memory {r.id!r} (namespace {r.namespace!r}) did not reconstruct its exact text for its own "
+                "namespace and id (digest mismatch): its data is damaged or was moved. Run `rememory verify` to list "
+                "every affected memory, then re-add them.",
                 ids=[r.id],
             )
         return data
 
-    def _text(self, r: Row, got: dict[str, bytes | Exception]) -> str:
-        data = got[r.id]
+    def _text(self, r: Row, got: dict[int, bytes | IntegrityError]) -> str:
+        data = got[r.rowid]
         if isinstance(data, Exception):
             raise data
         return data.decode("utf-8")
 
-    def get(self, id: str, *, namespace: str | None = None) -> Episode:
-        """The episode with this id, its text reconstructed from its cell.
+    def get(self, id: str, *, namespace: str = "default") -> Episode:
+        """The episode with this id in ``namespace``, its text reconstructed from its memory.
 
-        With ``namespace``, an episode of another namespace counts as missing (tenant isolation).
+        Ids are unique per namespace: an episode of another namespace is simply not there.
 
         >>> mem.get("e1").text
         'We walked with Ilya across the bridge.'
         """
         r = self._row(id, namespace)
         if r is None:
-            where = f" in namespace {namespace!r}" if namespace is not None else ""
-            raise NotFoundError(f"No memory with id {id!r}{where}. Check the id and the namespace.")
+            raise NotFoundError(f"No memory with id {id!r} in namespace {namespace!r}. Check the id and the namespace.")
         return Episode(r.id, r.keywords, self._text(r, self._reconstruct([r])), r.time, r.namespace)
 
     def list(self, namespace: str = "default", *, limit: int = 100, offset: int = 0) -> list[Episode]:
@@ -301,14 +322,26 @@ class Memory:
                 idx.snapshot_size = idx.lex.n
                 self._indexes[namespace] = idx
             if idx.generation != gen:
-                idx.sync(self._store.namespace_rowids(namespace), self._store.index_rows)
+                for bad in idx.sync(self._store.namespace_rowids(namespace), self._store.index_rows):
+                    logger.warning(
+                        "Memory %r of namespace %r cannot be recalled: %s. Run `rememory verify`, then re-add it.",
+                        bad.id, namespace, bad.damage,
+                    )  # fmt: skip
                 idx.generation = gen
                 # Large namespaces keep a snapshot so that a new process starts fast.
                 grown = idx.lex.n - idx.snapshot_size
-                if idx.size >= self.ranking.ann_threshold and grown >= max(1, idx.snapshot_size // 10):
-                    snapshot.save(idx, self._snapshot_dir, namespace)
-                    idx.snapshot_size = idx.lex.n
+                if (not self.read_only and idx.size >= self.ranking.ann_threshold
+                        and grown >= max(1, idx.snapshot_size // 10)):  # fmt: skip
+                    self._save_snapshot(idx, namespace)
             return idx
+
+    def _save_snapshot(self, idx: NamespaceIndex, namespace: str) -> None:
+        # Under the snapshot lock, and only if every episode in it is still stored: a forget that
+        # committed meanwhile must not be written back to disk (forget drops snapshots under this lock).
+        with snapshot.locked(self._snapshot_dir):
+            if set(idx.slot_of) <= set(self._store.namespace_rowids(namespace).tolist()):
+                snapshot.save(idx, self._snapshot_dir, namespace)
+                idx.snapshot_size = idx.lex.n
 
     def recall(self, query: str, top_k: int = 3, namespace: str = "default") -> list[RecallHit]:
         """The ``top_k`` episodes of ``namespace`` that best match ``query``, best first.
@@ -335,28 +368,35 @@ class Memory:
         if q.shape[0] != idx.dim:
             raise mismatch(self.path, "?", idx.dim, self._embedder.id, q.shape[0])
         scored = idx.search(q, idx.lexical(token_hashes(query)), top_k)
-        rows = self._store.rows([s.id for s in scored])
-        picked = [(rows[s.id], s.score) for s in scored if s.id in rows]  # a concurrent forget
+        # The index is a cache: every hit is checked against its store row in this namespace
+        # before anything is decoded (a concurrent forget, or a tampered snapshot, yields nothing).
+        rows = self._store.rows(namespace, [s.id for s in scored])
+        picked = [(rows[s.id], s.score) for s in scored if s.id in rows]
         got = self._reconstruct([r for r, _ in picked])
         return [RecallHit(r.id, s, r.keywords, self._text(r, got), r.time, r.namespace) for r, s in picked]
 
-    def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-        """Decode every cell and compare it with its digest; returns which cells failed and why.
+    def verify(
+        self, progress: Callable[[int, int], None] | None = None, *, namespace: str | None = None
+    ) -> VerifyReport:
+        """Check every memory (of ``namespace``, or of the whole store): decode it, compare its digest, and
+        check the metadata recall needs. Lists all damage and carries on; never writes.
 
         >>> mem.verify().ok
         True
         """
-        total = self._store.count()
+        if namespace is not None:
+            namespace = validate_namespace(namespace)
+        total = self._store.count(namespace)
         checked = 0
-        failed: dict[str, str] = {}
-        for rows in self._store.iter_rows(batch=500):
-            for id_, res in self._reconstruct(rows).items():
-                if isinstance(res, Exception):
-                    failed[id_] = str(res)
+        failures = [VerifyFailure(d.namespace, d.id, d.reason) for d in self._store.damaged(namespace)]
+        for rows in self._store.iter_rows(namespace, batch=500):
+            got = self._reconstruct(rows)
+            failures += [VerifyFailure(r.namespace, r.id, str(got[r.rowid])) for r in rows
+                         if isinstance(got[r.rowid], IntegrityError)]  # fmt: skip
             checked += len(rows)
             if progress is not None:
                 progress(checked, total)
-        return VerifyReport(checked=checked, failed=failed)
+        return VerifyReport(checked=checked, failures=failures)
 
     def stats(self, namespace: str | None = None) -> StoreStats:
         """Sizes of the store (or of one namespace): episodes, text, cell and on-disk bytes."""
@@ -364,6 +404,6 @@ class Memory:
         bound = self._store.embedder_info()
         emb, dim = bound if bound is not None else (self._embedder.id, 0)
         return StoreStats(
-            episodes=rep["episodes"], text_bytes=rep["text_bytes"], cell_bytes=rep["cell_bytes"],
-            store_bytes=rep["store_bytes"], embedder=emb, dim=dim, namespaces=rep["namespaces"],
+            episodes=rep.episodes, text_bytes=rep.text_bytes, cell_bytes=rep.cell_bytes,
+            store_bytes=rep.store_bytes, embedder=emb, dim=dim, namespaces=rep.namespaces,
         )  # fmt: skip

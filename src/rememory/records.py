@@ -53,12 +53,26 @@ class StoreStats:
 
 
 @dataclass(frozen=True)
+class VerifyFailure:
+    """One damaged memory found by :meth:`rememory.Memory.verify`."""
+
+    namespace: str
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class VerifyReport:
-    """Result of :meth:`rememory.Memory.verify`: which cells reconstructed their exact text."""
+    """Result of :meth:`rememory.Memory.verify`: how many memories were checked, and every one that failed."""
 
     checked: int
-    failed: dict[str, str] = field(default_factory=dict)  # id -> reason
+    failures: list[VerifyFailure] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failures
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Id -> reason. Ids are unique per namespace: for a whole-store report, use ``failures``."""
+        return {f.id: f.reason for f in self.failures}

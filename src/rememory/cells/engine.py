@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..engine import Artifact, MemoryEngine
+from ..errors import IntegrityError
 from .features import seed_from_key
 from .model import CellConfig, CellShape, QuantizedCell
 from .train import train_cells
@@ -14,6 +16,7 @@ from .train import train_cells
 # (CellConfig's defaults may change; a cell that differs from these stores its own values.)
 FORMAT_FEATURE_RATIO = 4
 FORMAT_FREQ_STD = 1.6
+MAX_FEATURES = 1 << 27  # n * r: far above any real cell; bounds what a damaged config makes decode allocate
 
 
 class MlpCellEngine(MemoryEngine):
@@ -55,11 +58,29 @@ class MlpCellEngine(MemoryEngine):
             cfg["f"] = self.config.freq_std
         return cfg
 
-    def decode(self, artifact: Artifact, key: str) -> bytes:
+    def decode(self, artifact: Artifact, key: str, *, n_bytes: int | None = None) -> bytes:
         cfg = artifact.config
         alphabet = artifact.streams.get("uint8")
-        h = int(cfg["h"])
-        r = int(cfg.get("r", FORMAT_FEATURE_RATIO * h))
-        shape = CellShape(int(cfg["n"]), 0 if alphabet is None else int(alphabet.size), r, h)
-        cell = QuantizedCell.from_streams(shape, artifact.streams)
-        return cell.decode(seed_from_key(key), float(cfg.get("f", FORMAT_FREQ_STD)))
+        n, h = _whole(cfg, "n"), _whole(cfg, "h")
+        r = _whole(cfg, "r") if "r" in cfg else FORMAT_FEATURE_RATIO * h
+        freq = cfg.get("f", FORMAT_FREQ_STD)
+        if not isinstance(freq, int | float) or not math.isfinite(freq):
+            raise IntegrityError(f"cell config 'f' is {freq!r}, not a number")
+        # Checked before anything is allocated: the feature matrix alone is n * r floats.
+        if n_bytes is not None and n != n_bytes:
+            raise IntegrityError(f"the cell says its text has {n} bytes, the store says {n_bytes}")
+        if n and not (h >= 1 and r >= 1 and n * r <= MAX_FEATURES):
+            raise IntegrityError(f"the cell's shape (n={n}, h={h}, r={r}) is out of range")
+        shape = CellShape(n, 0 if alphabet is None else int(alphabet.size), r, h)
+        try:
+            cell = QuantizedCell.from_streams(shape, artifact.streams)
+        except ValueError as exc:
+            raise IntegrityError(str(exc)) from None
+        return cell.decode(seed_from_key(key), float(freq))
+
+
+def _whole(cfg: dict[str, Any], name: str) -> int:
+    v = cfg.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise IntegrityError(f"cell config {name!r} is {v!r}, not a whole number")
+    return v

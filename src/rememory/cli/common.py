@@ -7,8 +7,9 @@ import click
 from ..memory import Memory
 
 
-def open_memory(ctx: click.Context) -> Memory:
-    return Memory(ctx.obj["store"], embedder=ctx.obj["embedder"])
+def open_memory(ctx: click.Context, *, read_only: bool = False) -> Memory:
+    """The store the command line names; ``read_only`` for commands that must never write (verify, show)."""
+    return Memory(ctx.obj["store"], embedder=ctx.obj["embedder"], read_only=read_only)
 
 
 namespace_option = click.option(

@@ -6,17 +6,18 @@ import json
 
 import click
 
-from .common import open_memory
+from .common import namespace_option, open_memory
 
 
 @click.command()
 @click.argument("id")
+@namespace_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 @click.pass_context
-def show(ctx: click.Context, id: str, as_json: bool) -> None:
-    """Reconstruct and print the episode with this ID."""
-    with open_memory(ctx) as mem:
-        ep = mem.get(id)
+def show(ctx: click.Context, id: str, namespace: str, as_json: bool) -> None:
+    """Reconstruct and print the episode with this ID (ids are unique per namespace)."""
+    with open_memory(ctx, read_only=True) as mem:
+        ep = mem.get(id, namespace=namespace)
     if as_json:
         d = {"id": ep.id, "namespace": ep.namespace, "keywords": ep.keywords, "text": ep.text, "time": ep.time}
         click.echo(json.dumps(d, ensure_ascii=False))
@@ -29,23 +30,26 @@ def show(ctx: click.Context, id: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("id")
+@namespace_option
 @click.pass_context
-def forget(ctx: click.Context, id: str) -> None:
-    """Delete the episode with this ID and erase its weights."""
+def forget(ctx: click.Context, id: str, namespace: str) -> None:
+    """Delete the episode with this ID and erase it from every file of the store."""
     with open_memory(ctx) as mem:
-        mem.forget(id)
+        mem.forget(id, namespace=namespace)
     click.echo(f"Forgot {id}.", err=True)
 
 
 @click.command()
+@click.option("--namespace", "-n", default=None, help="Check one namespace only (default: the whole store).")
 @click.pass_context
-def verify(ctx: click.Context) -> None:
-    """Decode every cell and check it against its digest (exit code 7 if any fails)."""
-    with open_memory(ctx) as mem:
-        report = mem.verify()
-    for id_, reason in sorted(report.failed.items()):
-        click.echo(f"FAILED {id_}: {reason}")
-    click.echo(f"{report.checked - len(report.failed)}/{report.checked} cells exact.")
+def verify(ctx: click.Context, namespace: str | None) -> None:
+    """Decode every memory and check it and its metadata (exit code 7 if any fails). Never writes."""
+    with open_memory(ctx, read_only=True) as mem:
+        report = mem.verify(namespace=namespace)
+    for f in sorted(report.failures, key=lambda f: (f.namespace, f.id)):
+        click.echo(f"FAILED {f.namespace}/{f.id}: {f.reason}")
+    bad = len({(f.namespace, f.id) for f in report.failures})
+    click.echo(f"{report.checked - bad}/{report.checked} memories exact.")
     if not report.ok:
         raise click.exceptions.Exit(7)
 
@@ -59,7 +63,7 @@ def _per(n: int, tb: int) -> str:
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Episodes, text bytes, cell bytes and store bytes, and the embedder."""
-    with open_memory(ctx) as mem:
+    with open_memory(ctx, read_only=True) as mem:
         st = mem.stats()
     if as_json:
         click.echo(json.dumps(st.to_dict(), ensure_ascii=False))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..quant import quantize_int8
+
 
 class DenseIndex:
     """Unit-norm keys of one namespace in insertion order (slot = position)."""
@@ -99,6 +101,6 @@ class DenseIndex:
         if not self.ann:
             sims = self.cosine(q)
             return np.argpartition(-sims, k - 1)[:k]
-        q8 = np.clip(np.round(q / max(float(np.abs(q).max()), 1e-12) * 127), -127, 127).astype(np.int8)
+        q8, _ = quantize_int8(q)
         found = self._graph().search(q8, k)
         return np.asarray(found.keys, dtype=np.int64)

@@ -8,10 +8,12 @@ so a forgotten episode can never be recalled again, whichever process forgot it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..store.records import IndexRow
 from .config import RankingConfig
 from .dense import DenseIndex
 from .lexical import LexicalIndex, _cover, _window_sum
@@ -42,27 +44,42 @@ class NamespaceIndex:
     def size(self) -> int:
         return int(self.lex.alive.sum())
 
-    def sync(self, rowids: np.ndarray, fetch) -> None:
-        """Bring the index to exactly ``rowids``; ``fetch(new_rowids)`` returns their index rows."""
+    def sync(self, rowids: np.ndarray, fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
+        """Bring the index to exactly ``rowids``; ``fetch(new_rowids)`` returns their index rows.
+
+        Returns the damaged rows met: each takes its slot as a tombstone (so it is neither
+        recalled nor fetched again), and the caller reports it.
+        """
         current = set(rowids.tolist())
         for rowid in [r for r in self.slot_of if r not in current]:
-            slot = self.slot_of.pop(rowid)
-            self.lex.remove(slot)
-            self.own.remove(slot)
-            self.ctx.remove(slot)
+            self._tombstone(self.slot_of.pop(rowid))
         new = [r for r in rowids.tolist() if r not in self.slot_of]
+        damaged: list[IndexRow] = []
         if new:
             rows = fetch(new)
             base = self.lex.n
             for i, row in enumerate(rows):
-                self.slot_of[row[0]] = base + i
-                self.ids.append(row[1])
-            self.lex.add([np.frombuffer(r[6], dtype="<u4") for r in rows])
-            self.own.add(np.frombuffer(b"".join(r[2] for r in rows), dtype=np.int8), np.array([r[3] for r in rows]))
-            self.ctx.add(np.frombuffer(b"".join(r[4] for r in rows), dtype=np.int8), np.array([r[5] for r in rows]))
+                self.slot_of[row.rowid] = base + i
+                self.ids.append(row.id)
+            self.lex.add([r.tokens for r in rows])
+            zero = np.zeros(self.dim, dtype=np.int8)
+            for name, key, scale in (("own", "key", "key_scale"), ("ctx", "ctx_key", "ctx_key_scale")):
+                keys = [zero if r.damage else getattr(r, key) for r in rows]
+                getattr(self, name).add(np.concatenate(keys) if keys else zero[:0],
+                                        np.array([1.0 if r.damage else getattr(r, scale) for r in rows]))  # fmt: skip
+            for i, row in enumerate(rows):
+                if row.damage:
+                    self._tombstone(base + i)
+                    damaged.append(row)
         if not self.own.ann and self.size > self.cfg.ann_threshold:
             self.own = _to_ann(self.own)
             self.ctx = _to_ann(self.ctx)
+        return damaged
+
+    def _tombstone(self, slot: int) -> None:
+        self.lex.remove(slot)
+        self.own.remove(slot)
+        self.ctx.remove(slot)
 
     def lexical(self, q_tokens: np.ndarray) -> np.ndarray:
         """(n,) weighted BM25 of every slot over all window widths, each width scaled by its maximum."""

@@ -4,26 +4,40 @@ A snapshot is a small ``.npz`` manifest plus ``.npy`` arrays and the two usearch
 pickle), each written to a temporary file and renamed into place; a new process maps the
 large parts instead of reading them. It is only a cache: on load, the index is synced
 against the store's current row ids, so rows added or forgotten since are applied, and a
-missing or unreadable snapshot just means building from SQLite again.
+missing snapshot just means building from the store again, and an unreadable one is
+reported (a warning naming it) and rebuilt.
+
+A snapshot never holds a forgotten episode: ``save`` writes only live slots' data (dead
+slots' ids, postings and keys are dropped or zeroed, and an HNSW graph that ever held one is
+rebuilt without it), and ``forget`` discards the namespace's snapshot under the same lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import os
 import tempfile
 import uuid
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..fsutil import private_dir
 from .config import RankingConfig
 from .dense import DenseIndex
 from .lexical import LexicalIndex
 from .live import NamespaceIndex
 
+logger = logging.getLogger(__name__)
+
 FORMAT = 2
+LOCK_FILE = ".lock"
 MAPPED = ("tok", "doc", "tf", "own_q8", "own_scale", "ctx_q8", "ctx_scale")  # the large arrays
 
 
@@ -35,7 +49,27 @@ def _part(stem: Path, version: str, name: str) -> Path:
     return stem.with_name(f"{stem.name}-{version}.{name}")
 
 
-def _atomic(target: Path, write) -> None:
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold the snapshot directory's lock (across processes): saving and discarding never interleave."""
+    private_dir(directory)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def discard(directory: Path, namespace: str) -> None:
+    """Delete every file of ``namespace``'s snapshot (call under :func:`locked`)."""
+    stem = _stem(directory, namespace)
+    for p in [stem.with_suffix(".npz"), *directory.glob(f"{stem.name}-*"), stem.with_suffix(".own.usearch"),
+              stem.with_suffix(".ctx.usearch")]:  # fmt: skip
+        p.unlink(missing_ok=True)
+
+
+def _atomic(target: Path, write: Callable[[str], object]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
     os.close(fd)
     try:
@@ -56,7 +90,7 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
     A reader opens the manifest, then the files of its version, memory-mapped: a new process
     starts without reading the arrays, and only the pages a query touches become resident.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     stem = _stem(directory, namespace)
     version = uuid.uuid4().hex[:12]
     lex = idx.lex
@@ -64,21 +98,26 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
     rowids = np.full(lex.n, -1, dtype=np.int64)
     for rowid, slot in idx.slot_of.items():
         rowids[slot] = rowid
-    big = {"tok": lex._tok, "doc": lex._doc, "tf": lex._tf}
+    live = lex.alive
+    keep = live[lex._doc]  # postings of live slots only: a forgotten episode's tokens never reach the disk
+    big = {"tok": lex._tok[keep], "doc": lex._doc[keep], "tf": lex._tf[keep]}
     for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
-        big[f"{name}_q8"], big[f"{name}_scale"] = dense._q8, dense._scale
+        big[f"{name}_q8"] = np.where(live[:, None], dense._q8, 0).astype(np.int8)
+        big[f"{name}_scale"] = np.where(live, dense._scale, 0).astype(dense._scale.dtype)
     for name, arr in big.items():
         _atomic(_part(stem, version, f"{name}.npy"), lambda p, a=arr: _save_npy(p, a))
     if idx.own.ann:
-        _atomic(_part(stem, version, "own.usearch"), lambda p: idx.own._graph().save(str(p)))
-        _atomic(_part(stem, version, "ctx.usearch"), lambda p: idx.ctx._graph().save(str(p)))
+        for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
+            graph = dense._graph() if dense.alive.all() else _live_graph(dense)
+            _atomic(_part(stem, version, f"{name}.usearch"), lambda p, g=graph: g.save(str(p)))
+    ids = [i if live[s] else "" for s, i in enumerate(idx.ids)]
     manifest = {
         "format": np.array([FORMAT]),
         "dim": np.array([idx.dim]),
         "version": np.frombuffer(version.encode("ascii"), dtype=np.uint8),
         "ann": np.array([idx.own.ann]),
         "rowids": rowids,
-        "ids": np.frombuffer("\n".join(idx.ids).encode("utf-8"), dtype=np.uint8),
+        "ids": np.frombuffer("\n".join(ids).encode("utf-8"), dtype=np.uint8),
         "alive": lex.alive,
         "dl": lex.dl,
         "own_alive": idx.own.alive,
@@ -99,6 +138,17 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
             continue
 
 
+def _live_graph(dense: DenseIndex) -> Any:
+    """A new HNSW graph of ``dense``'s live slots: usearch keeps a removed vector's bytes in its file."""
+    from usearch.index import Index
+
+    graph = Index(ndim=dense.dim, metric="cos", dtype="i8", connectivity=16, expansion_add=64, expansion_search=128)
+    slots = np.flatnonzero(dense.alive)
+    if slots.size:
+        graph.add(slots, dense._q8[slots])
+    return graph
+
+
 def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> NamespaceIndex | None:
     """The snapshot of ``namespace``, or None if there is none usable (then the caller rebuilds)."""
     stem = _stem(directory, namespace)
@@ -106,37 +156,44 @@ def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> Names
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "format" not in z.files or int(z["format"][0]) != FORMAT or int(z["dim"][0]) != dim:
-                return None
-            a = {k: z[k] for k in z.files}
-        version = bytes(a["version"]).decode("ascii")
-        for name in MAPPED:
-            a[name] = np.load(_part(stem, version, f"{name}.npy"), mmap_mode="r", allow_pickle=False)
-        idx = NamespaceIndex(dim, cfg)
-        ids = bytes(a["ids"]).decode("utf-8")
-        idx.ids = ids.split("\n") if ids else []
-        idx.slot_of = {int(r): s for s, r in enumerate(a["rowids"]) if r >= 0 and a["alive"][s]}
-        lex = LexicalIndex()
-        lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"].copy(), a["dl"].copy()
-        lex._tok, lex._doc, lex._tf = a["tok"], a["doc"], a["tf"]
-        idx.lex = lex
-        # The graphs serve only if this ranking wants ANN at this size (snapshots outlive settings).
-        ann = bool(a["ann"][0]) and int(a["alive"].sum()) > cfg.ann_threshold
-        for name in ("own", "ctx"):
-            dense = DenseIndex(dim, ann=ann)
-            dense.n = len(a[f"{name}_alive"])
-            dense._q8, dense._scale, dense.alive = a[f"{name}_q8"], a[f"{name}_scale"], a[f"{name}_alive"].copy()
-            if ann:
-                from usearch.index import Index
+        return _load(stem, path, dim, cfg)
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    # A damaged or half-replaced cache is rebuilt from the store, the source of truth; say so.
+    logger.warning("The recall snapshot %s is unreadable (%s); rebuilding the index from the store.", path, why)
+    return None
 
-                dense._hnsw = Index.restore(str(_part(stem, version, f"{name}.usearch")), view=True)
-                if dense._hnsw is None:
-                    return None
-                dense._hnsw_is_view = True
-            setattr(idx, name, dense)
-        if len(idx.ids) != lex.n:
+
+def _load(stem: Path, path: Path, dim: int, cfg: RankingConfig) -> NamespaceIndex | None:
+    with np.load(path, allow_pickle=False) as z:
+        if "format" not in z.files or int(z["format"][0]) != FORMAT or int(z["dim"][0]) != dim:
             return None
-        return idx
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError):
-        return None  # a damaged or half-replaced cache is rebuilt from the store, the source of truth
+        a = {k: z[k] for k in z.files}
+    version = bytes(a["version"]).decode("ascii")
+    for name in MAPPED:
+        a[name] = np.load(_part(stem, version, f"{name}.npy"), mmap_mode="r", allow_pickle=False)
+    idx = NamespaceIndex(dim, cfg)
+    ids = bytes(a["ids"]).decode("utf-8")
+    idx.ids = ids.split("\n") if ids else []
+    idx.slot_of = {int(r): s for s, r in enumerate(a["rowids"]) if r >= 0 and a["alive"][s]}
+    lex = LexicalIndex()
+    lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"].copy(), a["dl"].copy()
+    lex._tok, lex._doc, lex._tf = a["tok"], a["doc"], a["tf"]
+    idx.lex = lex
+    # The graphs serve only if this ranking wants ANN at this size (snapshots outlive settings).
+    ann = bool(a["ann"][0]) and int(a["alive"].sum()) > cfg.ann_threshold
+    for name in ("own", "ctx"):
+        dense = DenseIndex(dim, ann=ann)
+        dense.n = len(a[f"{name}_alive"])
+        dense._q8, dense._scale, dense.alive = a[f"{name}_q8"], a[f"{name}_scale"], a[f"{name}_alive"].copy()
+        if ann:
+            from usearch.index import Index
+
+            dense._hnsw = Index.restore(str(_part(stem, version, f"{name}.usearch")), view=True)
+            if dense._hnsw is None:
+                raise ValueError(f"its {name} graph is unreadable")
+            dense._hnsw_is_view = True
+        setattr(idx, name, dense)
+    if len(idx.ids) != lex.n:
+        raise ValueError(f"it lists {len(idx.ids)} ids for {lex.n} slots")
+    return idx

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from ..episodes import validate_namespace
 from ..errors import ConfigError, InvalidEpisodeError, NotFoundError, StoreError
-from ..store.migrations import migrate, run_script
+from ..fsutil import FILE_MODE, private_dir, private_file, tighten
+from ..store.migrations import Migration, migrate
 
 KEYS_DB = "keys.db"
 PREFIX = "rmk"
@@ -30,22 +31,18 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _KEY = re.compile(r"^rmk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 
-def _m001_keys(db: sqlite3.Connection) -> None:
-    run_script(
-        db,
-        """
-        CREATE TABLE api_keys (
-            name TEXT PRIMARY KEY,
-            key_id TEXT NOT NULL UNIQUE,   -- public part of the key, finds the row
-            key_hash BLOB NOT NULL,        -- SHA-256 of the whole key (the key itself is never stored)
-            namespace TEXT NOT NULL,
-            created_at TEXT NOT NULL       -- ISO 8601, UTC
-        );
-        """,
-    )
+_M001_KEYS = (
+    """CREATE TABLE api_keys (
+        name TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL UNIQUE,   -- public part of the key, finds the row
+        key_hash BLOB NOT NULL,        -- SHA-256 of the whole key (the key itself is never stored)
+        namespace TEXT NOT NULL,
+        created_at TEXT NOT NULL       -- ISO 8601, UTC
+    )""",
+)
 
 
-MIGRATIONS = [_m001_keys]
+MIGRATIONS: list[Migration] = [_M001_KEYS]
 
 
 @dataclass(frozen=True)
@@ -79,7 +76,10 @@ class KeyStore:
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0):
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            private_file(self.path)  # 0600 before SQLite opens it: its -wal and -shm inherit the mode
+            for suffix in ("-wal", "-shm"):
+                tighten(self.path.with_name(self.path.name + suffix), FILE_MODE)
             self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             migrate(self._db, MIGRATIONS)

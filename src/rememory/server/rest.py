@@ -17,7 +17,6 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..episodes import MAX_ID_CHARS, validate_many, validate_namespace
-from ..errors import IntegrityError, NotFoundError
 from ..memory import Memory
 from ..records import Episode
 from .auth import ApiKey
@@ -303,19 +302,8 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
     @router.post("/verify", response_model=VerifyResponse, responses=_errors(403), tags=["store"])
     def verify(who: TenantArg, namespace: NamespaceQuery = None) -> VerifyResponse:
         """Decode every cell of the namespace and check it against its digest."""
-        ns = who.namespace(namespace)
-        report = memory.verify()
-        failed = {id_: why for id_, why in report.failed.items() if _in_namespace(memory, id_, ns)}
-        return VerifyResponse(checked=memory.count(ns), failed=failed, ok=not failed)
+        report = memory.verify(namespace=who.namespace(namespace))
+        return VerifyResponse(checked=report.checked, failed=report.failed, ok=report.ok)
 
     return router
 
-
-def _in_namespace(memory: Memory, id_: str, namespace: str) -> bool:
-    try:
-        memory.get(id_, namespace=namespace)
-    except NotFoundError:
-        return False
-    except IntegrityError:
-        return True
-    return True

@@ -30,11 +30,21 @@ def encode_spans(spans: Spans) -> bytes:
     return b"".join(_SPAN.pack(np.dtype(name).char.encode(), o, n) for name, (o, n) in sorted(spans.items()))
 
 
+_STREAM_DTYPES = {np.dtype(t).char.encode(): np.dtype(t).name for t in ("int8", "uint8", "float16", "float32", "int16",
+                                                                   "uint16", "int32", "uint32")}
+
+
 def decode_spans(blob: bytes) -> Spans:
+    """Inverse of :func:`encode_spans`; damaged bytes raise ``ValueError`` naming the problem."""
+    if len(blob) % _SPAN.size:
+        raise ValueError(f"the spans blob has {len(blob)} bytes, not a multiple of {_SPAN.size}")
     out: Spans = {}
     for i in range(0, len(blob), _SPAN.size):
         code, off, length = _SPAN.unpack_from(blob, i)
-        out[np.dtype(code.decode()).name] = (off, length)
+        name = _STREAM_DTYPES.get(code)
+        if name is None or name in out:
+            raise ValueError(f"the spans blob names an unknown or repeated stream type {code!r}")
+        out[name] = (off, length)
     return out
 
 

@@ -1,100 +1,159 @@
 """The embedded store: SQLite (WAL) for metadata and keys, safetensors shards for weights.
 
-Layout of a store directory::
+Layout of a store directory (0700; every file 0600)::
 
-    rememory.db            SQLite: episodes, keys, digests, cell configs, shard index
+    rememory.db               SQLite: episodes, keys, digests, engine configs, shard index
     shards/<hex>.safetensors  the weights of one committed training batch
 
-Every write is one ``BEGIN IMMEDIATE`` transaction. Shards are written (atomically) before the
-transaction that references them, so a crash leaves at worst an unreferenced shard file,
-which is collected later; it never leaves a row without its weights.
+A shard file is written only after the database records it as pending, and it is referenced
+by rows in the transaction that clears that mark; removing one goes the other way. So
+cleanup deletes a file only when the database proves it was abandoned, and a store whose
+database is missing or empty is refused, never mistaken for a new one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..engine import Artifact
 from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError, StoreBusyError, StoreError
+from ..fsutil import FILE_MODE, private_dir, private_file, tighten
+from ..integrity import DIGEST_SIZE
 from ..records import Episode
 from . import shards
-from .migrations import migrate
+from .migrations import MIGRATIONS, check_version, migrate
+from .records import Damage, IndexRow, NewEpisode, Row, SizeReport
+
+logger = logging.getLogger(__name__)
 
 DB_NAME = "rememory.db"
 SHARD_DIR = "shards"
-_ORPHAN_AGE_S = 3600.0  # an unreferenced shard this old cannot belong to a commit in flight
+SNAPSHOT_DIR = "index"  # the recall index's snapshots (a cache, see rememory.index.snapshot)
+_ORPHAN_AGE_S = 3600.0  # a pending shard this old cannot belong to a commit in flight
+_SQLITE_FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm")
+
+# What the recall index reads, with the key dimension of the embedder that made the row.
+_INDEX_SQL = (
+    "SELECT e.rowid, e.id, e.key, e.key_scale, COALESCE(e.ctx_key, e.key), COALESCE(e.ctx_key_scale, e.key_scale),"
+    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
+)
+_ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
 
 
-@dataclass(frozen=True)
-class Row:
-    """One stored episode's metadata (no text: the text lives only in the cell)."""
-
-    id: str
-    namespace: str
-    keywords: str
-    time: str | None
-    created_at: int
-    n_bytes: int
-    digest: bytes
-    engine: str
-    cell: dict
-    shard_file: str
-    spans: dict[str, tuple[int, int]]
+def same_content(row: Row, ep: Episode, digest: bytes) -> bool:
+    """Whether stored ``row`` holds exactly episode ``ep`` (whose text has ``digest``, current format)."""
+    return (row.namespace, row.keywords, row.time, row.digest) == (ep.namespace, ep.keywords, ep.time, digest)
 
 
-@dataclass(frozen=True)
-class NewEpisode:
-    episode: Episode
-    digest: bytes
-    n_bytes: int
-    key: np.ndarray  # (dim,) int8
-    key_scale: float
-    tokens: np.ndarray  # (t,) uint32 token hashes of keywords and text
-    ctx_key: np.ndarray  # (dim,) int8: the episode embedded with its neighbours
-    ctx_key_scale: float
+def check_duplicate(row: Row | None, ep: Episode, digest: bytes, *, replace: bool) -> bool:
+    """Whether ``ep`` must be stored, given the ``row`` already stored under its id (if any).
+
+    Identical content is skipped (re-adding is a no-op: that is how an interrupted train resumes);
+    other content under the same id is a :class:`DuplicateIdError` unless ``replace``.
+    """
+    if row is None:
+        return True
+    if same_content(row, ep, digest):
+        return False
+    if not replace:
+        raise DuplicateIdError(
+            f"An episode with id {ep.id!r} already exists in namespace {ep.namespace!r} with different content. "
+            "Give the new episode another id, or replace the old one (replace=True, CLI --replace)."
+        )
+    return True
 
 
-def quantize_key(vec: np.ndarray) -> tuple[np.ndarray, float]:
-    """int8 with one scale per vector: a quarter of float32, and cosine error around 1e-3."""
-    amax = float(np.abs(vec).max()) or 1.0
-    scale = amax / 127.0
-    return np.clip(np.round(vec / scale), -127, 127).astype(np.int8), scale
+def damaged_store_error(path: Path, problem: str) -> StoreError:
+    return StoreError(
+        f"The store at {path} is damaged: {problem}, but the directory still holds the store's other files "
+        f"({SHARD_DIR}/, {SNAPSHOT_DIR}/ or its log). Opening it would start an empty store and lose them, so it "
+        f"was not opened and nothing was changed. Restore {DB_NAME} (and any {DB_NAME}-wal beside it) from a "
+        "backup, or move the directory aside and start a new store elsewhere."
+    )
 
 
 class Store:
-    """SQLite + shard files under one directory. Safe for several threads and processes."""
+    """SQLite + shard files under one directory. Safe for several threads and processes.
 
-    def __init__(self, path: Path, *, busy_timeout: float = 30.0):
+    ``read_only`` opens an existing store without writing anything to it: no migration, no
+    cleanup, and every write raises :class:`StoreError`.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0, read_only: bool = False):
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        db_path = self.path / DB_NAME
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"The store path {self.path} is a file; give a directory (it is created if missing).")
+        self._refuse_if_damaged(db_path)
+        if read_only:
+            if not db_path.exists():
+                raise StoreError(f"There is no store at {self.path}. Check the path (--store, REMEMORY_STORE).")
+        else:
+            try:
+                private_dir(self.path)
+                private_dir(self.path / SHARD_DIR)
+                private_file(db_path)
+                for name in _SQLITE_FILES[1:]:
+                    tighten(self.path / name, FILE_MODE)
+            except OSError as exc:
+                raise StoreError(
+                    f"Cannot create the store directory {self.path}: {exc}. Choose a writable path."
+                ) from exc
         try:
-            (self.path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"Cannot create the store directory {self.path}: {exc}. Choose a writable path.") from exc
-        self.busy_timeout = busy_timeout
-        self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(
-                self.path / DB_NAME, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            if read_only:
+                uri = db_path.resolve().as_uri() + "?mode=ro"
+                self._db = sqlite3.connect(
+                    uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+                )
+                version = check_version(self._db, MIGRATIONS, "store")
+                if version < len(MIGRATIONS):
+                    raise StoreError(
+                        f"The store at {self.path} has schema version {version}; this rememory uses "
+                        f"{len(MIGRATIONS)}. Open it once for writing (for example `rememory stats`) to upgrade it."
+                    )
+            else:
+                self._db = sqlite3.connect(db_path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                migrate(self._db, what="store")
             self._db.execute("PRAGMA foreign_keys=ON")
-            migrate(self._db)
+            # Deleted rows are overwritten with zeros, not left in free pages (forget means erase).
+            self._db.execute("PRAGMA secure_delete=ON")
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
-        self._collect_orphans()
+        if not read_only:
+            self._collect_orphans()
+
+    def _refuse_if_damaged(self, db_path: Path) -> None:
+        """A missing or empty database beside the store's other files is damage, not a new store."""
+        try:
+            size = db_path.stat().st_size
+        except FileNotFoundError:
+            size = None
+        if size:
+            return
+        others = [self.path / f"{DB_NAME}-wal"]  # (keys.db alone is not memories: keys may come first)
+        for sub in (SHARD_DIR, SNAPSHOT_DIR):
+            d = self.path / sub
+            if d.is_dir():
+                others += list(d.iterdir())
+        if any(p.exists() for p in others):
+            raise damaged_store_error(self.path, f"its database {DB_NAME} is {'missing' if size is None else 'empty'}")
 
     # --- plumbing ---
 
@@ -105,10 +164,15 @@ class Store:
                 f"The store at {self.path} is busy: another process held its write lock for over "
                 f"{self.busy_timeout:g} s. Retry when that process finishes."
             )
+        if "readonly" in msg or "read-only" in msg:
+            return StoreError(f"The store at {self.path} is open read-only; open it for writing to change it.")
         return StoreError(f"The store database at {self.path / DB_NAME} is unreadable: {exc}.")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, bump: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``bump`` advances the generation that recall indexes sync on."""
+        if self.read_only:
+            raise StoreError(f"The store at {self.path} is open read-only; open it for writing to change it.")
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -116,7 +180,8 @@ class Store:
                 raise self._translate(exc) from exc
             try:
                 yield self._db
-                self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+                if bump:
+                    self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 self._db.execute("ROLLBACK")
@@ -124,7 +189,7 @@ class Store:
                     raise self._translate(exc) from exc
                 raise
 
-    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
@@ -139,12 +204,39 @@ class Store:
         return self.path / SHARD_DIR / file
 
     def _collect_orphans(self) -> None:
-        """Delete shard files no row references, once they are too old to be a commit in flight."""
-        known = {r[0] for r in self._read("SELECT file FROM shards")}
+        """Delete shard files the database proves abandoned: pending for too long, or never renamed into place.
+
+        A file the database knows nothing about is left alone: it may be the only copy of
+        something (a database restored from an older backup, say).
+        """
         now = time.time()
-        for p in (self.path / SHARD_DIR).iterdir():
-            if p.name not in known and now - p.stat().st_mtime > _ORPHAN_AGE_S:
+        pending = self._read("SELECT file, since FROM pending_shards")
+        stale = [f for (f, since) in pending if now - since > _ORPHAN_AGE_S]
+        for file in stale:
+            self._shard_path(file).unlink(missing_ok=True)
+            with self._write(bump=False) as db:
+                db.execute("DELETE FROM pending_shards WHERE file = ?", (file,))
+        # A temporary file is never referenced by name: an old one is a write that crashed.
+        for p in (self.path / SHARD_DIR).glob(".tmp-*"):
+            if now - p.stat().st_mtime > _ORPHAN_AGE_S:
                 p.unlink(missing_ok=True)
+
+    def erase_log(self) -> None:
+        """Fold the write-ahead log into the database and truncate it, so deleted rows leave no copy there.
+
+        Waits (up to the busy timeout) for readers of older snapshots, then raises
+        :class:`StoreBusyError` if they still hold the log.
+        """
+        with self._lock:
+            try:
+                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.OperationalError as exc:
+                raise self._translate(exc) from exc
+        if busy:
+            raise StoreBusyError(
+                f"The store at {self.path} could not erase its write-ahead log: another process kept reading "
+                f"for over {self.busy_timeout:g} s. The deletion is committed; retry the command to finish erasing."
+            )
 
     # --- embedder bookkeeping ---
 
@@ -173,17 +265,20 @@ class Store:
     ) -> list[str]:
         """Store a trained batch in one transaction; returns the ids actually inserted.
 
-        An id that exists with identical content is skipped; with other content it raises
-        :class:`DuplicateIdError` unless ``replace``. Nothing of the batch is stored on error.
+        An id that exists in the episode's namespace with identical content is skipped; with other
+        content it raises :class:`DuplicateIdError` unless ``replace``. Nothing of the batch is
+        stored on error.
         """
         tensors, spans = shards.pack([a.streams for a in artifacts])
         file = f"{uuid.uuid4().hex}.safetensors"
         path = self._shard_path(file)
-        shards.write_atomic(path, tensors)
+        with self._write(bump=False) as db:
+            db.execute("INSERT INTO pending_shards(file, since) VALUES (?, ?)", (file, int(time.time())))
         inserted: list[str] = []
         stale_shards: set[int] = set()
         now = int(time.time())
         try:
+            shards.write_atomic(path, tensors)
             with self._write() as db:
                 emb_id, dim = embedder
                 meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')").fetchall())
@@ -194,23 +289,20 @@ class Store:
                 shard_id = db.execute("INSERT INTO shards(file, created_at) VALUES (?, ?)", (file, now)).lastrowid
                 for item, art, sp in zip(items, artifacts, spans):
                     ep = item.episode
-                    old = db.execute(
-                        "SELECT namespace, keywords, time, digest, shard FROM episodes WHERE id = ?", (ep.id,)
+                    got = db.execute(
+                        f"SELECT {_ROW_COLS}, shard FROM episodes WHERE namespace = ? AND id = ?", (ep.namespace, ep.id)
                     ).fetchone()
+                    old = _row(got) if got is not None else None
+                    if not check_duplicate(old, ep, item.digest, replace=replace):
+                        continue
                     if old is not None:
-                        if tuple(old[:4]) == (ep.namespace, ep.keywords, ep.time, item.digest):
-                            continue
-                        if not replace:
-                            raise DuplicateIdError(
-                                f"An episode with id {ep.id!r} already exists with different content. Give "
-                                "the new episode another id, or replace the old one (replace=True, CLI --replace)."
-                            )
-                        db.execute("DELETE FROM episodes WHERE id = ?", (ep.id,))
-                        stale_shards.add(old[4])
+                        db.execute("DELETE FROM episodes WHERE rowid = ?", (old.rowid,))
+                        stale_shards.add(int(got[-1]))
                     db.execute(
-                        "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest, key,"
-                        " key_scale, embedder, engine, cell, shard, spans, tokens, ctx_key, ctx_key_scale)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest,"
+                        " digest_format, key, key_scale, embedder, engine, cell, shard, spans, tokens, ctx_key,"
+                        " ctx_key_scale)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, 2, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest,
                             item.key.astype(np.int8).tobytes(), item.key_scale, emb_ref, art.engine,
@@ -220,111 +312,170 @@ class Store:
                         ),
                     )  # fmt: skip
                     inserted.append(ep.id)
-                if not inserted:
+                if inserted:
+                    db.execute("DELETE FROM pending_shards WHERE file = ?", (file,))
+                else:
                     db.execute("DELETE FROM shards WHERE id = ?", (shard_id,))
         except BaseException:
-            path.unlink(missing_ok=True)
+            self._drop_pending(file)
             raise
         if not inserted:
-            path.unlink(missing_ok=True)
+            self._drop_pending(file)
         for sid in stale_shards:
             self._scrub(sid)
+        if stale_shards:
+            self.erase_log()
         return inserted
 
-    def delete(self, ids: Sequence[str]) -> list[str]:
-        """Delete episodes and erase their weights from disk; returns the ids that existed."""
+    def _drop_pending(self, file: str) -> None:
+        """Remove a pending shard's file, then its mark (a crash in between leaves the mark for cleanup)."""
+        self._shard_path(file).unlink(missing_ok=True)
+        with self._write(bump=False) as db:
+            db.execute("DELETE FROM pending_shards WHERE file = ?", (file,))
+
+    def delete(self, namespace: str, ids: Sequence[str]) -> list[str]:
+        """Delete a namespace's episodes and erase them from every file; returns the ids that existed.
+
+        Their rows are overwritten in the database, the write-ahead log is truncated, and their
+        weights are zeroed in a rewritten shard, all before this returns.
+        """
         removed: list[str] = []
         touched: set[int] = set()
         with self._write() as db:
             for id_ in ids:
-                row = db.execute("SELECT shard FROM episodes WHERE id = ?", (id_,)).fetchone()
+                row = db.execute(
+                    "SELECT rowid, shard FROM episodes WHERE namespace = ? AND id = ?", (namespace, id_)
+                ).fetchone()
                 if row is not None:
-                    db.execute("DELETE FROM episodes WHERE id = ?", (id_,))
+                    db.execute("DELETE FROM episodes WHERE rowid = ?", (row[0],))
                     removed.append(id_)
-                    touched.add(row[0])
+                    touched.add(int(row[1]))
         for sid in touched:
             self._scrub(sid)
+        if removed:
+            self.erase_log()
         return removed
 
     def _scrub(self, shard_id: int) -> None:
         """Zero the spans of deleted episodes in a shard, or remove the shard if none is left."""
         remove: str | None = None
-        with self._write() as db:
+        with self._write(bump=False) as db:
             found = db.execute("SELECT file FROM shards WHERE id = ?", (shard_id,)).fetchone()
             if found is None:
                 return
-            got = db.execute("SELECT spans FROM episodes WHERE shard = ?", (shard_id,)).fetchall()
-            live = [shards.decode_spans(s) for (s,) in got]
-            if live:
+            got = db.execute("SELECT rowid, spans FROM episodes WHERE shard = ?", (shard_id,)).fetchall()
+            if got:
                 path = self._shard_path(found[0])
-                if path.exists():
-                    shards.rewrite_keeping(path, live)
+                if not path.exists():
+                    logger.warning(
+                        "Shard %s is missing, so there was nothing to erase from it; the episodes that use it "
+                        "are damaged. Run `rememory verify` to list them.", path
+                    )  # fmt: skip
+                    return
+                live = []
+                for rowid, blob in got:
+                    try:
+                        live.append(shards.decode_spans(bytes(blob)))
+                    except ValueError:  # its bytes stay: erasing them would destroy what is left of it
+                        logger.warning("Row %s of shard %s has damaged spans; run `rememory verify`.", rowid, path)
+                        return
+                shards.rewrite_keeping(path, live)
             else:
                 db.execute("DELETE FROM shards WHERE id = ?", (shard_id,))
+                db.execute(
+                    "INSERT OR REPLACE INTO pending_shards(file, since) VALUES (?, ?)", (found[0], int(time.time()))
+                )
                 remove = found[0]
         if remove is not None:
-            self._shard_path(remove).unlink(missing_ok=True)
+            self._drop_pending(remove)
 
     # --- reads ---
 
-    _ROW_SQL = (
-        "SELECT e.id, e.namespace, e.keywords, e.time, e.created_at, e.n_bytes, e.digest, e.engine, e.cell,"
-        " s.file, e.spans, e.rowid FROM episodes e JOIN shards s ON s.id = e.shard"
-    )
-
-    @staticmethod
-    def _row(t: tuple) -> Row:
-        spans = shards.decode_spans(bytes(t[10]))
-        return Row(t[0], t[1], t[2], t[3], int(t[4]), int(t[5]), bytes(t[6]), t[7], json.loads(t[8]), t[9], spans)
-
-    def rows(self, ids: Sequence[str]) -> dict[str, Row]:
+    def rows(self, namespace: str, ids: Sequence[str]) -> dict[str, Row]:
+        """The rows of ``ids`` in ``namespace`` (ids stored elsewhere are simply absent)."""
         out: dict[str, Row] = {}
         for i in range(0, len(ids), 500):
             chunk = list(ids[i : i + 500])
             marks = ",".join("?" * len(chunk))
-            for t in self._read(f"{self._ROW_SQL} WHERE e.id IN ({marks})", chunk):
-                out[t[0]] = self._row(t)
+            for t in self._read(
+                f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = ? AND id IN ({marks})", [namespace, *chunk]
+            ):
+                r = _row(t)
+                out[r.id] = r
         return out
 
     def iter_rows(self, namespace: str | None = None, batch: int = 1000) -> Iterator[list[Row]]:
         last = 0
         while True:
-            where = "e.rowid > ?" + (" AND e.namespace = ?" if namespace is not None else "")
+            where = "rowid > ?" + (" AND namespace = ?" if namespace is not None else "")
             params: list[object] = [last] + ([namespace] if namespace is not None else [])
-            got = self._read(f"{self._ROW_SQL} WHERE {where} ORDER BY e.rowid LIMIT {int(batch)}", params)
+            sql = f"SELECT {_ROW_COLS} FROM episodes WHERE {where} ORDER BY rowid LIMIT {int(batch)}"
+            got = self._read(sql, params)
             if not got:
                 return
-            last = got[-1][11]
-            yield [self._row(t) for t in got]
+            last = got[-1][0]
+            yield [_row(t) for t in got]
 
     def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
         """A page of a namespace's episodes, oldest first."""
         got = self._read(
-            f"{self._ROW_SQL} WHERE e.namespace = ? ORDER BY e.rowid LIMIT ? OFFSET ?", (namespace, limit, offset)
+            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid LIMIT ? OFFSET ?",
+            (namespace, limit, offset),
         )
-        return [self._row(t) for t in got]
+        return [_row(t) for t in got]
 
     def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]:
         """The namespace's newest episodes, newest first."""
-        got = self._read(f"{self._ROW_SQL} WHERE e.namespace = ? ORDER BY e.rowid DESC LIMIT ?", (namespace, limit))
-        return [self._row(t) for t in got]
+        got = self._read(
+            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid DESC LIMIT ?", (namespace, limit)
+        )
+        return [_row(t) for t in got]
 
-    def load_artifacts(self, rows: Sequence[Row]) -> dict[str, Artifact | Exception]:
-        """Read the weights of ``rows``; a cell whose shard is unreadable maps to an exception."""
-        by_file: dict[str, list[Row]] = {}
+    def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]:
+        """The stored artifact of each row, by rowid; a row whose data is damaged maps to an IntegrityError."""
+        out: dict[int, Artifact | IntegrityError] = {}
+        by_file: dict[str, list[tuple[Row, dict[str, Any], shards.Spans]]] = {}
+        located: dict[int, tuple[Any, ...]] = {}
+        ids = [r.rowid for r in rows]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for t in self._read(
+                f"SELECT e.rowid, e.cell, e.spans, s.file FROM episodes e LEFT JOIN shards s ON s.id = e.shard"
+                f" WHERE e.rowid IN ({marks})",
+                chunk,
+            ):
+                located[int(t[0])] = t
         for r in rows:
-            by_file.setdefault(r.shard_file, []).append(r)
-        out: dict[str, Artifact | Exception] = {}
+            t = located.get(r.rowid)
+            if t is None:  # forgotten meanwhile
+                out[r.rowid] = IntegrityError(f"the memory {r.id!r} was deleted while being read", ids=[r.id])
+                continue
+            try:
+                if t[3] is None:
+                    raise ValueError("its shard is not in the shard table")
+                cfg = json.loads(t[1])
+                if not isinstance(cfg, dict):
+                    raise ValueError(f"its engine config is a JSON {type(cfg).__name__}, not an object")
+                sp = shards.decode_spans(bytes(t[2]))
+            except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+                out[r.rowid] = IntegrityError(f"the metadata of memory {r.id!r} is damaged ({exc})", ids=[r.id])
+                continue
+            by_file.setdefault(t[3], []).append((r, cfg, sp))
         for file, group in by_file.items():
             path = self._shard_path(file)
             if not path.exists():
-                for r in group:
-                    out[r.id] = IntegrityError(f"weights file {path} is missing", ids=[r.id])
+                for r, _, _ in group:
+                    out[r.rowid] = IntegrityError(f"weights file {path} is missing", ids=[r.id])
                 continue
-            got = shards.read_spans(path, [(r.id, r.spans) for r in group])
-            for r in group:
-                streams = got[r.id]
-                out[r.id] = streams if isinstance(streams, Exception) else Artifact(r.engine, r.cell, streams)
+            got = shards.read_spans(path, [(str(r.rowid), sp) for r, _, sp in group])
+            for r, cfg, _ in group:
+                streams = got[str(r.rowid)]
+                if isinstance(streams, Exception):
+                    out[r.rowid] = IntegrityError(f"the weights of memory {r.id!r} are unreadable ({streams})",
+                                                  ids=[r.id])  # fmt: skip
+                else:
+                    out[r.rowid] = Artifact(r.engine, cfg, streams)
         return out
 
     def namespace_rowids(self, namespace: str) -> np.ndarray:
@@ -332,19 +483,35 @@ class Store:
         got = self._read("SELECT rowid FROM episodes WHERE namespace = ? ORDER BY rowid", (namespace,))
         return np.array([g[0] for g in got], dtype=np.int64)
 
-    def index_rows(self, rowids: Sequence[int]) -> list[tuple[int, str, bytes, float, bytes, float, bytes]]:
-        """(rowid, id, key, key_scale, ctx_key, ctx_key_scale, tokens) for building recall indexes."""
-        out: list[tuple] = []
+    def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
+        """The recall index's data for ``rowids``, in rowid order; a damaged row says why in ``damage``."""
+        out: list[IndexRow] = []
         for i in range(0, len(rowids), 500):
             chunk = [int(r) for r in rowids[i : i + 500]]
             marks = ",".join("?" * len(chunk))
-            out += self._read(
-                "SELECT rowid, id, key, key_scale, COALESCE(ctx_key, key), COALESCE(ctx_key_scale, key_scale),"
-                f" tokens FROM episodes WHERE rowid IN ({marks})",
-                chunk,
-            )
-        out.sort(key=lambda t: t[0])
+            for t in self._read(f"{_INDEX_SQL} WHERE e.rowid IN ({marks})", chunk):
+                out.append(_index_row(t[:7], t[7]))
+        out.sort(key=lambda r: r.rowid)
         return out
+
+    def damaged(self, namespace: str | None = None) -> list[Damage]:
+        """Rows whose metadata cannot be used, found without decoding: bad keys, tokens, digests or sizes."""
+        where, params = ("AND e.namespace = ?", [namespace]) if namespace is not None else ("", [])
+        found: list[Damage] = []
+        last = 0
+        while True:
+            got = self._read(f"{_INDEX_SQL} WHERE e.rowid > ? {where} ORDER BY e.rowid LIMIT 2000", [last, *params])
+            if not got:
+                return found
+            last = got[-1][0]
+            for t in got:
+                reason = _index_row(t[:7], t[7]).damage
+                if reason is None and (not isinstance(t[9], bytes) or len(t[9]) != DIGEST_SIZE):
+                    reason = "its digest is not a 16-byte BLAKE2b digest"
+                if reason is None and (not isinstance(t[10], int) or t[10] < 0):
+                    reason = f"its text length {t[10]!r} is not a byte count"
+                if reason is not None:
+                    found.append(Damage(t[8], t[1], reason))
 
     def keys(self, namespace: str) -> tuple[list[str], np.ndarray]:
         """All ids and dequantised key vectors (float32, (N, dim)) of a namespace."""
@@ -360,7 +527,7 @@ class Store:
             return int(self._read("SELECT COUNT(*) FROM episodes")[0][0])
         return int(self._read("SELECT COUNT(*) FROM episodes WHERE namespace = ?", (namespace,))[0][0])
 
-    def size_report(self, namespace: str | None = None) -> dict[str, object]:
+    def size_report(self, namespace: str | None = None) -> SizeReport:
         """Episode, text, cell and on-disk byte counts for ``stats``.
 
         For one namespace, cell bytes count the cells' own stream bytes (shards are shared), and
@@ -374,17 +541,16 @@ class Store:
             )[0]
             stream_bytes = 0
             for (blob,) in self._read("SELECT spans FROM episodes WHERE namespace = ?", (namespace,)):
-                for name, (_, length) in shards.decode_spans(bytes(blob)).items():
-                    stream_bytes += length * np.dtype(name).itemsize
-            return {
-                "episodes": int(n),
-                "text_bytes": int(text_bytes),
-                "cell_bytes": int(stream_bytes + meta_bytes),
-                "store_bytes": 0,
-                "namespaces": {namespace: int(n)} if n else {},
-            }
-        with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # report settled sizes, not a transient WAL
+                try:
+                    spans = shards.decode_spans(bytes(blob))
+                except ValueError:  # damaged: `verify` reports it; its streams are not counted
+                    continue
+                stream_bytes += sum(length * np.dtype(name).itemsize for name, (_, length) in spans.items())
+            per_ns = {namespace: int(n)} if n else {}
+            return SizeReport(int(n), int(text_bytes), int(stream_bytes + meta_bytes), 0, per_ns)
+        if not self.read_only:
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # report settled sizes, not a transient WAL
         (n, text_bytes, meta_bytes) = self._read(
             "SELECT COUNT(*), COALESCE(SUM(n_bytes), 0),"
             " COALESCE(SUM(LENGTH(cell) + LENGTH(spans) + LENGTH(digest)), 0) FROM episodes"
@@ -392,14 +558,45 @@ class Store:
         shard_bytes = sum(self._shard_path(f).stat().st_size for (f,) in self._read("SELECT file FROM shards")
                           if self._shard_path(f).exists())  # fmt: skip
         store_bytes = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-        namespaces = dict(self._read("SELECT namespace, COUNT(*) FROM episodes GROUP BY namespace ORDER BY 1"))
-        return {
-            "episodes": int(n),
-            "text_bytes": int(text_bytes),
-            "cell_bytes": int(shard_bytes + meta_bytes),
-            "store_bytes": int(store_bytes),
-            "namespaces": namespaces,
-        }
+        namespaces = {str(k): int(v) for k, v in
+                      self._read("SELECT namespace, COUNT(*) FROM episodes GROUP BY namespace ORDER BY 1")}  # fmt: skip
+        return SizeReport(int(n), int(text_bytes), int(shard_bytes + meta_bytes), int(store_bytes), namespaces)
+
+
+def _row(t: Sequence[Any]) -> Row:
+    # Damaged values stay visibly wrong (not guessed): `damaged()` and the digest check report them.
+    return Row(
+        rowid=int(t[0]), id=str(t[1]), namespace=str(t[2]), keywords=str(t[3]),
+        time=t[4] if isinstance(t[4], str) else None, created_at=_int(t[5], 0), n_bytes=_int(t[6], -1),
+        digest=t[7] if isinstance(t[7], bytes) else b"", digest_format=_int(t[8], 0), engine=str(t[9]),
+    )  # fmt: skip
+
+
+def _int(v: Any, damaged: int) -> int:
+    return v if isinstance(v, int) else damaged
+
+
+def _index_row(t: Sequence[Any], dim: int | None) -> IndexRow:
+    """An :class:`IndexRow` from (rowid, id, key, scale, ctx_key, ctx_scale, tokens), checked against ``dim``."""
+    rowid, id_, key, scale, ctx, ctx_scale, tokens = t
+    damage = None
+    for name, blob, sc in (("key", key, scale), ("context key", ctx, ctx_scale)):
+        if not isinstance(blob, bytes) or (dim is not None and len(blob) != dim):
+            size = len(blob) if isinstance(blob, bytes | str) else type(blob).__name__
+            damage = f"its {name} has {size} bytes, not the store's {dim} dimensions"
+        elif not isinstance(sc, float | int) or not math.isfinite(sc) or sc <= 0:
+            damage = f"its {name} scale {sc!r} is not a positive number"
+        if damage:
+            break
+    if damage is None and (not isinstance(tokens, bytes) or len(tokens) % 4):
+        damage = "its token hashes are not a whole number of 4-byte hashes"
+    if damage is not None:
+        empty = np.zeros(dim or 0, dtype=np.int8)
+        return IndexRow(int(rowid), str(id_), empty, 1.0, empty, 1.0, np.zeros(0, np.uint32), damage)
+    return IndexRow(
+        int(rowid), id_, np.frombuffer(key, dtype=np.int8), float(scale), np.frombuffer(ctx, dtype=np.int8),
+        float(ctx_scale), np.frombuffer(tokens, dtype="<u4"),
+    )  # fmt: skip
 
 
 def mismatch(path: Path, have: str, have_dim: int, want: str, want_dim: int | None) -> EmbedderMismatchError:
@@ -409,3 +606,6 @@ def mismatch(path: Path, have: str, have_dim: int, want: str, want_dim: int | No
         f"mixing them would make recall meaningless. Open it with embedder={have!r} "
         "(CLI: --embedder), or use a new store for the other model."
     )
+
+
+__all__ = ["Damage", "IndexRow", "NewEpisode", "Row", "SizeReport", "Store", "check_duplicate", "mismatch"]

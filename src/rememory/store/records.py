@@ -1,0 +1,73 @@
+"""Typed records that cross the store's boundary (never a backend's rows, files or blobs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..records import Episode
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stored episode's metadata (no text: the text lives only in its memory)."""
+
+    rowid: int  # stable and increasing in insertion order: the recall index's slot order
+    id: str
+    namespace: str
+    keywords: str
+    time: str | None
+    created_at: int  # unix seconds
+    n_bytes: int
+    digest: bytes
+    digest_format: int  # see rememory.integrity
+    engine: str
+
+
+@dataclass(frozen=True)
+class NewEpisode:
+    """A trained episode ready to commit, with everything recall needs."""
+
+    episode: Episode
+    digest: bytes  # in rememory.integrity.CURRENT_FORMAT
+    n_bytes: int
+    key: np.ndarray  # (dim,) int8
+    key_scale: float
+    tokens: np.ndarray  # (t,) uint32 token hashes of keywords and text
+    ctx_key: np.ndarray  # (dim,) int8: the episode embedded with its neighbours
+    ctx_key_scale: float
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """What the recall index holds for one episode. ``damage`` names why it cannot be indexed, if it cannot."""
+
+    rowid: int
+    id: str
+    key: np.ndarray  # (dim,) int8
+    key_scale: float
+    ctx_key: np.ndarray  # (dim,) int8
+    ctx_key_scale: float
+    tokens: np.ndarray  # (t,) uint32
+    damage: str | None = None
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A stored episode whose metadata is unusable, found without decoding it."""
+
+    namespace: str
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    """Byte counts of a store or of one namespace."""
+
+    episodes: int
+    text_bytes: int
+    cell_bytes: int
+    store_bytes: int  # 0 for one namespace: the files are shared
+    namespaces: dict[str, int] = field(default_factory=dict)
