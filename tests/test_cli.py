@@ -125,3 +125,50 @@ def test_seed_entry_points(tmp_path: Path) -> None:
               exe=[sys.executable, str(REPO / "scripts" / "recall_memory.py")])  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "Enter a phrase:" in res.stdout and "ID: bridge-night" in res.stdout
+
+
+def _copy_store(trained, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    env, root = trained
+    store = tmp_path / "store"
+    shutil.copytree(root / "store", store)
+    return {**env, "REMEMORY_STORE": str(store)}, store
+
+
+def _snapshot(store: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(store)): (p.stat().st_mtime_ns, p.read_bytes()) for p in store.rglob("*")
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}  # fmt: skip
+
+
+def test_verify_refuses_a_store_whose_database_is_gone_and_deletes_nothing(trained, tmp_path: Path) -> None:
+    env, store = _copy_store(trained, tmp_path)
+    for f in store.glob("rememory.db*"):
+        f.unlink()
+    old = 1_000_000_000  # far older than any commit in flight
+    for f in (store / "shards").iterdir():
+        os.utime(f, (old, old))
+    before = _snapshot(store)
+    for cmd in (["verify"], ["recall", "bridge"], ["stats"], ["train", str(REPO / "examples" / "episodes.json")]):
+        res = run(cmd, env=env)
+        assert res.returncode == 7 and "damaged" in res.stderr and "Traceback" not in res.stderr, (cmd, res.stderr)
+    assert _snapshot(store) == before  # no shard deleted, no database created
+
+
+def test_verify_lists_all_damage_and_never_writes(trained, tmp_path: Path) -> None:
+    import sqlite3
+
+    env, store = _copy_store(trained, tmp_path)
+    db = sqlite3.connect(store / "rememory.db", isolation_level=None)
+    db.execute("UPDATE episodes SET cell = '{' WHERE id = 'bridge-night'")
+    db.execute("UPDATE episodes SET cell = json_set(cell, '$.n', 90000000000) WHERE id = 'ru-dacha'")
+    db.execute("UPDATE episodes SET tokens = x'01' WHERE id = 'emoji-note'")
+    db.close()
+    before = _snapshot(store)
+    res = run(["verify"], env=env)
+    assert res.returncode == 7 and "Traceback" not in res.stderr, res.stderr
+    failed = [line for line in res.stdout.splitlines() if line.startswith("FAILED")]
+    assert [line.split(":")[0] for line in failed] == [
+        "FAILED default/bridge-night", "FAILED default/emoji-note", "FAILED default/ru-dacha"]
+    assert "18/21 memories exact" in res.stdout
+    assert _snapshot(store) == before
+    res = run(["show", "ru-dacha"], env=env)
+    assert res.returncode == 7 and "ru-dacha" in res.stderr and "Traceback" not in res.stderr

@@ -362,3 +362,29 @@ def test_a_new_episode_never_takes_a_forgotten_ones_place(make_memory) -> None:
     mem.forget("cat")  # the newest row
     new = mem.add("tea, noon", "Green tea at noon with Masha.")
     assert mem.recall("green tea with Masha", top_k=1)[0].id == new
+
+
+def test_a_corrupted_snapshot_is_reported_and_rebuilt(make_memory, tmp_path: Path, caplog) -> None:
+    from rememory.index.config import RankingConfig
+
+    ranking = RankingConfig(ann_threshold=2)
+    mem = make_memory(ranking=ranking)
+    mem.add_many(EPISODES)
+    assert mem.recall("bridge", top_k=1)[0].id == "bridge"  # writes the snapshot
+    [manifest] = (tmp_path / "store" / "index").glob("*.npz")
+    manifest.write_bytes(b"PK\x03\x04 not a zip any more")
+    with caplog.at_level("WARNING", logger="rememory"):
+        assert make_memory(ranking=ranking).recall("bridge", top_k=1)[0].id == "bridge"
+    assert "unreadable" in caplog.text and manifest.name in caplog.text
+
+
+def test_a_damaged_predecessor_is_named_when_left_out_of_the_context_key(make_memory, tmp_path: Path, caplog) -> None:
+    from tests.storeutil import raw_db
+
+    mem = make_memory()
+    mem.add_many(EPISODES)
+    with raw_db(tmp_path / "store") as db:
+        db.execute("UPDATE episodes SET cell = '{' WHERE id = 'cat'")
+    with caplog.at_level("WARNING", logger="rememory"):
+        mem.add("tea", "Green tea at noon.")
+    assert "'cat'" in caplog.text and "predecessor" in caplog.text

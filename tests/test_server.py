@@ -203,6 +203,27 @@ def test_tenant_isolation_on_every_route(service: Service) -> None:
         assert alice.post("/v1/recall", json={"query": "Alice's PIN", "top_k": 1}).json()["hits"][0]["text"] == secret
 
 
+def test_one_tenants_damage_stays_its_own(service: Service) -> None:
+    """A damaged row of Alice's: Bob's verify and get answer as usual; Alice's verify names it (issue 9)."""
+    import sqlite3
+
+    with service.client("alice") as alice, service.client("bob") as bob:
+        add(alice, {"keywords": "damaged", "text": "This one will be damaged.", "id": "to-damage"})
+        add(bob, {"keywords": "bob", "text": "Bob's own memory.", "id": "bobs-own"})
+        db = sqlite3.connect(service.memory.path / "rememory.db", isolation_level=None)
+        db.execute("UPDATE episodes SET cell = '{' WHERE id = 'to-damage'")
+        db.close()
+        try:
+            res = bob.post("/v1/verify")
+            assert res.status_code == 200 and res.json()["ok"], res.text
+            assert_error(bob.get("/v1/memories/to-damage"), 404, "not_found")
+            report = alice.post("/v1/verify").json()
+            assert not report["ok"] and list(report["failed"]) == ["to-damage"]
+            assert_error(alice.get("/v1/memories/to-damage"), 500, "integrity_error")
+        finally:
+            alice.delete("/v1/memories/to-damage")
+
+
 def test_auth_required(service: Service) -> None:
     routes = [("GET", "/v1/memories"), ("GET", "/v1/memories/x"), ("DELETE", "/v1/memories/x"),
               ("POST", "/v1/memories"), ("POST", "/v1/recall"), ("GET", "/v1/jobs/x"), ("GET", "/v1/stats"),

@@ -399,3 +399,13 @@ def test_store_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
         assert stat.S_IMODE((path / DB_NAME).stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_forget_with_its_shard_missing_warns_and_still_deletes(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "s"
+    store = _committed(path, ["one", "two"])
+    shard, _ = locate(path, "default", "id0-one")
+    shard.unlink()
+    with caplog.at_level("WARNING", logger="rememory"):
+        assert store.delete("default", ["id0-one"]) == ["id0-one"]
+    assert "is missing" in caplog.text and "rememory verify" in caplog.text
