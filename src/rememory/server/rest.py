@@ -82,8 +82,8 @@ class EpisodeIn(BaseModel):
         default=None,
         min_length=1,
         max_length=MAX_ID_CHARS,
-        description="Your id for the episode. Ids are unique across the whole store, so leave it out unless "
-        "you need it: the default id is derived from the namespace and the content.",
+        description="Your id for the episode, unique within the namespace. Leave it out to have it derived "
+        "from the content (re-adding the same episode then stores nothing new).",
     )
     time: str | None = Field(
         default=None,
