@@ -24,14 +24,18 @@ def user_data_dir() -> Path:
     return user_data_path("rememory", appauthor=False)
 
 
-def resolve_store_path(path: str | os.PathLike[str] | None) -> Path:
-    """Where a store lives: ``path``, else ``$REMEMORY_STORE``, else ``<user data dir>/default``."""
-    if path is not None:
-        return Path(path)
-    env = os.environ.get("REMEMORY_STORE")
-    if env:
-        return Path(env)
-    return user_data_dir() / "default"
+def resolve_store_path(path: str | os.PathLike[str] | None) -> Path | str:
+    """Where a store lives: ``path``, else ``$REMEMORY_STORE``, else ``<user data dir>/default``.
+
+    A ``postgresql://`` URL is returned as it is (a string); anything else is a directory path.
+    """
+    if path is None:
+        path = os.environ.get("REMEMORY_STORE") or None
+    if path is None:
+        return user_data_dir() / "default"
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        return path
+    return Path(path)
 
 
 def dataclass_from_dict(cls: type[T], d: dict, what: str) -> T:

@@ -25,8 +25,9 @@ from .index.tokenize import token_hashes
 from .integrity import episode_digest
 from .quant import quantize_int8
 from .records import Episode, RecallHit, StoreStats, VerifyFailure, VerifyReport
+from .store import open_store
+from .store.base import check_duplicate, mismatch
 from .store.records import NewEpisode, Row
-from .store.sqlite import SNAPSHOT_DIR, Store, check_duplicate, mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Memory:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         self.path = resolve_store_path(path)
         self.read_only = read_only
-        self._store = Store(self.path, busy_timeout=busy_timeout, read_only=read_only)
+        self._store = open_store(self.path, busy_timeout=busy_timeout, read_only=read_only)
         bound = self._store.embedder_info()
         if embedder is None and bound is not None:
             embedder = bound[0]  # reopen with the model the store was built with
@@ -77,7 +78,7 @@ class Memory:
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
         self._indexes: dict[str, NamespaceIndex] = {}
-        self._snapshot_dir = self.path / SNAPSHOT_DIR
+        self._snapshot_dir = self._store.snapshot_dir
         self._index_lock = threading.Lock()
 
     # --- lifecycle ---
@@ -227,8 +228,9 @@ class Memory:
                 f"No memory with id {id!r} in namespace {namespace!r}; nothing was forgotten. "
                 "Check the id and the namespace (rememory show ID --namespace NS)."
             )
-        with snapshot.locked(self._snapshot_dir):
-            snapshot.discard(self._snapshot_dir, namespace)
+        if self._snapshot_dir is not None:
+            with snapshot.locked(self._snapshot_dir):
+                snapshot.discard(self._snapshot_dir, namespace)
         with self._index_lock:
             idx = self._indexes.get(namespace)
             if idx is not None:
@@ -317,7 +319,9 @@ class Memory:
         with self._index_lock:
             idx = self._indexes.get(namespace)
             if idx is None:
-                idx = snapshot.load(self._snapshot_dir, namespace, self._embedder.dim, self.ranking)
+                idx = None
+                if self._snapshot_dir is not None:
+                    idx = snapshot.load(self._snapshot_dir, namespace, self._embedder.dim, self.ranking)
                 idx = idx or NamespaceIndex(self._embedder.dim, self.ranking)
                 idx.snapshot_size = idx.lex.n
                 self._indexes[namespace] = idx
@@ -330,7 +334,7 @@ class Memory:
                 idx.generation = gen
                 # Large namespaces keep a snapshot so that a new process starts fast.
                 grown = idx.lex.n - idx.snapshot_size
-                if (not self.read_only and idx.size >= self.ranking.ann_threshold
+                if (not self.read_only and self._snapshot_dir is not None and idx.size >= self.ranking.ann_threshold
                         and grown >= max(1, idx.snapshot_size // 10)):  # fmt: skip
                     self._save_snapshot(idx, namespace)
             return idx
@@ -338,6 +342,7 @@ class Memory:
     def _save_snapshot(self, idx: NamespaceIndex, namespace: str) -> None:
         # Under the snapshot lock, and only if every episode in it is still stored: a forget that
         # committed meanwhile must not be written back to disk (forget drops snapshots under this lock).
+        assert self._snapshot_dir is not None
         with snapshot.locked(self._snapshot_dir):
             if set(idx.slot_of) <= set(self._store.namespace_rowids(namespace).tolist()):
                 snapshot.save(idx, self._snapshot_dir, namespace)

@@ -39,7 +39,7 @@ def create(ctx: click.Context, name: str, namespace: str | None) -> None:
         key = store.create(name, namespace)
     click.echo(key)
     click.echo(
-        f"Created key {name!r} for namespace {namespace or name!r} in {store.path}. Keep it now: only its hash is "
+        f"Created key {name!r} for namespace {namespace or name!r} in {store.location}. Keep it now: only its hash is "
         "stored. Send it as `Authorization: Bearer <key>`.",
         err=True,
     )

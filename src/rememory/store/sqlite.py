@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sqlite3
 import threading
 import time
@@ -28,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from ..engine import Artifact
-from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError, StoreBusyError, StoreError
+from ..errors import IntegrityError, StoreBusyError, StoreError
 from ..fsutil import FILE_MODE, private_dir, private_file, tighten
 from ..integrity import DIGEST_SIZE
-from ..records import Episode
 from . import shards
+from .base import build_index_row, check_duplicate, mismatch
 from .migrations import MIGRATIONS, check_version, migrate
 from .records import Damage, IndexRow, NewEpisode, Row, SizeReport
 
@@ -50,29 +49,6 @@ _INDEX_SQL = (
     " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
 )
 _ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
-
-
-def same_content(row: Row, ep: Episode, digest: bytes) -> bool:
-    """Whether stored ``row`` holds exactly episode ``ep`` (whose text has ``digest``, current format)."""
-    return (row.namespace, row.keywords, row.time, row.digest) == (ep.namespace, ep.keywords, ep.time, digest)
-
-
-def check_duplicate(row: Row | None, ep: Episode, digest: bytes, *, replace: bool) -> bool:
-    """Whether ``ep`` must be stored, given the ``row`` already stored under its id (if any).
-
-    Identical content is skipped (re-adding is a no-op: that is how an interrupted train resumes);
-    other content under the same id is a :class:`DuplicateIdError` unless ``replace``.
-    """
-    if row is None:
-        return True
-    if same_content(row, ep, digest):
-        return False
-    if not replace:
-        raise DuplicateIdError(
-            f"An episode with id {ep.id!r} already exists in namespace {ep.namespace!r} with different content. "
-            "Give the new episode another id, or replace the old one (replace=True, CLI --replace)."
-        )
-    return True
 
 
 def damaged_store_error(path: Path, problem: str) -> StoreError:
@@ -199,6 +175,14 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    @property
+    def snapshot_dir(self) -> Path | None:
+        return self.path / SNAPSHOT_DIR
 
     def _shard_path(self, file: str) -> Path:
         return self.path / SHARD_DIR / file
@@ -490,7 +474,7 @@ class Store:
             chunk = [int(r) for r in rowids[i : i + 500]]
             marks = ",".join("?" * len(chunk))
             for t in self._read(f"{_INDEX_SQL} WHERE e.rowid IN ({marks})", chunk):
-                out.append(_index_row(t[:7], t[7]))
+                out.append(build_index_row(t[:7], t[7]))
         out.sort(key=lambda r: r.rowid)
         return out
 
@@ -505,7 +489,7 @@ class Store:
                 return found
             last = got[-1][0]
             for t in got:
-                reason = _index_row(t[:7], t[7]).damage
+                reason = build_index_row(t[:7], t[7]).damage
                 if reason is None and (not isinstance(t[9], bytes) or len(t[9]) != DIGEST_SIZE):
                     reason = "its digest is not a 16-byte BLAKE2b digest"
                 if reason is None and (not isinstance(t[10], int) or t[10] < 0):
@@ -574,38 +558,6 @@ def _row(t: Sequence[Any]) -> Row:
 
 def _int(v: Any, damaged: int) -> int:
     return v if isinstance(v, int) else damaged
-
-
-def _index_row(t: Sequence[Any], dim: int | None) -> IndexRow:
-    """An :class:`IndexRow` from (rowid, id, key, scale, ctx_key, ctx_scale, tokens), checked against ``dim``."""
-    rowid, id_, key, scale, ctx, ctx_scale, tokens = t
-    damage = None
-    for name, blob, sc in (("key", key, scale), ("context key", ctx, ctx_scale)):
-        if not isinstance(blob, bytes) or (dim is not None and len(blob) != dim):
-            size = len(blob) if isinstance(blob, bytes | str) else type(blob).__name__
-            damage = f"its {name} has {size} bytes, not the store's {dim} dimensions"
-        elif not isinstance(sc, float | int) or not math.isfinite(sc) or sc <= 0:
-            damage = f"its {name} scale {sc!r} is not a positive number"
-        if damage:
-            break
-    if damage is None and (not isinstance(tokens, bytes) or len(tokens) % 4):
-        damage = "its token hashes are not a whole number of 4-byte hashes"
-    if damage is not None:
-        empty = np.zeros(dim or 0, dtype=np.int8)
-        return IndexRow(int(rowid), str(id_), empty, 1.0, empty, 1.0, np.zeros(0, np.uint32), damage)
-    return IndexRow(
-        int(rowid), id_, np.frombuffer(key, dtype=np.int8), float(scale), np.frombuffer(ctx, dtype=np.int8),
-        float(ctx_scale), np.frombuffer(tokens, dtype="<u4"),
-    )  # fmt: skip
-
-
-def mismatch(path: Path, have: str, have_dim: int, want: str, want_dim: int | None) -> EmbedderMismatchError:
-    want_desc = f"{want!r} ({want_dim}-d)" if want_dim is not None else repr(want)
-    return EmbedderMismatchError(
-        f"The store at {path} was built with the embedder {have!r} ({have_dim}-d), not {want_desc}; "
-        f"mixing them would make recall meaningless. Open it with embedder={have!r} "
-        "(CLI: --embedder), or use a new store for the other model."
-    )
 
 
 __all__ = ["Damage", "IndexRow", "NewEpisode", "Row", "SizeReport", "Store", "check_duplicate", "mismatch"]

@@ -1,0 +1,124 @@
+"""The store interface: what :class:`~rememory.Memory`, the recall index and the server may ask of a backend.
+
+Typed records (:mod:`rememory.store.records`) cross this boundary, never a backend's rows, blobs
+or files. Two backends implement it: the embedded SQLite store (a directory) and PostgreSQL
+(a ``postgresql://`` URL), chosen by :func:`rememory.store.open_store`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..engine import Artifact
+from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError
+from ..records import Episode
+from .records import Damage, IndexRow, NewEpisode, Row, SizeReport
+
+
+class MemoryStore(Protocol):
+    """Episodes' metadata, recall keys and engine artifacts, safe for several threads (and processes)."""
+
+    read_only: bool
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages (a directory, or a URL without its password)."""
+        ...
+
+    @property
+    def snapshot_dir(self) -> Path | None:
+        """A local directory for recall-index snapshots, or None where the backend keeps none."""
+        ...
+
+    def close(self) -> None: ...
+
+    # --- the embedder that made every key ---
+    def embedder_info(self) -> tuple[str, int] | None: ...
+    def bind_embedder(self, embedder_id: str, dim: int) -> None: ...
+
+    def generation(self) -> int:
+        """A number that changes with every committed write (recall indexes sync when it moves)."""
+        ...
+
+    # --- writes ---
+    def commit_batch(
+        self, items: Sequence[NewEpisode], artifacts: Sequence[Artifact], embedder: tuple[str, int], *, replace: bool
+    ) -> list[str]:
+        """Store a batch atomically; returns the ids inserted (identical re-adds are skipped)."""
+        ...
+
+    def delete(self, namespace: str, ids: Sequence[str]) -> list[str]:
+        """Delete and erase episodes of a namespace; returns the ids that existed."""
+        ...
+
+    # --- reads ---
+    def rows(self, namespace: str, ids: Sequence[str]) -> dict[str, Row]: ...
+    def iter_rows(self, namespace: str | None = None, batch: int = 1000) -> Iterator[list[Row]]: ...
+    def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]: ...
+    def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]: ...
+    def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]: ...
+    def namespace_rowids(self, namespace: str) -> np.ndarray: ...
+    def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]: ...
+    def damaged(self, namespace: str | None = None) -> list[Damage]: ...
+    def count(self, namespace: str | None = None) -> int: ...
+    def size_report(self, namespace: str | None = None) -> SizeReport: ...
+
+
+def same_content(row: Row, ep: Episode, digest: bytes) -> bool:
+    """Whether stored ``row`` holds exactly episode ``ep`` (whose text has ``digest``, current format)."""
+    return (row.namespace, row.keywords, row.time, row.digest) == (ep.namespace, ep.keywords, ep.time, digest)
+
+
+def check_duplicate(row: Row | None, ep: Episode, digest: bytes, *, replace: bool) -> bool:
+    """Whether ``ep`` must be stored, given the ``row`` already stored under its id (if any).
+
+    Identical content is skipped (re-adding is a no-op: that is how an interrupted train resumes);
+    other content under the same id is a :class:`DuplicateIdError` unless ``replace``.
+    """
+    if row is None:
+        return True
+    if same_content(row, ep, digest):
+        return False
+    if not replace:
+        raise DuplicateIdError(
+            f"An episode with id {ep.id!r} already exists in namespace {ep.namespace!r} with different content. "
+            "Give the new episode another id, or replace the old one (replace=True, CLI --replace)."
+        )
+    return True
+
+
+def mismatch(path: object, have: str, have_dim: int, want: str, want_dim: int | None) -> EmbedderMismatchError:
+    want_desc = f"{want!r} ({want_dim}-d)" if want_dim is not None else repr(want)
+    return EmbedderMismatchError(
+        f"The store at {path} was built with the embedder {have!r} ({have_dim}-d), not {want_desc}; "
+        f"mixing them would make recall meaningless. Open it with embedder={have!r} "
+        "(CLI: --embedder), or use a new store for the other model."
+    )
+
+
+def build_index_row(t: Sequence[Any], dim: int | None) -> IndexRow:
+    """An :class:`IndexRow` from stored (rowid, id, key, scale, ctx_key, ctx_scale, tokens), checked against ``dim``."""
+    rowid, id_, key, scale, ctx, ctx_scale, tokens = t
+    damage = None
+    for name, blob, sc in (("key", key, scale), ("context key", ctx, ctx_scale)):
+        if not isinstance(blob, bytes) or (dim is not None and len(blob) != dim):
+            size = len(blob) if isinstance(blob, bytes | str) else type(blob).__name__
+            damage = f"its {name} has {size} bytes, not the store's {dim} dimensions"
+        elif not isinstance(sc, float | int) or not math.isfinite(sc) or sc <= 0:
+            damage = f"its {name} scale {sc!r} is not a positive number"
+        if damage:
+            break
+    if damage is None and (not isinstance(tokens, bytes) or len(tokens) % 4):
+        damage = "its token hashes are not a whole number of 4-byte hashes"
+    if damage is not None:
+        empty = np.zeros(dim or 0, dtype=np.int8)
+        return IndexRow(int(rowid), str(id_), empty, 1.0, empty, 1.0, np.zeros(0, np.uint32), damage)
+    return IndexRow(
+        int(rowid), id_, np.frombuffer(key, dtype=np.int8), float(scale), np.frombuffer(ctx, dtype=np.int8),
+        float(ctx_scale), np.frombuffer(tokens, dtype="<u4"),
+    )  # fmt: skip

@@ -1,0 +1,546 @@
+"""The PostgreSQL store: every replica needs nothing but the URL.
+
+Everything lives in the database, in the schema ``rememory``: episodes' metadata, int8 recall
+keys (and a pgvector ``halfvec`` copy of each key for server-side vector search), hashed tokens,
+the engines' artifacts (``weights`` bytea, one row per episode), the API keys and a
+``generation`` counter that every write advances in its own transaction. A replica compares
+the generation before each recall and syncs its in-memory index from the rows, so an episode
+committed on one replica is recalled on every other one at its next request, and a forgotten
+one never comes back.
+
+Migrations run in order when a store opens, inside one transaction that holds an advisory
+lock, so two servers starting at once cannot race.
+
+On erasure: a deleted row's bytes stay in PostgreSQL's heap pages until (auto)vacuum reuses
+them, and in its WAL and backups. ``forget`` runs ``VACUUM`` on the table so the heap copy goes
+at once; for the WAL and backups, the answer is encryption with per-tenant keys.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from ..engine import Artifact
+from ..errors import ConfigError, IntegrityError, StoreBusyError, StoreError
+from ..integrity import DIGEST_SIZE
+from . import shards
+from .base import build_index_row, check_duplicate, mismatch
+from .records import Damage, IndexRow, NewEpisode, Row, SizeReport
+
+SCHEMA = "rememory"
+_LOCK_ID = 0x72656D656D6F7279  # "rememory": the advisory lock that serialises migrations
+_ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
+_INDEX_SQL = (
+    "SELECT e.rowid, e.id, e.key, e.key_scale, COALESCE(e.ctx_key, e.key), COALESCE(e.ctx_key_scale, e.key_scale),"
+    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
+)
+
+_M001_INITIAL = (
+    "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+    "INSERT INTO meta(key, value) VALUES ('generation', '0')",
+    """CREATE TABLE embedders (
+        id serial PRIMARY KEY,
+        name text NOT NULL,
+        dim integer NOT NULL,
+        UNIQUE (name, dim)
+    )""",
+    """CREATE TABLE episodes (
+        rowid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- never reused: recall's slot order
+        id text NOT NULL,
+        namespace text NOT NULL,
+        keywords text NOT NULL,
+        time text,
+        created_at bigint NOT NULL,           -- unix seconds
+        n_bytes integer NOT NULL,
+        digest bytea NOT NULL,
+        digest_format smallint NOT NULL,      -- see rememory.integrity
+        key bytea NOT NULL,                   -- int8 key vector (what the recall index uses)
+        key_scale double precision NOT NULL,  -- dequantise: key * key_scale
+        embedding halfvec,                    -- the same key for pgvector search
+        ctx_key bytea,
+        ctx_key_scale double precision,
+        tokens bytea NOT NULL,                -- uint32 token hashes, little-endian
+        embedder integer NOT NULL REFERENCES embedders(id),
+        engine text NOT NULL,
+        cell text NOT NULL,                   -- engine config, JSON
+        weights bytea NOT NULL,               -- the artifact's streams, concatenated
+        spans bytea NOT NULL,                 -- each stream's byte offset and length in weights
+        UNIQUE (namespace, id)
+    )""",
+    "CREATE INDEX episodes_namespace_rowid ON episodes(namespace, rowid)",
+    """CREATE TABLE api_keys (
+        name text PRIMARY KEY,
+        key_id text NOT NULL UNIQUE,
+        key_hash bytea NOT NULL,
+        namespace text NOT NULL,
+        created_at text NOT NULL
+    )""",
+)
+MIGRATIONS: list[Sequence[str]] = [_M001_INITIAL]
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:
+        raise ConfigError(
+            "A postgresql:// store needs psycopg 3 and psycopg-pool: pip install 'rememory[postgres]'."
+        ) from None
+    return psycopg, psycopg_pool
+
+
+def connect_error(url: str, exc: Exception) -> StoreError:
+    """A clear error for a database that cannot be reached or refuses us (never showing the password)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = redact(url)
+    low = text.lower()
+    if "password" in low or "authentication" in low or ("role" in low and "does not exist" in low):
+        return StoreError(
+            f"PostgreSQL at {where} refused the credentials ({text}). Check the user and password in the URL."
+        )
+    if "database" in low and "does not exist" in low:
+        return StoreError(f"PostgreSQL at {where} has no such database ({text}). Create it (createdb) or fix the URL.")
+    return StoreError(
+        f"Cannot reach PostgreSQL at {where} ({text}). Check the host, port and database in the URL, and that the "
+        "server is running."
+    )
+
+
+def pg_migrate(conn: Any, url: str, *, read_only: bool) -> None:
+    """Create or upgrade the schema under an advisory lock; refuse a schema from a newer version."""
+    psycopg, _ = _driver()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+        have_vector = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
+        if not have_vector:
+            if read_only:
+                raise StoreError(f"There is no rememory store at {redact(url)} (pgvector is not even installed).")
+            try:
+                with conn.transaction():
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except psycopg.Error as exc:
+                raise StoreError(
+                    f"The PostgreSQL server at {redact(url)} cannot enable the pgvector extension "
+                    f"({str(exc).strip().splitlines()[0]}). Install pgvector on the server, or have an administrator "
+                    "run CREATE EXTENSION vector in this database, then retry."
+                ) from None
+        if not read_only:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        has_meta = conn.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'meta'", (SCHEMA,)
+        ).fetchone()
+        version = 0
+        if has_meta:
+            got = conn.execute(f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'").fetchone()
+            version = int(got[0]) if got else 1
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"The store at {redact(url)} has schema version {version}, newer than this rememory understands "
+                f"({len(MIGRATIONS)}). Upgrade rememory to open it."
+            )
+        if version < len(MIGRATIONS) and read_only:
+            raise StoreError(
+                f"The store at {redact(url)} has schema version {version}; this rememory uses {len(MIGRATIONS)}. "
+                "Open it once for writing (for example `rememory stats`) to create or upgrade it."
+            )
+        conn.execute(f"SET LOCAL search_path TO {SCHEMA}, public")
+        for i in range(version, len(MIGRATIONS)):
+            for statement in MIGRATIONS[i]:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (str(i + 1),),
+            )
+
+
+class PostgresStore:
+    """A :class:`~rememory.store.base.MemoryStore` in PostgreSQL (with pgvector), shared by any number of replicas."""
+
+    def __init__(self, url: str, *, busy_timeout: float = 30.0, read_only: bool = False, pool_size: int = 8):
+        psycopg, psycopg_pool = _driver()
+        self.url = url
+        self.read_only = read_only
+        self.busy_timeout = busy_timeout
+        self._psycopg = psycopg
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                pg_migrate(conn, url, read_only=read_only)
+        except psycopg.OperationalError as exc:
+            raise connect_error(url, exc) from None
+        except psycopg.Error as exc:
+            raise StoreError(f"The store at {redact(url)} could not be opened: {exc}.") from None
+
+        def configure(conn: Any) -> None:
+            conn.execute(f"SET search_path TO {SCHEMA}, public")
+            conn.execute(f"SET lock_timeout = {int(busy_timeout * 1000)}")
+            if read_only:
+                conn.execute("SET default_transaction_read_only = on")
+
+        self._pool = psycopg_pool.ConnectionPool(
+            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, configure=configure, open=True,
+            timeout=max(busy_timeout, 1.0), name="rememory",
+        )  # fmt: skip
+        self._lock = threading.RLock()
+        self._dim_cache: dict[int, int] = {}
+
+    # --- plumbing ---
+
+    @property
+    def location(self) -> str:
+        return redact(self.url)
+
+    @property
+    def snapshot_dir(self) -> Path | None:
+        return None  # replicas rebuild their index from the rows; nothing is kept on local disk
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _translate(self, exc: Exception) -> Exception:
+        pg = self._psycopg
+        if isinstance(exc, pg.errors.LockNotAvailable | pg.errors.QueryCanceled):
+            return StoreBusyError(
+                f"The store at {self.location} is busy: another writer held a lock for over {self.busy_timeout:g} s. "
+                "Retry when it finishes."
+            )
+        if isinstance(exc, pg.errors.ReadOnlySqlTransaction):
+            return StoreError(f"The store at {self.location} is open read-only; open it for writing to change it.")
+        if isinstance(exc, pg.OperationalError):
+            return connect_error(self.url, exc)
+        return StoreError(f"The store at {self.location} failed: {exc}.")
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except self._psycopg.Error as exc:
+            raise self._translate(exc) from exc
+
+    @contextmanager
+    def _write(self, *, bump: bool = True) -> Iterator[Any]:
+        if self.read_only:
+            raise StoreError(f"The store at {self.location} is open read-only; open it for writing to change it.")
+        with self._conn() as conn, conn.transaction():
+            yield conn
+            if bump:
+                conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation'")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            return list(conn.execute(sql, params).fetchall())
+
+    # --- embedder bookkeeping ---
+
+    def embedder_info(self) -> tuple[str, int] | None:
+        rows = dict(self._read("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')"))
+        if "embedder" not in rows:
+            return None
+        return rows["embedder"], int(rows["dim"])
+
+    def bind_embedder(self, embedder_id: str, dim: int) -> None:
+        with self._write() as conn:
+            conn.execute("LOCK TABLE meta IN SHARE ROW EXCLUSIVE MODE")
+            rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')").fetchall())
+            if "embedder" not in rows:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('embedder', %s), ('dim', %s)", (embedder_id, str(dim))
+                )
+            elif rows["embedder"] != embedder_id or int(rows["dim"]) != dim:
+                raise mismatch(self.location, rows["embedder"], int(rows["dim"]), embedder_id, dim)
+
+    def generation(self) -> int:
+        return int(self._read("SELECT value FROM meta WHERE key = 'generation'")[0][0])
+
+    # --- writes ---
+
+    def commit_batch(
+        self, items: Sequence[NewEpisode], artifacts: Sequence[Artifact], embedder: tuple[str, int], *, replace: bool
+    ) -> list[str]:
+        try:
+            return self._commit(items, artifacts, embedder, replace=replace)
+        except _NothingToCommitError:  # rolled back: every episode was already stored
+            return []
+
+    def _commit(
+        self, items: Sequence[NewEpisode], artifacts: Sequence[Artifact], embedder: tuple[str, int], *, replace: bool
+    ) -> list[str]:
+        inserted: list[str] = []
+        now = int(time.time())
+        with self._write() as conn:
+            emb_id, dim = embedder
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')").fetchall())
+            if meta and (meta["embedder"] != emb_id or int(meta["dim"]) != dim):
+                raise mismatch(self.location, meta["embedder"], int(meta["dim"]), emb_id, dim)
+            conn.execute("INSERT INTO embedders(name, dim) VALUES (%s, %s) ON CONFLICT DO NOTHING", (emb_id, dim))
+            emb_ref = conn.execute("SELECT id FROM embedders WHERE name = %s AND dim = %s", (emb_id, dim)).fetchone()[0]
+            for item, art in zip(items, artifacts):
+                ep = item.episode
+                # Row-locked: a concurrent add of the same id on another replica waits here, then sees it.
+                got = conn.execute(
+                    f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s AND id = %s FOR UPDATE",
+                    (ep.namespace, ep.id),
+                ).fetchone()
+                old = _row(got) if got is not None else None
+                if not check_duplicate(old, ep, item.digest, replace=replace):
+                    continue
+                if old is not None:
+                    conn.execute("DELETE FROM episodes WHERE rowid = %s", (old.rowid,))
+                weights, spans = _pack(art.streams)
+                unit = item.key.astype(np.float32) * np.float32(item.key_scale)
+                conn.execute(
+                    "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest, digest_format,"
+                    " key, key_scale, embedding, ctx_key, ctx_key_scale, tokens, embedder, engine, cell, weights,"
+                    " spans)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, 2, %s, %s, %s::halfvec, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest,
+                        item.key.astype(np.int8).tobytes(), float(item.key_scale), _vector_text(unit),
+                        item.ctx_key.astype(np.int8).tobytes(), float(item.ctx_key_scale),
+                        item.tokens.astype("<u4").tobytes(), emb_ref, art.engine,
+                        json.dumps(art.config, separators=(",", ":")), weights, spans,
+                    ),
+                )  # fmt: skip
+                inserted.append(ep.id)
+            if not inserted:
+                raise _NothingToCommitError
+        return inserted
+
+    def delete(self, namespace: str, ids: Sequence[str]) -> list[str]:
+        removed: list[str] = []
+        with self._write() as conn:
+            for id_ in ids:
+                got = conn.execute(
+                    "DELETE FROM episodes WHERE namespace = %s AND id = %s RETURNING id", (namespace, id_)
+                ).fetchone()
+                if got is not None:
+                    removed.append(id_)
+        if removed:
+            with self._conn() as conn:
+                conn.execute("VACUUM episodes")  # the heap copy of the deleted rows goes now, not at autovacuum
+        return removed
+
+    # --- reads ---
+
+    def rows(self, namespace: str, ids: Sequence[str]) -> dict[str, Row]:
+        if not ids:
+            return {}
+        got = self._read(
+            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s AND id = ANY(%s)", (namespace, list(ids))
+        )
+        return {r.id: r for r in map(_row, got)}
+
+    def iter_rows(self, namespace: str | None = None, batch: int = 1000) -> Iterator[list[Row]]:
+        last = 0
+        while True:
+            if namespace is None:
+                got = self._read(f"SELECT {_ROW_COLS} FROM episodes WHERE rowid > %s ORDER BY rowid LIMIT %s",
+                                 (last, batch))  # fmt: skip
+            else:
+                got = self._read(
+                    f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s AND rowid > %s ORDER BY rowid LIMIT %s",
+                    (namespace, last, batch),
+                )
+            if not got:
+                return
+            last = int(got[-1][0])
+            yield [_row(t) for t in got]
+
+    def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
+        got = self._read(
+            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s ORDER BY rowid LIMIT %s OFFSET %s",
+            (namespace, limit, offset),
+        )
+        return [_row(t) for t in got]
+
+    def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]:
+        got = self._read(
+            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s ORDER BY rowid DESC LIMIT %s", (namespace, limit)
+        )
+        return [_row(t) for t in got]
+
+    def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]:
+        out: dict[int, Artifact | IntegrityError] = {}
+        if not rows:
+            return out
+        got = {
+            int(t[0]): t
+            for t in self._read(
+                "SELECT rowid, cell, weights, spans FROM episodes WHERE rowid = ANY(%s)", ([r.rowid for r in rows],)
+            )
+        }
+        for r in rows:
+            t = got.get(r.rowid)
+            if t is None:
+                out[r.rowid] = IntegrityError(f"the memory {r.id!r} was deleted while being read", ids=[r.id])
+                continue
+            try:
+                cfg = json.loads(t[1])
+                if not isinstance(cfg, dict):
+                    raise ValueError(f"its engine config is a JSON {type(cfg).__name__}, not an object")
+                streams = _unpack(bytes(t[2]), bytes(t[3]))
+            except (ValueError, TypeError) as exc:
+                out[r.rowid] = IntegrityError(f"the metadata of memory {r.id!r} is damaged ({exc})", ids=[r.id])
+                continue
+            out[r.rowid] = Artifact(r.engine, cfg, streams)
+        return out
+
+    def namespace_rowids(self, namespace: str) -> np.ndarray:
+        got = self._read("SELECT rowid FROM episodes WHERE namespace = %s ORDER BY rowid", (namespace,))
+        return np.array([g[0] for g in got], dtype=np.int64)
+
+    def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
+        if len(rowids) == 0:
+            return []
+        got = self._read(f"{_INDEX_SQL} WHERE e.rowid = ANY(%s) ORDER BY e.rowid", ([int(r) for r in rowids],))
+        return [build_index_row(_bytes7(t), t[7]) for t in got]
+
+    def damaged(self, namespace: str | None = None) -> list[Damage]:
+        found: list[Damage] = []
+        last = 0
+        while True:
+            if namespace is None:
+                got = self._read(f"{_INDEX_SQL} WHERE e.rowid > %s ORDER BY e.rowid LIMIT 2000", (last,))
+            else:
+                got = self._read(f"{_INDEX_SQL} WHERE e.rowid > %s AND e.namespace = %s ORDER BY e.rowid LIMIT 2000",
+                                 (last, namespace))  # fmt: skip
+            if not got:
+                return found
+            last = int(got[-1][0])
+            for t in got:
+                reason = build_index_row(_bytes7(t), t[7]).damage
+                if reason is None and (t[9] is None or len(t[9]) != DIGEST_SIZE):
+                    reason = "its digest is not a 16-byte BLAKE2b digest"
+                if reason is None and (not isinstance(t[10], int) or t[10] < 0):
+                    reason = f"its text length {t[10]!r} is not a byte count"
+                if reason is not None:
+                    found.append(Damage(t[8], t[1], reason))
+
+    def count(self, namespace: str | None = None) -> int:
+        if namespace is None:
+            return int(self._read("SELECT COUNT(*) FROM episodes")[0][0])
+        return int(self._read("SELECT COUNT(*) FROM episodes WHERE namespace = %s", (namespace,))[0][0])
+
+    def size_report(self, namespace: str | None = None) -> SizeReport:
+        where, params = ("WHERE namespace = %s", (namespace,)) if namespace is not None else ("", ())
+        n, text_bytes, cell_bytes = self._read(
+            "SELECT COUNT(*), COALESCE(SUM(n_bytes), 0), COALESCE(SUM(octet_length(weights) + octet_length(cell)"
+            f" + octet_length(spans) + octet_length(digest)), 0) FROM episodes {where}",
+            params,
+        )[0]
+        if namespace is not None:
+            return SizeReport(int(n), int(text_bytes), int(cell_bytes), 0, {namespace: int(n)} if n else {})
+        store_bytes = self._read(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace s"
+            " ON s.oid = c.relnamespace WHERE s.nspname = %s AND c.relkind = 'r'",
+            (SCHEMA,),
+        )[0][0]
+        per_ns = {str(k): int(v) for k, v in
+                  self._read("SELECT namespace, COUNT(*) FROM episodes GROUP BY namespace ORDER BY 1")}  # fmt: skip
+        return SizeReport(int(n), int(text_bytes), int(cell_bytes), int(store_bytes), per_ns)
+
+    # --- API keys, in the same database (see rememory.server.auth) ---
+
+    def key_backend(self) -> PostgresKeys:
+        return PostgresKeys(self)
+
+
+class PostgresKeys:
+    """The ``api_keys`` table: the storage half of :class:`rememory.server.auth.KeyStore`."""
+
+    def __init__(self, store: PostgresStore):
+        self._store = store
+        self.location = store.location
+
+    def insert(self, name: str, key_id: str, key_hash: bytes, namespace: str, created_at: str) -> bool:
+        """Add a key; False if the name is taken."""
+        with self._store._write(bump=False) as conn:
+            cur = conn.execute(
+                "INSERT INTO api_keys(name, key_id, key_hash, namespace, created_at) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, key_id, key_hash, namespace, created_at),
+            )
+            return bool(cur.rowcount)
+
+    def find(self, key_id: str) -> tuple[str, str, str, str, bytes] | None:
+        got = self._store._read(
+            "SELECT name, key_id, namespace, created_at, key_hash FROM api_keys WHERE key_id = %s", (key_id,)
+        )
+        return (got[0][0], got[0][1], got[0][2], got[0][3], bytes(got[0][4])) if got else None
+
+    def all(self) -> list[tuple[str, str, str, str]]:
+        rows = self._store._read("SELECT name, key_id, namespace, created_at FROM api_keys ORDER BY name")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def delete(self, name: str) -> bool:
+        with self._store._write(bump=False) as conn:
+            return bool(conn.execute("DELETE FROM api_keys WHERE name = %s", (name,)).rowcount)
+
+    def close(self) -> None:
+        """The store owns the connections."""
+
+
+class _NothingToCommitError(Exception):
+    """Rolls back a batch whose every episode was already stored (no generation change)."""
+
+
+def _row(t: Sequence[Any]) -> Row:
+    return Row(
+        rowid=int(t[0]), id=str(t[1]), namespace=str(t[2]), keywords=str(t[3]), time=t[4],
+        created_at=int(t[5]), n_bytes=int(t[6]), digest=bytes(t[7]), digest_format=int(t[8]), engine=str(t[9]),
+    )  # fmt: skip
+
+
+def _bytes7(t: Sequence[Any]) -> tuple[Any, ...]:
+    """The first seven index columns, with PostgreSQL's memoryviews as bytes."""
+    return tuple(bytes(v) if isinstance(v, memoryview) else v for v in t[:7])
+
+
+def _vector_text(vec: np.ndarray) -> str:
+    return "[" + ",".join(f"{float(x):.6g}" for x in vec) + "]"
+
+
+def _pack(streams: dict[str, np.ndarray]) -> tuple[bytes, bytes]:
+    """One artifact's streams as one blob, and spans of (byte offset, element count) per stream."""
+    parts: list[bytes] = []
+    spans: shards.Spans = {}
+    offset = 0
+    for name in sorted(streams):
+        arr = np.ascontiguousarray(streams[name]).reshape(-1)
+        if arr.dtype.name != name:
+            raise ValueError(f"stream {name!r} holds dtype {arr.dtype.name}")
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        spans[name] = (offset, int(arr.size))
+        parts.append(data)
+        offset += len(data)
+    return b"".join(parts), shards.encode_spans(spans)
+
+
+def _unpack(weights: bytes, spans_blob: bytes) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, (offset, count) in shards.decode_spans(spans_blob).items():
+        dtype = np.dtype(name).newbyteorder("<")
+        if offset + count * dtype.itemsize > len(weights):
+            raise ValueError(f"stream {name!r} runs past the end of its weights")
+        out[name] = np.frombuffer(weights, dtype=dtype, count=count, offset=offset).astype(name)
+    return out
