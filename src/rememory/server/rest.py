@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..episodes import MAX_ID_CHARS, validate_many, validate_namespace
 from ..errors import IntegrityError, NotFoundError
+from ..limits import MAX_KEYWORDS_BYTES
 from ..memory import Memory
 from ..records import Episode
 from .auth import ApiKey
@@ -27,7 +28,8 @@ from .jobs import Job, JobRunner
 MAX_TOP_K = 100
 MAX_PAGE = 100
 MAX_BATCH = 1000
-MAX_KEYWORDS_CHARS = 4096
+# Characters never outnumber UTF-8 bytes; validate_episode checks the bytes, as for every interface.
+MAX_KEYWORDS_CHARS = MAX_KEYWORDS_BYTES
 MAX_QUERY_CHARS = 8192
 MAX_WAIT_S = 60.0
 
