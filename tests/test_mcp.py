@@ -47,7 +47,7 @@ async def roundtrip(client: Client) -> None:
     res = await client.call_tool("recall", query)
     assert not res.is_error, res.content
     [hit] = [h for h in res.structured_content["memories"] if h["id"] == id_]
-    assert (hit["text"], hit["time"], hit["keywords"]) == (TEXT, TIME, "Илья, мост, ночь")  # byte-exact
+    assert (hit["text"], hit["time"], hit["keywords"]) == (TEXT, TIME + "+00:00", "Илья, мост, ночь")  # byte-exact
     stats = (await client.call_tool("stats", {})).structured_content
     assert stats["episodes"] == before + 1 and stats["text_bytes"] >= len(TEXT.encode("utf-8"))
 

@@ -137,7 +137,7 @@ def test_completion_carries_the_recalled_episode(proxy, model_upstream) -> None:
     assert raw.headers["x-rememory-recalled"].split(",")[0] == "zoe-bees"
     assert "x-rememory-episode" not in raw.headers  # not asked to remember
     system = system_message(seen[-1])
-    assert ZOE in system and 'id="zoe-bees"' in system and 'time="2025-06-01T10:00:00"' in system
+    assert ZOE in system and 'id="zoe-bees"' in system and 'time="2025-06-01T10:00:00+00:00"' in system
     assert seen[-1]["messages"][-1] == {"role": "user", "content": "Who keeps bees on a roof?"}
     done = raw.parse()
     assert done.object == "chat.completion" and done.model == MODEL and len(done.choices) == 1

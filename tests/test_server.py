@@ -118,7 +118,7 @@ def test_add_recall_get_list_forget(service: Service) -> None:
         hits = res.json()["hits"]
         assert set(hits[0]) == {"id", "score", "keywords", "text", "time"}
         assert {h["text"] for h in hits} == set(texts)  # byte-exact
-        assert next(h for h in hits if h["id"] == out["ids"][0])["time"] == "2023-08-01T10:00:00"
+        assert next(h for h in hits if h["id"] == out["ids"][0])["time"] == "2023-08-01T10:00:00+00:00"
 
         got = c.get("/v1/memories/van/1").json()  # an id with a slash
         assert got == {"id": "van/1", "keywords": "Sergey, van", "text": texts[1], "time": None, "namespace": "alice"}
