@@ -170,11 +170,12 @@ def mcp_command(ctx: click.Context, namespace: str) -> None:
     import anyio
 
     from ..server.mcp import build_mcp_server, fixed_namespace
+    from ..server.stdio import serve_stdio
 
     # stdout is the JSON-RPC stream: anything a library prints while the model loads goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         memory = open_memory(ctx)
     try:
-        anyio.run(build_mcp_server(memory, fixed_namespace(namespace)).run_stdio_async)
+        anyio.run(serve_stdio, build_mcp_server(memory, fixed_namespace(namespace)))
     finally:
         memory.close()
