@@ -282,8 +282,8 @@ def test_header_beats_body_and_false_stores_nothing(recording, memory) -> None:
     ("kwargs", "message"),
     [
         ({"extra_headers": {"X-Rememory-Remember": "maybe"}}, "must be true or false"),
-        ({"extra_body": {"rememory": {"remember": True, "forever": 1}}}, "Unknown 'rememory' field"),
-        ({"extra_body": {"rememory": {"remember": "yes"}}}, "must be true or false"),
+        ({"extra_body": {"rememory": {"remember": True, "forever": 1}}}, "unknown field 'rememory.forever'"),
+        ({"extra_body": {"rememory": {"remember": "yes"}}}, "rememory.remember: Input should be a valid boolean"),
         ({"extra_headers": {"X-Rememory-Namespace": "x" * 300}}, "namespace must be"),
     ],
 )
@@ -294,13 +294,52 @@ def test_bad_rememory_controls_are_openai_style_400s(recording, kwargs: dict[str
     assert message in err.value.message
 
 
-def test_malformed_request_bodies(recording) -> None:
-    server, _ = recording
-    for content, expected in ((b"{not json", "not valid JSON"), (b'{"model": "m"}', "'messages' list")):
-        resp = httpx.post(
-            f"{server.url}/v1/chat/completions", content=content, headers={"content-type": "application/json"}
-        )
-        assert resp.status_code == 400 and expected in resp.json()["error"]["message"]
+def post_raw(server: BackgroundServer, content: bytes, content_type: str | None = "application/json",
+             **headers: str) -> httpx.Response:  # fmt: skip
+    if content_type is not None:
+        headers["content-type"] = content_type
+    return httpx.post(f"{server.url}/v1/chat/completions", content=content, headers=headers, timeout=60)
+
+
+HI = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"model": "m"}', "messages: Field required"),
+        (b"\xb9\xdfm", "not valid"),  # not UTF-8
+        # A lone surrogate reached the tokenizer (500); NaN made the forwarding encoder fail (500).
+        (HI[:-1] + b', {"role": "user", "content": "\\ud800"}]}', "messages[1].content: a lone surrogate"),
+        (HI + b', "temperature": NaN}', "temperature: nan is not a JSON number"),
+        (HI + b', "x": -Infinity}', "x: -inf is not a JSON number"),
+        (HI + b', "\\udc00": 1}', "lone surrogate"),
+        (HI + b', "x": ' + b"[" * 100 + b"]" * 100 + b"}", "nested more than 64 levels"),
+        (HI + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests too deeply"),  # past the JSON parser's
+    ],
+)
+def test_malformed_request_bodies(recording, content: bytes, expected: str) -> None:
+    server, seen = recording
+    before = len(seen)
+    resp = post_raw(server, content)
+    assert resp.status_code == 400 and expected in resp.json()["error"]["message"], resp.text
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+    assert len(seen) == before  # nothing reached the upstream
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                                          None])  # fmt: skip
+def test_a_body_that_is_not_declared_json_is_refused(recording, memory, content_type: str | None) -> None:
+    """What a web page can send to another site without a CORS preflight never plants an episode."""
+    server, seen = recording
+    before, count = len(seen), memory.count("web")
+    body = HI + b', "rememory": {"remember": true}, "user": "web"}'
+    resp = post_raw(server, body, content_type)
+    assert resp.status_code == 415, resp.text
+    assert "Content-Type: application/json" in resp.json()["error"]["message"]
+    assert len(seen) == before and memory.count("web") == count
+    assert post_raw(server, HI + b"}", "application/json; charset=utf-8").status_code == 200  # declared JSON
 
 
 def test_malformed_messages_are_400s(recording) -> None:
