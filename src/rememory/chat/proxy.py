@@ -185,7 +185,7 @@ class EventTooLarge(Exception):
 
 
 class _SseCollector:
-    """Collects the assistant's text from an OpenAI SSE stream as it passes through.
+    r"""Collects the assistant's text from an OpenAI SSE stream as it passes through.
 
     Linear in the stream's size: only each new chunk is searched for line ends, and the
     unfinished line grows in place; a line over ``max_line`` raises :class:`EventTooLarge`.
