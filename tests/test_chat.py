@@ -158,7 +158,7 @@ def test_chat_command_remembers_across_sessions(store: Path, upstream, embedder)
     assert "(remembering this exchange as chat-" in first.stderr
     answer, listing = re.split(r"\d+ memor(?:y|ies) injected last turn:", first.stdout)
     assert answer.strip()  # the model's answer, then the /memories listing
-    assert "zoe-bees  similarity=" in listing and "time=2025-06-01T10:00:00" in listing and ZOE in listing
+    assert "zoe-bees  similarity=" in listing and "time=2025-06-01T10:00:00+00:00" in listing and ZOE in listing
     assert ZOE in seen[-1]["messages"][0]["content"]
     with Memory(store, embedder=embedder) as mem:
         (episode,) = [e for e in mem.list() if e.id.startswith("chat-")]  # stored before the command exited

@@ -127,4 +127,5 @@ def test_example_script(make_memory) -> None:
     assert prompt.startswith(DEFAULT_BASE_PROMPT)
     listed = episodes(prompt)
     assert [e[0] for e in listed] == ["bridge", "van"]
-    assert listed[0][1] == "2024-09-14T21:40:00" and listed[0][3] == "We walked with Ilya across the bridge at night."
+    assert listed[0][1] == "2024-09-14T21:40:00+00:00"
+    assert listed[0][3] == "We walked with Ilya across the bridge at night."

@@ -172,3 +172,28 @@ def test_verify_lists_all_damage_and_never_writes(trained, tmp_path: Path) -> No
     assert _snapshot(store) == before
     res = run(["show", "ru-dacha"], env=env)
     assert res.returncode == 7 and "ru-dacha" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_text_is_exit_2_without_a_traceback(trained, tmp_path: Path) -> None:
+    env, _ = trained
+    # argv is bytes on POSIX: \xff is not UTF-8, and Python hands it over as a lone surrogate.
+    res = subprocess.run([str(BIN), "recall", b"\xff"], capture_output=True, env=env, timeout=300, cwd=REPO)
+    err = res.stderr.decode("utf-8", "replace")
+    assert res.returncode == 2 and "not valid UTF-8" in err and "Traceback" not in err
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    res = run(["train", str(nested)], env=env)
+    assert res.returncode == 2 and "too deeply" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_train_reports_each_episodes_own_namespace(tmp_path: Path) -> None:
+    env = {**os.environ, "REMEMORY_STORE": str(tmp_path / "store")}
+    data = tmp_path / "e.json"
+    data.write_text(json.dumps([{"keywords": "a", "text": "one", "namespace": "alice"},
+                                {"keywords": "b", "text": "two"}, {"keywords": "c", "text": "three"}]))  # fmt: skip
+    res = run(["train", str(data), "--namespace", "bob"], env=env)
+    assert res.returncode == 0, res.stderr
+    assert "Stored 3 episodes" in res.stderr and "namespaces 'alice': 1, 'bob': 2" in res.stderr
+    for ns, n in (("alice", 1), ("bob", 2)):
+        res = run(["recall", "one two three", "-n", ns, "--json"], env=env)
+        assert len(json.loads(res.stdout)["hits"]) == n

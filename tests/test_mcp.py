@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import httpx2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters, stdio_client
 from mcp.client.session import IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
@@ -47,7 +52,7 @@ async def roundtrip(client: Client) -> None:
     res = await client.call_tool("recall", query)
     assert not res.is_error, res.content
     [hit] = [h for h in res.structured_content["memories"] if h["id"] == id_]
-    assert (hit["text"], hit["time"], hit["keywords"]) == (TEXT, TIME, "Илья, мост, ночь")  # byte-exact
+    assert (hit["text"], hit["time"], hit["keywords"]) == (TEXT, TIME + "+00:00", "Илья, мост, ночь")  # byte-exact
     stats = (await client.call_tool("stats", {})).structured_content
     assert stats["episodes"] == before + 1 and stats["text_bytes"] >= len(TEXT.encode("utf-8"))
 
@@ -145,3 +150,104 @@ def test_http_tenants_and_auth(mcp_service: tuple[str, dict[str, str]]) -> None:
     for headers in ({}, {"Authorization": "Bearer rmk_nope"}):
         res = httpx.post(f"{url}/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         assert res.status_code == 401 and res.json()["error"]["type"] == "unauthorized"
+
+
+# --- malformed frames over stdio: each gets a JSON-RPC error reply, and the server carries on ---
+
+
+class StdioPeer:
+    """A real ``rememory mcp`` subprocess, spoken to line by line (a watchdog kills it if it stops answering)."""
+
+    def __init__(self, store: Path, home: Path):
+        env = {**os.environ, "REMEMORY_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen([str(BIN / "rememory"), "--store", str(store), "mcp"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+        self.send(json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "fuzz", "version": "1"}}}
+        ).encode())  # fmt: skip
+        assert self.reply()["id"] == 0
+        self.send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+
+    def send(self, frame: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(frame + b"\n")
+        self.proc.stdin.flush()
+
+    def reply(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        watchdog = threading.Timer(120, self.proc.kill)  # a hang fails the test instead of blocking it
+        watchdog.start()
+        try:
+            line = self.proc.stdout.readline()
+        finally:
+            watchdog.cancel()
+        assert line, "the server closed stdout: " + self.proc.stderr.read().decode("utf-8", "replace")[-2000:]
+        return json.loads(line)
+
+    def close(self) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(60)
+        return self.proc.stderr.read().decode("utf-8", "replace") if self.proc.stderr else ""
+
+
+@pytest.fixture(scope="module")
+def stdio_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StdioPeer]:
+    root = tmp_path_factory.mktemp("mcp-stdio")
+    peer = StdioPeer(root / "store", root / "home")
+    yield peer
+    assert "Traceback" not in peer.close()
+
+
+HAND_MADE = [
+    (b"not json", -32700),
+    (b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "recall", '
+     b'"arguments": {"query": "\\ud800"}}}', -32700),  # a lone surrogate escape is not Unicode
+    (b"[1, 2", -32700),
+    (b"\xff\xfe{", -32700),
+    (b"", -32700),
+    (b"[" * 100_000, -32700),
+    (b'{"id": 7}', -32600),
+    (b'{"jsonrpc": "1.0", "id": "x", "method": "ping"}', -32600),
+    (b"[]", -32600),
+    (b"42", -32600),
+]
+
+
+def test_stdio_answers_malformed_frames_then_valid_requests(stdio_peer: StdioPeer) -> None:
+    for frame, code in HAND_MADE:
+        stdio_peer.send(frame)
+        reply = stdio_peer.reply()
+        assert reply["error"]["code"] == code, (frame[:80], reply)
+        assert reply["id"] == (7 if frame == b'{"id": 7}' else "x" if b'"x"' in frame else None)  # null: unreadable
+    stats = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "stats", "arguments": {}}}
+    stdio_peer.send(json.dumps(stats).encode())
+    reply = stdio_peer.reply()
+    assert reply["id"] == 8 and reply["result"]["structuredContent"]["episodes"] == 0
+
+
+# Lines that are not JSON-RPC messages: arbitrary bytes and text, and JSON values other than objects
+# with a method. A newline or carriage return would split a frame in two.
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                     lambda inner: st.lists(inner, max_size=4), max_leaves=20)  # fmt: skip
+_frames = st.one_of(
+    st.binary(max_size=200).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+    st.text(max_size=200).map(lambda t: t.replace("\n", "").replace("\r", "").encode("utf-8", "surrogatepass")),
+    _json.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.sampled_from(["id", "jsonrpc", "params", "result"]), _json).map(
+        lambda d: json.dumps(d).encode()
+    ),
+)
+
+
+@given(frames=st.lists(_frames, min_size=1, max_size=5))
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+def test_stdio_fuzzed_frames_each_get_an_error_reply(stdio_peer: StdioPeer, frames: list[bytes]) -> None:
+    for frame in frames:
+        stdio_peer.send(frame)
+    for frame in frames:
+        reply = stdio_peer.reply()
+        assert reply.get("error", {}).get("code") in (-32700, -32600), (frame[:80], reply)
+    stdio_peer.send(b'{"jsonrpc": "2.0", "id": "after", "method": "ping"}')
+    assert stdio_peer.reply() == {"jsonrpc": "2.0", "id": "after", "result": {}}

@@ -36,7 +36,7 @@ def test_add_recall_get_forget(make_memory) -> None:
     assert len(mem) == 4
     hits = mem.recall("walking on a bridge with Ilya", top_k=3)
     assert hits[0].id == "bridge"
-    assert hits[0].text == EPISODES[0]["text"] and hits[0].time == "2023-05-08T13:56:00"
+    assert hits[0].text == EPISODES[0]["text"] and hits[0].time == "2023-05-08T13:56:00+00:00"
     assert hits[0].score >= hits[1].score >= hits[2].score and -1 <= hits[2].score <= 1
     assert mem.recall("сбор яблок с бабушкой", top_k=1)[0].id == "dacha"
     assert mem.get("cat").text == EPISODES[3]["text"]

@@ -137,7 +137,7 @@ def test_completion_carries_the_recalled_episode(proxy, model_upstream) -> None:
     assert raw.headers["x-rememory-recalled"].split(",")[0] == "zoe-bees"
     assert "x-rememory-episode" not in raw.headers  # not asked to remember
     system = system_message(seen[-1])
-    assert ZOE in system and 'id="zoe-bees"' in system and 'time="2025-06-01T10:00:00"' in system
+    assert ZOE in system and 'id="zoe-bees"' in system and 'time="2025-06-01T10:00:00+00:00"' in system
     assert seen[-1]["messages"][-1] == {"role": "user", "content": "Who keeps bees on a roof?"}
     done = raw.parse()
     assert done.object == "chat.completion" and done.model == MODEL and len(done.choices) == 1
@@ -282,8 +282,8 @@ def test_header_beats_body_and_false_stores_nothing(recording, memory) -> None:
     ("kwargs", "message"),
     [
         ({"extra_headers": {"X-Rememory-Remember": "maybe"}}, "must be true or false"),
-        ({"extra_body": {"rememory": {"remember": True, "forever": 1}}}, "Unknown 'rememory' field"),
-        ({"extra_body": {"rememory": {"remember": "yes"}}}, "must be true or false"),
+        ({"extra_body": {"rememory": {"remember": True, "forever": 1}}}, "unknown field 'rememory.forever'"),
+        ({"extra_body": {"rememory": {"remember": "yes"}}}, "rememory.remember: Input should be a valid boolean"),
         ({"extra_headers": {"X-Rememory-Namespace": "x" * 300}}, "namespace must be"),
     ],
 )
@@ -294,13 +294,52 @@ def test_bad_rememory_controls_are_openai_style_400s(recording, kwargs: dict[str
     assert message in err.value.message
 
 
-def test_malformed_request_bodies(recording) -> None:
-    server, _ = recording
-    for content, expected in ((b"{not json", "not valid JSON"), (b'{"model": "m"}', "'messages' list")):
-        resp = httpx.post(
-            f"{server.url}/v1/chat/completions", content=content, headers={"content-type": "application/json"}
-        )
-        assert resp.status_code == 400 and expected in resp.json()["error"]["message"]
+def post_raw(server: BackgroundServer, content: bytes, content_type: str | None = "application/json",
+             **headers: str) -> httpx.Response:  # fmt: skip
+    if content_type is not None:
+        headers["content-type"] = content_type
+    return httpx.post(f"{server.url}/v1/chat/completions", content=content, headers=headers, timeout=60)
+
+
+HI = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"model": "m"}', "messages: Field required"),
+        (b"\xb9\xdfm", "not valid"),  # not UTF-8
+        # A lone surrogate reached the tokenizer (500); NaN made the forwarding encoder fail (500).
+        (HI[:-1] + b', {"role": "user", "content": "\\ud800"}]}', "messages[1].content: a lone surrogate"),
+        (HI + b', "temperature": NaN}', "temperature: nan is not a JSON number"),
+        (HI + b', "x": -Infinity}', "x: -inf is not a JSON number"),
+        (HI + b', "\\udc00": 1}', "lone surrogate"),
+        (HI + b', "x": ' + b"[" * 100 + b"]" * 100 + b"}", "nested more than 64 levels"),
+        (HI + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests too deeply"),  # past the JSON parser's
+    ],
+)
+def test_malformed_request_bodies(recording, content: bytes, expected: str) -> None:
+    server, seen = recording
+    before = len(seen)
+    resp = post_raw(server, content)
+    assert resp.status_code == 400 and expected in resp.json()["error"]["message"], resp.text
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+    assert len(seen) == before  # nothing reached the upstream
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                                          None])  # fmt: skip
+def test_a_body_that_is_not_declared_json_is_refused(recording, memory, content_type: str | None) -> None:
+    """What a web page can send to another site without a CORS preflight never plants an episode."""
+    server, seen = recording
+    before, count = len(seen), memory.count("web")
+    body = HI + b', "rememory": {"remember": true}, "user": "web"}'
+    resp = post_raw(server, body, content_type)
+    assert resp.status_code == 415, resp.text
+    assert "Content-Type: application/json" in resp.json()["error"]["message"]
+    assert len(seen) == before and memory.count("web") == count
+    assert post_raw(server, HI + b"}", "application/json; charset=utf-8").status_code == 200  # declared JSON
 
 
 def test_malformed_messages_are_400s(recording) -> None:
@@ -364,6 +403,37 @@ def failing_upstream() -> FastAPI:
             await asyncio.sleep(0.1)
         return JSONResponse({})
 
+    @app.post("/drips/chat/completions")
+    async def drips(request: Request) -> StreamingResponse:
+        async def body() -> Any:  # one byte every 0.3 s: each read is quick, the answer never ends
+            for _ in range(1000):
+                if await request.is_disconnected():
+                    return
+                yield b" "
+                await asyncio.sleep(0.3)
+
+        stream = (await request.json()).get("stream")
+        return StreamingResponse(body(), media_type="text/event-stream" if stream else "application/json")
+
+    @app.post("/moved/chat/completions")
+    async def moved() -> JSONResponse:
+        return JSONResponse({"choices": []}, status_code=307, headers={"Location": "http://elsewhere.invalid/v1"})
+
+    @app.get("/moved/models")
+    async def models_moved() -> JSONResponse:
+        return JSONResponse({"data": []}, status_code=301, headers={"Location": "http://elsewhere.invalid/v1"})
+
+    @app.post("/huge/chat/completions")
+    async def huge() -> StreamingResponse:
+        async def events() -> Any:
+            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+            yield b"data: "
+            for _ in range(64):  # 4 MiB with no newline: over the proxy's event limit
+                yield b"x" * 65536
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     @app.post("/breaks/chat/completions")
     async def breaks() -> StreamingResponse:
         async def events() -> Any:
@@ -389,9 +459,12 @@ def failing(memory: Memory) -> Iterator[dict[str, BackgroundServer]]:
             "garbage": f"{up.url}/garbage",
             "slow": f"{up.url}/slow",
             "breaks": f"{up.url}/breaks",
+            "drips": f"{up.url}/drips",
+            "moved": f"{up.url}/moved",
+            "huge": f"{up.url}/huge",
         }
-        servers = {k: BackgroundServer(proxy_app(memory, v, timeout=1.0), graceful_shutdown_s=0.5).start()
-                   for k, v in proxies.items()}  # fmt: skip
+        servers = {k: BackgroundServer(proxy_app(memory, v, timeout=1.0, deadline=3.0), graceful_shutdown_s=0.5)
+                   .start() for k, v in proxies.items()}  # fmt: skip
         yield servers
         for server in servers.values():
             server.stop()
@@ -412,9 +485,13 @@ def ask(server: BackgroundServer, **kw: Any) -> Any:
         ("slow", 504, "upstream_timeout", "did not answer within 1 s"),
         ("garbage", 502, "upstream_bad_response", "not "),
         ("json401", 401, "invalid_api_key", "Incorrect API key provided."),
+        ("drips", 504, "upstream_timeout", "within the proxy's deadline of 3 s"),
+        ("moved", 502, "upstream_redirect", "redirected the request (HTTP 307 to http://elsewhere.invalid/v1)"),
     ],
 )
 def test_upstream_failures(failing, name: str, status: int, code: str, words: str, stream: bool) -> None:
+    if name == "drips" and stream:
+        pytest.skip("a stream already under way ends with an error event: see test_dripping_stream_hits_the_deadline")
     with pytest.raises(openai.APIStatusError) as err:
         ask(failing[name], stream=stream)
     assert err.value.status_code == status
@@ -428,6 +505,46 @@ def test_models_upstream_failure(failing) -> None:
     with pytest.raises(openai.InternalServerError) as err:
         client_for(failing["html500"]).models.list()
     assert err.value.status_code == 502 and "HTTP 500" in err.value.message
+
+
+def test_models_redirect_is_a_502(failing) -> None:
+    with pytest.raises(openai.InternalServerError) as err:
+        client_for(failing["moved"]).models.list()
+    assert err.value.status_code == 502 and "HTTP 301" in err.value.message
+
+
+def test_an_event_over_the_limit_ends_the_stream_with_an_error(failing) -> None:
+    with httpx.stream("POST", f"{failing['huge'].url}/v1/chat/completions", timeout=60,
+                      json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}) as resp:
+        assert resp.status_code == 200
+        received = b"".join(resp.iter_bytes())  # fmt: skip
+    assert len(received) < 2 * 1024 * 1024  # cut at the 1 MiB limit, not relayed whole
+    *_, last = [line for line in received.split(b"\n") if line.startswith(b"data: {")]
+    error = json.loads(last[len(b"data: "):])["error"]
+    assert error["code"] == "upstream_bad_response" and "an event line over 1048576 bytes" in error["message"]
+
+
+def test_sse_events_split_across_many_small_chunks_assemble() -> None:
+    from rememory.chat.proxy import EventTooLarge, _SseCollector
+
+    pieces = ["Hel", "lo, ", "мир", " 🌉"]
+    stream = "".join(f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': p}}]})}\r\n\r\n"
+                     for p in pieces).encode() + b"data: [DONE]\n\n"  # fmt: skip
+    for size in (1, 2, 7, len(stream)):
+        collector = _SseCollector()
+        for i in range(0, len(stream), size):
+            collector.feed(stream[i : i + size])
+        assert collector.parts == pieces and collector.done and not collector.failed
+    collector = _SseCollector(max_line=100)
+    collector.feed(b"data: " + b"x" * 94)  # exactly at the limit
+    with pytest.raises(EventTooLarge):
+        collector.feed(b"x")
+
+
+def test_dripping_stream_hits_the_deadline(failing) -> None:
+    """Each read is quick, so only the overall deadline can end it."""
+    with pytest.raises(openai.APIError, match="within the proxy's deadline of 3 s"):
+        list(ask(failing["drips"], stream=True))
 
 
 def test_stream_that_stalls_midway_ends_with_an_error_event(failing) -> None:

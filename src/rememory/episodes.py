@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidEpisodeError
-from .limits import MAX_ID_CHARS
+from .errors import ConfigError, InvalidEpisodeError
+from .limits import MAX_ID_CHARS, MAX_KEYWORDS_BYTES, MAX_QUERY_CHARS
 from .records import Episode
 
 _ALLOWED = {"id", "keywords", "text", "time", "namespace"}
@@ -41,12 +42,86 @@ def _utf8(value: str, index: int | None, field: str) -> bytes:
         ) from None
 
 
+# Control, format (bidirectional overrides U+202A-202E and U+2066-2069, marks U+200E/F, zero-width
+# characters), line and paragraph separators, and lone surrogates: an identifier that contains them
+# displays as something it is not, or breaks the line it is printed on.
+_UNSAFE_ID_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _unsafe_char(value: str) -> int | None:
+    """The index of the first character of ``value`` that an identifier must not hold, if any."""
+    for i, c in enumerate(value):
+        if unicodedata.category(c) in _UNSAFE_ID_CATEGORIES:
+            return i
+    return None
+
+
 def validate_namespace(namespace: Any) -> str:
     if not isinstance(namespace, str) or not namespace.strip() or len(namespace) > MAX_ID_CHARS:
         raise InvalidEpisodeError(
             f"namespace must be a non-empty string of at most {MAX_ID_CHARS} characters, got {namespace!r}."
         )
+    bad = _unsafe_char(namespace)
+    if bad is not None:
+        raise InvalidEpisodeError(
+            f"namespace {namespace!r} holds the control or formatting character U+{ord(namespace[bad]):04X} at "
+            f"position {bad}; use printable characters only."
+        )
     return namespace
+
+
+def validate_query(query: Any) -> str:
+    """A recall query, checked: a non-empty string of valid UTF-8, at most ``MAX_QUERY_CHARS`` characters.
+
+    >>> validate_query("bridge at night")
+    'bridge at night'
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise ConfigError("The recall query is empty; give a phrase to search for.")
+    if len(query) > MAX_QUERY_CHARS:
+        raise ConfigError(f"The recall query is {len(query)} characters, over the limit of {MAX_QUERY_CHARS}; "
+                          "shorten it.")  # fmt: skip
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"The recall query is not valid UTF-8 (it holds a lone surrogate at character {exc.start}, as "
+            "undecodable bytes become); send UTF-8 text, or check the terminal's encoding."
+        ) from None
+    return query
+
+
+def normalize_time(time: str) -> tuple[str, str]:
+    """``(stored, hashed)`` forms of an ISO 8601 time: stored with a UTC offset, naive taken as UTC.
+
+    ``stored`` is ``datetime.isoformat()`` of the parsed time, so every accepted spelling of a time
+    is kept in one form that any ISO 8601 reader parses. ``hashed`` feeds the content-derived id:
+    the offset-free form for a naive time, which is what stores made before normalisation hashed
+    for a time written canonically, so re-adding such an episode still finds it.
+
+    >>> normalize_time("2023-05-08 13:56")
+    ('2023-05-08T13:56:00+00:00', '2023-05-08T13:56:00')
+    >>> normalize_time("2023-05-08T13:56:00+02:00")[0]
+    '2023-05-08T13:56:00+02:00'
+    """
+    dt = datetime.fromisoformat(time)
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc).isoformat(), dt.isoformat()
+    return dt.isoformat(), dt.isoformat()
+
+
+def stored_time(time: str | None) -> str | None:
+    """A time read from a store, in today's stored form (stores made before normalisation kept it verbatim).
+
+    >>> stored_time("2023-05-08T13:56:00")
+    '2023-05-08T13:56:00+00:00'
+    """
+    if time is None:
+        return None
+    try:
+        return normalize_time(time)[0]
+    except ValueError:
+        return time  # not a time this version would store; compared as written
 
 
 def validate_episode(item: Any, *, index: int | None, namespace: str, max_text_bytes: int) -> Episode:
@@ -72,7 +147,13 @@ def validate_episode(item: Any, *, index: int | None, namespace: str, max_text_b
                 f"'{field}' must be a string, got {type(item[field]).__name__}.", index=index, field=field
             )
     keywords, text = item["keywords"], item["text"]
-    _utf8(keywords, index, "keywords")
+    if len(_utf8(keywords, index, "keywords")) > MAX_KEYWORDS_BYTES:
+        raise InvalidEpisodeError(
+            f"'keywords' are {len(keywords.encode('utf-8'))} bytes, over the limit of {MAX_KEYWORDS_BYTES}. "
+            "Keywords are a short key (people, places, topics); put long content in 'text'.",
+            index=index,
+            field="keywords",
+        )
     data = _utf8(text, index, "text")
     if not data:
         raise InvalidEpisodeError("'text' is empty; an episode must have something to remember.",
@@ -91,25 +172,33 @@ def validate_episode(item: Any, *, index: int | None, namespace: str, max_text_b
         ns = validate_namespace(ns)
     except InvalidEpisodeError as exc:
         raise InvalidEpisodeError(str(exc), index=index, field="namespace") from None
-    time = item.get("time")
+    time, hashed_time = item.get("time"), None
     if time is not None:
         if not isinstance(time, str):
             raise InvalidEpisodeError(f"'time' must be an ISO 8601 string, got {type(time).__name__}.",
                                       index=index, field="time")  # fmt: skip
         try:
-            datetime.fromisoformat(time)
+            time, hashed_time = normalize_time(time)
         except ValueError:
             raise InvalidEpisodeError(
-                f"'time' {time!r} is not an ISO 8601 date-time such as '2023-05-08T13:56:00'.",
+                f"'time' {time!r} is not an ISO 8601 date-time such as '2023-05-08T13:56:00+00:00'.",
                 index=index,
                 field="time",
             ) from None
     id_ = item.get("id")
     if id_ is None:
-        id_ = default_id(ns, keywords, text, time)
-    elif not isinstance(id_, str) or not id_ or len(id_) > MAX_ID_CHARS or any(ord(c) < 32 for c in id_):
+        id_ = default_id(ns, keywords, text, hashed_time)
+    elif not isinstance(id_, str) or not id_ or len(id_) > MAX_ID_CHARS:
         raise InvalidEpisodeError(
             f"'id' must be a non-empty string of at most {MAX_ID_CHARS} printable characters, got {id_!r}.",
+            index=index,
+            field="id",
+        )
+    elif (bad := _unsafe_char(id_)) is not None:
+        raise InvalidEpisodeError(
+            f"'id' {id_!r} holds the control or formatting character U+{ord(id_[bad]):04X} at position {bad} "
+            "(bidirectional overrides and invisible marks make an id display as another); use printable "
+            "characters only.",
             index=index,
             field="id",
         )
@@ -153,6 +242,10 @@ def load_episodes_file(
         ) from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise InvalidEpisodeError(
+            f"{p} nests JSON arrays or objects too deeply to read. Expected a flat list like {example}."
+        ) from None
     except json.JSONDecodeError as exc:
         raise InvalidEpisodeError(
             f"{p} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}. "

@@ -16,7 +16,7 @@ from .cells.train import TrainProgress
 from .config import resolve_max_text_bytes, resolve_store_path
 from .embed import Embedder, load_embedder
 from .engine import Artifact, MemoryEngine, get_engine
-from .episodes import validate_episode, validate_many, validate_namespace
+from .episodes import validate_episode, validate_many, validate_namespace, validate_query
 from .errors import ConfigError, IntegrityError, NotFoundError, RememoryError
 from .index import snapshot
 from .index.config import RankingConfig
@@ -359,8 +359,7 @@ class Memory:
         >>> [hit.id for hit in mem.recall("bridge at night", top_k=1)]
         ['e1']
         """
-        if not isinstance(query, str) or not query.strip():
-            raise ConfigError("The recall query is empty; give a phrase to search for.")
+        query = validate_query(query)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
             raise ConfigError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}.")
         namespace = validate_namespace(namespace)

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import ConfigError
 from .prompt import message_text
-from .proxy import openai_error
+from .request import ChatRequest, OpenAIErrorRoute, openai_error
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +237,7 @@ def create_local_app(model: LocalChatModel, *, on_request: Callable[[dict[str, A
     >>> app = create_local_app(LocalChatModel())
     """
     app = FastAPI(title="ReMemory local model", version="1")
+    app.router.route_class = OpenAIErrorRoute  # the proxy's body rules and error shape
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
@@ -249,13 +250,8 @@ def create_local_app(model: LocalChatModel, *, on_request: Callable[[dict[str, A
         return {"object": "list", "data": [entry]}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def completions(request: Request) -> Any:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "The request body is not valid JSON.")
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return _error(400, "The request body must be a JSON object with a 'messages' list.")
+    async def completions(chat: ChatRequest) -> Any:
+        body = chat.forwarded()
         if body.get("model") != model.model_id:
             return _error(404, f"This server serves only {model.model_id!r}, not {body.get('model')!r}.",
                           code="model_not_found")  # fmt: skip

@@ -92,6 +92,14 @@ def _log_config(level: str) -> dict[str, Any]:
     help="Largest request body accepted; larger ones get 413.",
 )
 @click.option(
+    "--allow-origin",
+    "allow_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let web pages of ORIGIN (e.g. http://localhost:3000) call the server; repeatable. Other cross-site "
+    "browser requests are refused.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -107,6 +115,7 @@ def serve(
     upstream: str | None,
     upstream_api_key: str | None,
     max_body_bytes: int,
+    allow_origins: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Serve the REST API (/v1), MCP over HTTP (/mcp) and, with --upstream, the chat proxy."""
@@ -135,6 +144,7 @@ def serve(
             upstream=upstream,
             upstream_api_key=upstream_api_key,
             max_body_bytes=max_body_bytes,
+            allow_origins=allow_origins,
         )
         shown = f"[{host.strip('[]')}]" if ":" in host else host
         url = f"http://{shown}:{sock.getsockname()[1]}"
@@ -170,11 +180,12 @@ def mcp_command(ctx: click.Context, namespace: str) -> None:
     import anyio
 
     from ..server.mcp import build_mcp_server, fixed_namespace
+    from ..server.stdio import serve_stdio
 
     # stdout is the JSON-RPC stream: anything a library prints while the model loads goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         memory = open_memory(ctx)
     try:
-        anyio.run(build_mcp_server(memory, fixed_namespace(namespace)).run_stdio_async)
+        anyio.run(serve_stdio, build_mcp_server(memory, fixed_namespace(namespace)))
     finally:
         memory.close()

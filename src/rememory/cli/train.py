@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
 import click
 from tqdm import tqdm
 
@@ -35,4 +39,18 @@ def train(ctx: click.Context, file: str, namespace: str, replace: bool) -> None:
         if bar is not None:
             bar.close()
         mem.close()
-    click.echo(f"Stored {len(ids)} episodes in {mem.path} (namespace {namespace!r}).", err=True)
+    click.echo(f"Stored {len(ids)} episodes in {mem.path} ({_namespaces(items, namespace)}).", err=True)
+
+
+def _namespaces(items: list[Any], default: str) -> str:
+    """Where the episodes went: an episode's own ``namespace`` field wins over ``--namespace``.
+
+    Read from the items that ``add_many`` accepted, so every one is a mapping with a valid field
+    (identical duplicates, which it collapses, are counted each time they appear).
+    """
+    counts = Counter(
+        item.get("namespace") or default if isinstance(item, Mapping) else default for item in items
+    )
+    if len(counts) == 1:
+        return f"namespace {next(iter(counts))!r}"
+    return "namespaces " + ", ".join(f"{ns!r}: {n}" for ns, n in sorted(counts.items()))

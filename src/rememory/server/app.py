@@ -4,17 +4,24 @@ and (with an upstream) the OpenAI-compatible memory proxy.
 Requests authenticate with ``Authorization: Bearer <key>`` (keys from ``rememory keys create``);
 the key decides the namespace. Without auth (local use only) the app answers only requests
 whose ``Host`` is a loopback name, so that a web page cannot reach it through DNS rebinding.
+Requests a browser makes for a page of another origin (``Origin``, ``Sec-Fetch-Site``) are
+refused unless that origin is allowed (``allow_origins``); a request body must arrive within
+``body_timeout_s`` (else 408).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
+import anyio
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -27,7 +34,7 @@ from ..episodes import validate_namespace
 from ..errors import ConfigError, InvalidEpisodeError
 from ..memory import Memory
 from .auth import KeyStore
-from .errors import ApiError, error_response, install_error_handlers
+from .errors import ApiError, ErrorResponse, error_response, install_error_handlers
 from .jobs import JobRunner
 from .mcp import build_mcp_server, package_version
 from .rest import Tenant, build_rest_router
@@ -35,6 +42,8 @@ from .rest import Tenant, build_rest_router
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_S = 60.0  # to receive a whole request body, once its headers are in
+DEFAULT_MAX_JOBS_PER_TENANT = 8  # training jobs queued or running, per namespace
 NAMESPACE_HEADER = "X-Rememory-Namespace"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _SCOPE_NAMESPACE = "rememory.namespace"  # set on /mcp requests for the tools to read
@@ -53,21 +62,33 @@ def create_app(
     upstream_api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     proxy_top_k: int = 3,
+    proxy_deadline_s: float | None = None,
+    allow_origins: Sequence[str] = (),
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    max_jobs_per_tenant: int = DEFAULT_MAX_JOBS_PER_TENANT,
 ) -> FastAPI:
     """The service over ``memory``: REST (``/v1``), MCP (``/mcp``) and, with ``upstream``, the proxy.
 
     ``auth=False`` serves every request without a key (local use: loopback ``Host`` only).
-    ``keys`` defaults to ``<store>/keys.db``. Request bodies over ``max_body_bytes`` get 413.
+    ``keys`` defaults to ``<store>/keys.db``. Request bodies over ``max_body_bytes`` get 413,
+    bodies not received within ``body_timeout_s`` 408. A browser request from a page of another
+    origin is a 403 unless its origin (``scheme://host[:port]``) is in ``allow_origins``, which
+    also get CORS answers. ``proxy_deadline_s`` bounds a whole upstream exchange (default:
+    :data:`rememory.chat.proxy.DEFAULT_DEADLINE_S`); a namespace may have at most
+    ``max_jobs_per_tenant`` training jobs queued or running (429 past it).
 
     >>> import uvicorn
     >>> uvicorn.run(create_app(Memory("memories")), host="127.0.0.1", port=8765)
     """
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes must be at least 1, got {max_body_bytes}.")
+    if not body_timeout_s > 0:
+        raise ConfigError(f"body_timeout_s must be positive seconds, got {body_timeout_s!r}.")
+    origins = [_origin(o) for o in allow_origins]
     own_keys = auth and keys is None
     if auth and keys is None:
         keys = KeyStore.for_store(memory.path)
-    jobs = JobRunner(memory)
+    jobs = JobRunner(memory, max_per_namespace=max_jobs_per_tenant)
     tenant = _tenant_dependency(keys if auth else None)
 
     mcp_server = build_mcp_server(memory, _namespace_from_scope)
@@ -101,11 +122,12 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(build_rest_router(memory, jobs, tenant, max_text_bytes=_episode_limit(memory)))
+    app.include_router(build_rest_router(memory, jobs, tenant, max_text_bytes=_episode_limit(memory)),
+                       responses=_SERVER_ERRORS)  # fmt: skip
     app.router.routes.append(Route("/mcp", endpoint=_McpGate(session_manager.handle_request, keys if auth else None),
                                    include_in_schema=False))  # fmt: skip
     if upstream is not None:
-        from ..chat.proxy import build_proxy_router  # the chat stack loads only when proxying
+        from ..chat.proxy import DEFAULT_DEADLINE_S, build_proxy_router  # the chat stack loads only when proxying
 
         app.include_router(
             build_proxy_router(
@@ -114,15 +136,37 @@ def create_app(
                 namespace_for=_proxy_namespace if auth else None,  # None: header, else body 'user', else default
                 upstream_api_key=upstream_api_key,
                 top_k=proxy_top_k,
+                deadline=DEFAULT_DEADLINE_S if proxy_deadline_s is None else proxy_deadline_s,
             ),
             dependencies=[Depends(tenant)],
             tags=["proxy"],
         )
-    # Outermost last: the loopback check, then the body limit, run before anything else.
-    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
+    # Outermost last: the loopback check, the cross-site check, CORS, then the body limits, run
+    # before anything else.
+    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes, timeout_s=body_timeout_s)
+    if origins:
+        exposed = ["X-Rememory-Recalled", "X-Rememory-Episode"]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["*"], expose_headers=exposed)  # fmt: skip
+    app.add_middleware(_SameOriginOnly, allowed=frozenset(origins))
     if not auth:
         app.add_middleware(_LoopbackOnly)
     return app
+
+
+_SERVER_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "A browser request from a page of an origin that is not allowed."},
+    408: {"model": ErrorResponse, "description": "The request body did not arrive in time."},
+    429: {"model": ErrorResponse, "description": "Too many training jobs of this namespace are queued or running."},
+}
+
+
+def _origin(value: str) -> str:
+    """An allowed origin, checked: ``scheme://host[:port]`` with no path."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"An allowed origin is scheme://host[:port], such as http://localhost:3000, got {value!r}.")
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _episode_limit(memory: Memory) -> int:
@@ -207,11 +251,18 @@ class _McpGate:
 
 
 class _BodyLimit:
-    """413 for a request body over the limit: at once from Content-Length, else while it streams in."""
+    """413 for a request body over the limit: at once from Content-Length, else while it streams in;
+    408 for a body that has not fully arrived ``timeout_s`` after the request started (slow clients
+    would otherwise hold a connection and a worker forever)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
         self.app = app
         self.max = max_body_bytes
+        self.timeout_s = timeout_s
+
+    def _too_slow(self) -> ApiError:
+        return ApiError(408, f"The request body did not arrive within {self.timeout_s:g} s; send it at once, "
+                        "or retry over a faster connection.", type="request_timeout")  # fmt: skip
 
     def _too_large(self) -> ApiError:
         return ApiError(413, f"The request body is over the server's limit of {self.max} bytes. Send fewer "
@@ -228,12 +279,21 @@ class _BodyLimit:
             return
         seen = 0
         started = False
+        body_done = False
+        ends = time.monotonic() + self.timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body, receive() waits for a disconnect: for as long as a response streams
+                return await receive()
+            try:
+                with anyio.fail_after(max(0.0, ends - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                raise self._too_slow() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max:
                     raise self._too_large()  # an HTTPException: FastAPI re-raises it from body parsing
             return message
@@ -247,9 +307,10 @@ class _BodyLimit:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except ApiError as exc:
-            if started or exc.status_code != 413:
+            if started or exc.status_code not in (408, 413):
                 raise
-            await error_response(413, exc.detail)(scope, receive, send)
+            headers = {"Connection": "close"} if exc.status_code == 408 else None
+            await error_response(exc.status_code, exc.detail, type=exc.type, headers=headers)(scope, receive, send)
 
 
 class _LoopbackOnly:
@@ -267,6 +328,41 @@ class _LoopbackOnly:
                     403,
                     f"This server runs without auth and answers only requests to 127.0.0.1 or localhost, not "
                     f"{host!r}. To serve other hosts, drop --no-auth and use API keys.",
+                    type="forbidden",
+                )(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# Sec-Fetch-Site values of requests that a page of another origin did not make.
+_OWN_SITE = frozenset({"same-origin", "none"})
+
+
+class _SameOriginOnly:
+    """403 for a request that a browser sends on behalf of a page of another origin.
+
+    Browsers say so with ``Sec-Fetch-Site`` (anything but ``same-origin`` or ``none``) and with an
+    ``Origin`` that is not the server's own; programs (curl, SDKs, agents) send neither and pass.
+    A page of an origin in ``allowed`` passes too.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            site = headers.get("sec-fetch-site")
+            own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
+            cross = (origin is not None and origin.lower() != own) or (site is not None and site not in _OWN_SITE)
+            if cross and (origin or "").lower() not in self.allowed:
+                await error_response(
+                    403,
+                    f"Refused a cross-site request from {origin or 'another site'!r}: a web page may not use this "
+                    "server. To let a page of your own use it, start the server with --allow-origin ORIGIN "
+                    "(create_app(allow_origins=[...])).",
                     type="forbidden",
                 )(scope, receive, send)
                 return

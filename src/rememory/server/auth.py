@@ -1,10 +1,11 @@
 """API keys: each key belongs to one namespace (a tenant); only a hash of it is stored.
 
 Keys live in the store's own backend: ``keys.db``, a SQLite file next to a directory store's
-database (with its own ordered migrations), or the ``api_keys`` table of a PostgreSQL store. A key reads ``rmk_<key id>_<secret>``: the key id is public (``rememory keys list``
-shows it) and finds the row; the whole key's SHA-256 is then compared in constant time. The
-server reads this file on every request, so ``rememory keys create`` and ``rememory keys revoke``
-take effect at once, even while a server runs.
+database (with its own ordered migrations), or the ``api_keys`` table of a PostgreSQL store.
+A key reads ``rmk_<key id>_<secret>``: the key id is public (``rememory keys list`` shows it)
+and finds the row; the whole key's SHA-256 is then compared in constant time. The server reads
+the keys on every request, so ``rememory keys create`` and ``rememory keys revoke`` take effect
+at once, even while a server runs (on every replica, for PostgreSQL).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ ConfigError            400     ``bad_request``
 NotFoundError          404     ``not_found``
 DuplicateIdError       409     ``duplicate_id``
 CellTrainingError      422     ``training_failed``
+TooManyJobsError       429     ``too_many_requests``: the namespace's training jobs
+                               are at the server's limit (with ``Retry-After``)
 StoreBusyError         503     ``store_busy`` (with ``Retry-After``)
 IntegrityError         500     ``integrity_error``: a stored cell is damaged; the
                                server's data needs repair, not the request
@@ -43,10 +45,16 @@ from ..errors import (
     StoreError,
 )
 
+
+class TooManyJobsError(StoreBusyError):
+    """A namespace already has as many training jobs queued or running as the server allows (HTTP 429)."""
+
 logger = logging.getLogger(__name__)
 
-# Most specific first: IntegrityError is a StoreError, EmbedderMismatchError an EmbedderError.
+# Most specific first: IntegrityError is a StoreError, EmbedderMismatchError an EmbedderError,
+# TooManyJobsError a StoreBusyError.
 _LIBRARY: list[tuple[type[RememoryError], int, str]] = [
+    (TooManyJobsError, 429, "too_many_requests"),
     (InvalidEpisodeError, 422, "invalid_episode"),
     (ConfigError, 400, "bad_request"),
     (NotFoundError, 404, "not_found"),
@@ -64,6 +72,7 @@ _HTTP_TYPES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",

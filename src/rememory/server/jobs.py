@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..cells.train import TrainProgress
-from ..errors import RememoryError, StoreBusyError
+from ..errors import ConfigError, RememoryError, StoreBusyError
 from ..memory import Memory
 from ..records import Episode
-from .errors import classify
+from .errors import TooManyJobsError, classify
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +79,13 @@ class JobRunner:
     'queued'
     """
 
-    def __init__(self, memory: Memory, *, keep: int = 1000, max_queued: int = 1000):
+    def __init__(self, memory: Memory, *, keep: int = 1000, max_queued: int = 1000, max_per_namespace: int = 8):
+        if max_per_namespace < 1:
+            raise ConfigError(f"max_per_namespace must be at least 1, got {max_per_namespace}.")
         self._memory = memory
         self._keep = keep
         self._max_queued = max_queued
+        self._max_per_namespace = max_per_namespace
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -95,6 +98,13 @@ class JobRunner:
         with self._lock:
             if self._closed:
                 raise StoreBusyError("The server is shutting down and takes no more training jobs; retry shortly.")
+            pending = sum(1 for j in self._jobs.values() if j.namespace == namespace and not j.done.is_set())
+            if pending >= self._max_per_namespace:
+                raise TooManyJobsError(
+                    f"Namespace {namespace!r} already has {pending} training jobs queued or running, the most this "
+                    "server takes; wait for one to finish (GET /v1/jobs/ID) before adding more, or send more "
+                    "episodes per request."
+                )
             if self._queue.qsize() >= self._max_queued:
                 raise StoreBusyError(
                     f"{self._max_queued} training jobs are already waiting; retry when some have finished."

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..episodes import MAX_ID_CHARS, validate_many, validate_namespace
+from ..limits import MAX_KEYWORDS_BYTES
 from ..memory import Memory
 from ..records import Episode
 from .auth import ApiKey
@@ -26,7 +27,7 @@ from .jobs import Job, JobRunner
 MAX_TOP_K = 100
 MAX_PAGE = 100
 MAX_BATCH = 1000
-MAX_KEYWORDS_CHARS = 4096
+# Characters never outnumber UTF-8 bytes; validate_episode checks the bytes, as for every interface.
 MAX_QUERY_CHARS = 8192
 MAX_WAIT_S = 60.0
 
@@ -67,7 +68,7 @@ class EpisodeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keywords: str = Field(
-        max_length=MAX_KEYWORDS_CHARS,
+        max_length=MAX_KEYWORDS_BYTES,
         description="A few words about the episode (people, places, topics). Recall matches a query "
         "against the keywords and the text together.",
         examples=["Ilya, bridge, night"],

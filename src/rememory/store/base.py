@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..engine import Artifact
+from ..episodes import stored_time
 from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError
 from ..records import Episode
 from .records import Damage, IndexRow, NewEpisode, Row, SizeReport
@@ -71,7 +72,9 @@ class MemoryStore(Protocol):
 
 def same_content(row: Row, ep: Episode, digest: bytes) -> bool:
     """Whether stored ``row`` holds exactly episode ``ep`` (whose text has ``digest``, current format)."""
-    return (row.namespace, row.keywords, row.time, row.digest) == (ep.namespace, ep.keywords, ep.time, digest)
+    # Stores written before times were normalised kept them verbatim: compare in today's form.
+    return (row.namespace, row.keywords, stored_time(row.time), row.digest) == (
+        ep.namespace, ep.keywords, ep.time, digest)  # fmt: skip
 
 
 def check_duplicate(row: Row | None, ep: Episode, digest: bytes, *, replace: bool) -> bool:
