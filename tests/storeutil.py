@@ -26,3 +26,32 @@ def locate(store_dir: Path, namespace: str, id: str) -> tuple[Path, shards.Spans
             (namespace, id),
         ).fetchone()
     return store_dir / SHARD_DIR / file, shards.decode_spans(blob)
+
+
+def corrupt_weights(location: str | Path, namespace: str, id: str) -> None:
+    """Flip every byte of one episode's int8 weights where the backend keeps them (a file, or a row)."""
+    if isinstance(location, str) and location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as conn:
+            weights, blob = conn.execute(
+                "SELECT weights, spans FROM rememory.episodes WHERE namespace = %s AND id = %s", (namespace, id)
+            ).fetchone()
+            off, length = shards.decode_spans(bytes(blob))["int8"]
+            data = bytearray(weights)
+            for i in range(off, off + length):
+                data[i] ^= 0x5A
+            conn.execute("UPDATE rememory.episodes SET weights = %s WHERE namespace = %s AND id = %s",
+                         (bytes(data), namespace, id))  # fmt: skip
+        return
+    import json
+
+    victim, spans = locate(Path(location), namespace, id)
+    data = bytearray(victim.read_bytes())
+    off, length = spans["int8"]
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    start = 8 + header_len + header["int8"]["data_offsets"][0] + off  # the episode's own int8 span
+    for i in range(start, start + length):
+        data[i] ^= 0x5A
+    victim.write_bytes(bytes(data))

@@ -168,7 +168,8 @@ def test_verify_lists_all_damage_and_never_writes(trained, tmp_path: Path) -> No
     failed = [line for line in res.stdout.splitlines() if line.startswith("FAILED")]
     assert [line.split(":")[0] for line in failed] == [
         "FAILED default/bridge-night", "FAILED default/emoji-note", "FAILED default/ru-dacha"]
-    assert "18/21 memories exact" in res.stdout
+    exact, total = map(int, res.stdout.splitlines()[-1].split()[0].split("/"))
+    assert total >= 20 and exact == total - 3
     assert _snapshot(store) == before
     res = run(["show", "ru-dacha"], env=env)
     assert res.returncode == 7 and "ru-dacha" in res.stderr and "Traceback" not in res.stderr

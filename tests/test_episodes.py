@@ -157,16 +157,16 @@ def test_api_refuses_long_keywords_and_lone_surrogate_queries(make_memory) -> No
 
 
 @pytest.mark.model
-def test_readding_an_episode_stored_before_time_normalisation_is_a_no_op(make_memory) -> None:
+def test_readding_an_episode_stored_before_time_normalisation_is_a_no_op(make_sqlite_memory) -> None:
     """A row whose time was stored verbatim (older stores) equals the same episode added today."""
     import sqlite3
 
-    mem = make_memory()
+    mem = make_sqlite_memory()
     [id_] = mem.add_many([{"keywords": "k", "text": "t", "time": "2023-05-08T13:56:00"}])
     path = mem.path
     mem.close()
     with sqlite3.connect(path / "rememory.db") as db:  # what an older version wrote
         assert db.execute("UPDATE episodes SET time = ? WHERE id = ?", ("2023-05-08T13:56:00", id_)).rowcount == 1
-    mem = make_memory()
+    mem = make_sqlite_memory()
     assert mem.add_many([{"keywords": "k", "text": "t", "time": "2023-05-08T13:56:00"}]) == [id_]
     assert len(mem) == 1

@@ -16,7 +16,7 @@ from rememory import (
     NotFoundError,
 )
 from rememory.embed import Embedder
-from tests.storeutil import locate
+from tests.storeutil import corrupt_weights, locate
 
 pytestmark = pytest.mark.model
 
@@ -88,31 +88,24 @@ def test_recall_argument_errors(make_memory) -> None:
         mem.recall("x", top_k=0)
 
 
-def test_corruption_is_detected_and_other_cells_stay_readable(make_memory, tmp_path: Path) -> None:
+def test_corruption_is_detected_and_other_cells_stay_readable(make_memory, store_at) -> None:
     mem = make_memory()
     mem.add_many(EPISODES[:2])
-    mem.add_many(EPISODES[2:])  # a second batch: a second shard
-    victim, spans = locate(tmp_path / "store", "default", "bridge")
-    data = bytearray(victim.read_bytes())
-    off, length = spans["int8"]
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_len])
-    start = 8 + header_len + header["int8"]["data_offsets"][0] + off  # the "bridge" cell's own int8 span
-    for i in range(start, start + length):
-        data[i] ^= 0x5A
-    victim.write_bytes(bytes(data))
+    mem.add_many(EPISODES[2:])  # a second batch (a second shard, on SQLite)
+    corrupt_weights(store_at("store"), "default", "bridge")
     with pytest.raises(IntegrityError, match="'bridge'"):
         mem.get("bridge")
     with pytest.raises(IntegrityError, match="'bridge'"):
         mem.recall("walking on a bridge with Ilya", top_k=1)
-    assert mem.get("dacha").text == EPISODES[2]["text"]  # another shard: untouched
+    assert mem.get("dacha").text == EPISODES[2]["text"]  # untouched
+    assert mem.get("van").text == EPISODES[1]["text"]  # same batch, untouched
     report = mem.verify()
     assert not report.ok and "bridge" in report.failed and "dacha" not in report.failed
     assert report.checked == 4
 
 
-def test_unreadable_weight_file(make_memory, tmp_path: Path) -> None:
-    mem = make_memory()
+def test_unreadable_weight_file(make_sqlite_memory, tmp_path: Path) -> None:
+    mem = make_sqlite_memory()
     mem.add_many(EPISODES[:1])
     mem.add_many(EPISODES[1:2])
     victim, _ = locate(tmp_path / "store", "default", "bridge")
@@ -123,7 +116,7 @@ def test_unreadable_weight_file(make_memory, tmp_path: Path) -> None:
     assert set(mem.verify().failed) == {"bridge"}
 
 
-def test_embedder_mismatch_is_refused(make_memory, tmp_path: Path) -> None:
+def test_embedder_mismatch_is_refused(make_memory, store_at) -> None:
     mem = make_memory()
     mem.add_many(EPISODES[:1])
     mem.close()
@@ -136,9 +129,9 @@ def test_embedder_mismatch_is_refused(make_memory, tmp_path: Path) -> None:
             raise AssertionError("must not be used")
 
     with pytest.raises(EmbedderMismatchError, match="all-MiniLM-L6-v2"):
-        Memory(tmp_path / "store", embedder=Other())
+        Memory(store_at("store"), embedder=Other())
     # reopening without naming an embedder uses the store's own
-    again = Memory(tmp_path / "store")
+    again = Memory(store_at("store"))
     assert again.embedder.id == "sentence-transformers/all-MiniLM-L6-v2"
     again.close()
 
@@ -169,18 +162,18 @@ def _add_in_process(path: str, prefix: str, q) -> None:
         q.put(f"{type(exc).__name__}: {exc}")
 
 
-def test_two_processes_add_at_once(tmp_path: Path, make_memory) -> None:
+def test_two_processes_add_at_once(store_at, make_memory) -> None:
     make_memory().add("seed", "binds the embedder first", id="seed")
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_add_in_process, args=(str(tmp_path / "store"), p, q)) for p in ("a", "b")]
+    procs = [ctx.Process(target=_add_in_process, args=(str(store_at("store")), p, q)) for p in ("a", "b")]
     for p in procs:
         p.start()
     for p in procs:
         p.join(180)
     results = [q.get(timeout=5) for _ in procs]
     assert results == ["ok", "ok"] or any("busy" in r for r in results), results
-    with Memory(tmp_path / "store") as mem:
+    with Memory(store_at("store")) as mem:
         assert mem.verify().ok
         assert len(mem) == 1 + 5 * results.count("ok")
 
@@ -197,8 +190,8 @@ def test_stats_counts_bytes(make_memory) -> None:
     assert json.loads(json.dumps(d))["cell_bytes_per_text_byte"] == pytest.approx(st.cell_bytes / text_bytes)
 
 
-def test_weights_never_hold_the_text(make_memory, tmp_path: Path) -> None:
-    mem = make_memory()
+def test_weights_never_hold_the_text(make_sqlite_memory, tmp_path: Path) -> None:
+    mem = make_sqlite_memory()
     mem.add_many(EPISODES)
     blobs = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
     for e in EPISODES:
@@ -233,14 +226,14 @@ def _store_bytes(path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())
 
 
-def test_forget_erases_the_episode_from_every_file(make_memory, tmp_path: Path) -> None:
+def test_forget_erases_the_episode_from_every_file(make_sqlite_memory, tmp_path: Path) -> None:
     """After forget returns, no byte of the store directory holds the episode's id, keywords, tokens or keys."""
     from rememory.index.config import RankingConfig
     from rememory.index.tokenize import token_hashes
     from tests.storeutil import raw_db
 
     # A tiny ANN threshold makes even this namespace keep snapshots (arrays and HNSW graphs) on disk.
-    mem = make_memory(ranking=RankingConfig(ann_threshold=2))
+    mem = make_sqlite_memory(ranking=RankingConfig(ann_threshold=2))
     mem.add_many([*EPISODES, SECRET])
     path = tmp_path / "store"
     with raw_db(path) as db:
@@ -284,12 +277,12 @@ def test_ids_are_per_namespace_and_other_tenants_ids_look_missing(make_memory) -
     assert mem.get("same", namespace="alice").text == "alice's text"
 
 
-def test_tampered_snapshot_cannot_leak_another_namespace(make_memory, tmp_path: Path) -> None:
+def test_tampered_snapshot_cannot_leak_another_namespace(make_sqlite_memory, tmp_path: Path) -> None:
     from rememory.index import snapshot
     from rememory.index.config import RankingConfig
 
     ranking = RankingConfig(ann_threshold=2)
-    mem = make_memory(ranking=ranking)
+    mem = make_sqlite_memory(ranking=ranking)
     mem.add_many([SECRET], namespace="alice")
     mem.add_many(EPISODES, namespace="bob")
     assert mem.recall("bridge", namespace="bob")  # writes bob's snapshot
@@ -301,15 +294,15 @@ def test_tampered_snapshot_cannot_leak_another_namespace(make_memory, tmp_path: 
     parts["ids"] = np.frombuffer(ids, dtype=np.uint8)
     with open(manifest, "wb") as fh:
         np.savez(fh, **parts)
-    fresh = make_memory(ranking=ranking)
+    fresh = make_sqlite_memory(ranking=ranking)
     hits = fresh.recall("passport quokka poster", top_k=5, namespace="bob")
     assert SECRET["text"] not in [h.text for h in hits] and all(h.namespace == "bob" for h in hits)
 
 
-def test_a_row_moved_to_another_namespace_fails_verification(make_memory, tmp_path: Path) -> None:
+def test_a_row_moved_to_another_namespace_fails_verification(make_sqlite_memory, tmp_path: Path) -> None:
     from tests.storeutil import raw_db
 
-    mem = make_memory()
+    mem = make_sqlite_memory()
     mem.add_many([SECRET], namespace="alice")
     mem.add_many(EPISODES[:1], namespace="bob")
     with raw_db(tmp_path / "store") as db:
@@ -333,11 +326,11 @@ def _damage_every_way(path: Path) -> dict[str, str]:
     return {"bridge": "damaged", "van": "spans", "dacha": "bytes", "cat": "key has 2 bytes", SECRET["id"]: "token"}
 
 
-def test_damaged_metadata_is_reported_never_a_crash(make_memory, tmp_path: Path, caplog) -> None:
-    mem = make_memory()
+def test_damaged_metadata_is_reported_never_a_crash(make_sqlite_memory, tmp_path: Path, caplog) -> None:
+    mem = make_sqlite_memory()
     mem.add_many([*EPISODES, SECRET, {"id": "fine", "keywords": "tea", "text": "Green tea at noon."}])
     expect = _damage_every_way(tmp_path / "store")
-    fresh = make_memory()
+    fresh = make_sqlite_memory()
     report = fresh.verify()
     assert report.checked == 6
     got = {f.id: f.reason for f in report.failures}
@@ -364,24 +357,24 @@ def test_a_new_episode_never_takes_a_forgotten_ones_place(make_memory) -> None:
     assert mem.recall("green tea with Masha", top_k=1)[0].id == new
 
 
-def test_a_corrupted_snapshot_is_reported_and_rebuilt(make_memory, tmp_path: Path, caplog) -> None:
+def test_a_corrupted_snapshot_is_reported_and_rebuilt(make_sqlite_memory, tmp_path: Path, caplog) -> None:
     from rememory.index.config import RankingConfig
 
     ranking = RankingConfig(ann_threshold=2)
-    mem = make_memory(ranking=ranking)
+    mem = make_sqlite_memory(ranking=ranking)
     mem.add_many(EPISODES)
     assert mem.recall("bridge", top_k=1)[0].id == "bridge"  # writes the snapshot
     [manifest] = (tmp_path / "store" / "index").glob("*.npz")
     manifest.write_bytes(b"PK\x03\x04 not a zip any more")
     with caplog.at_level("WARNING", logger="rememory"):
-        assert make_memory(ranking=ranking).recall("bridge", top_k=1)[0].id == "bridge"
+        assert make_sqlite_memory(ranking=ranking).recall("bridge", top_k=1)[0].id == "bridge"
     assert "unreadable" in caplog.text and manifest.name in caplog.text
 
 
-def test_a_damaged_predecessor_is_named_when_left_out_of_the_context_key(make_memory, tmp_path: Path, caplog) -> None:
+def test_a_damaged_predecessor_is_named_in_a_warning(make_sqlite_memory, tmp_path: Path, caplog) -> None:
     from tests.storeutil import raw_db
 
-    mem = make_memory()
+    mem = make_sqlite_memory()
     mem.add_many(EPISODES)
     with raw_db(tmp_path / "store") as db:
         db.execute("UPDATE episodes SET cell = '{' WHERE id = 'cat'")

@@ -193,7 +193,7 @@ def test_remembered_exchange_is_recalled_in_a_later_request(proxy, memory, model
     assert (
         stored == f"User: Remember this: my parrot Kiwi can whistle the Moonlight Sonata.\nAssistant: {answer.strip()}"
     )
-    assert "Kiwi" in memory.get(episode).keywords
+    assert "Kiwi" in memory.get(episode, namespace="alice").keywords
     stream = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "What can my parrot whistle?"}], max_tokens=8,
         temperature=0, stream=True, user="alice",

@@ -38,8 +38,8 @@ def test_cyrillic_query_finds_russian_episode(trained) -> None:
     assert trained.recall("собака впервые увидела снег", top_k=1)[0].id == "ru-dog"
 
 
-def test_index_follows_add_and_forget_across_instances(trained, make_memory, tmp_path) -> None:
-    other = Memory(tmp_path / "store", embedder=trained.embedder)  # a second handle, as another process
+def test_index_follows_add_and_forget_across_instances(trained, make_memory, store_at) -> None:
+    other = Memory(store_at("store"), embedder=trained.embedder)  # a second handle, as another process
     assert other.recall("Rachmaninoff", top_k=1)[0].id == "concert"
     trained.forget("concert")
     trained.add("Zanzibar, holiday", "Snorkelling off Zanzibar with a sea turtle.", id="zanzibar")
@@ -48,20 +48,20 @@ def test_index_follows_add_and_forget_across_instances(trained, make_memory, tmp
     other.close()
 
 
-def test_indexes_persist_across_reopen(make_memory, tmp_path, embedder) -> None:
+def test_indexes_persist_across_reopen(make_memory, store_at, embedder) -> None:
     mem = make_memory()
     mem.add_many(EXAMPLES)
     before = [h.id for h in mem.recall("a long walk along the embankment", top_k=5)]
     mem.close()
-    again = Memory(tmp_path / "store", embedder=embedder)
+    again = Memory(store_at("store"), embedder=embedder)
     assert [h.id for h in again.recall("a long walk along the embankment", top_k=5)] == before
     again.close()
 
 
-def test_ann_path_agrees_with_exact_and_forgets(make_memory, tmp_path, embedder) -> None:
+def test_ann_path_agrees_with_exact_and_forgets(make_memory, store_at, embedder) -> None:
     mem = make_memory(ranking=RankingConfig(ann_threshold=5, candidates=10))
     mem.add_many(EXAMPLES)
-    exact = Memory(tmp_path / "store", embedder=embedder)
+    exact = Memory(store_at("store"), embedder=embedder)
     for query in ("walking on a bridge with Ilya", "marathon personal best", "переезд в Петербург"):
         assert mem.recall(query, top_k=1)[0].id == exact.recall(query, top_k=1)[0].id
     mem.forget("marathon")
@@ -82,11 +82,11 @@ def test_context_key_uses_neighbours(make_memory) -> None:
     assert ids.index("a") < ids.index("c")
 
 
-def test_large_namespace_snapshot_round_trip(make_memory, tmp_path, embedder) -> None:
+def test_large_namespace_snapshot_round_trip(make_sqlite_memory, tmp_path, embedder) -> None:
     eps = [{"id": f"n{i}", "keywords": f"note {i}", "text": f"Note number {i}: item {i * 7 % 13} on the list."}
            for i in range(240)]  # fmt: skip
     cfg = RankingConfig(ann_threshold=150, candidates=50)
-    mem = make_memory(ranking=cfg)
+    mem = make_sqlite_memory(ranking=cfg)
     mem.add_many(eps[:200])
     mem.recall("note number 5", top_k=1)  # syncs and writes the snapshot
     index_dir = tmp_path / "store" / "index"

@@ -133,7 +133,10 @@ def pg_migrate(conn: Any, url: str, *, read_only: bool) -> None:
         have_vector = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
         if not have_vector:
             if read_only:
-                raise StoreError(f"There is no rememory store at {redact(url)} (pgvector is not even installed).")
+                raise StoreError(
+                    f"There is no rememory store at {redact(url)} yet. Open it once for writing (for example "
+                    "`rememory stats`) to create it."
+                )
             try:
                 with conn.transaction():
                     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")

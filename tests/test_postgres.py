@@ -1,0 +1,115 @@
+"""The PostgreSQL store on its own terms: a real server (embedded PostgreSQL 18 with pgvector), no mocks.
+
+Behaviour shared with SQLite is tested against both backends through the ``backend`` fixture
+(tests/test_memory.py, tests/test_store_backends.py); this file covers what only a shared
+database has: replicas, advisory-locked migrations, and its connection errors.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from rememory import Memory
+from rememory.errors import StoreError
+from rememory.server.auth import KeyStore
+from rememory.store.postgres import PostgresStore, redact
+
+pytestmark = pytest.mark.model
+
+EPISODES = [
+    {"id": "bridge", "keywords": "Ilya, bridge, night", "text": "We walked with Ilya across the bridge at night."},
+    {"id": "van", "keywords": "Sergey, van", "text": "Sergey brought an old van with a stuck window."},
+]
+
+
+def test_replicas_read_their_writes_and_forget_globally(new_postgres_url, embedder) -> None:
+    url = new_postgres_url()
+    a, b = Memory(url, embedder=embedder), Memory(url, embedder=embedder)
+    try:
+        assert b.recall("bridge", top_k=1) == []  # b's index is live before a writes
+        a.add_many(EPISODES)
+        hit = b.recall("walking over a bridge with Ilya", top_k=1)[0]
+        assert (hit.id, hit.text) == ("bridge", EPISODES[0]["text"])
+        b.forget("bridge")
+        assert "bridge" not in [h.id for h in a.recall("walking over a bridge with Ilya", top_k=2)]
+        a.add("tea", "Green tea at noon.", id="tea")  # after a forget, a new row never reuses the old slot
+        assert b.recall("green tea", top_k=1)[0].id == "tea"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_keys_live_in_the_database_and_revocation_is_global(new_postgres_url) -> None:
+    url = new_postgres_url()
+    one, two = KeyStore.for_store(url), KeyStore.for_store(url)
+    try:
+        key = one.create("alice")
+        assert two.authenticate(key).namespace == "alice"
+        two.revoke("alice")
+        assert one.authenticate(key) is None
+    finally:
+        one.close()
+        two.close()
+
+
+def _open(url: str, q) -> None:
+    try:
+        PostgresStore(url).close()
+        q.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        q.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_concurrent_first_opens_migrate_once(new_postgres_url) -> None:
+    url = new_postgres_url()
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_open, args=(url, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [q.get(timeout=5) for _ in procs] == ["ok"] * 3
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT value FROM rememory.meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+
+
+def test_a_newer_schema_is_refused(new_postgres_url) -> None:
+    url = new_postgres_url()
+    PostgresStore(url).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE rememory.meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"schema version 99.*Upgrade rememory"):
+        PostgresStore(url)
+
+
+def test_unreachable_database_and_wrong_credentials_are_clear(new_postgres_url, tmp_path) -> None:
+    url = new_postgres_url()
+    parts = urlsplit(url)
+    nowhere = urlunsplit(parts._replace(query=f"host={tmp_path}/no-server-here"))
+    with pytest.raises(StoreError, match=r"Cannot reach PostgreSQL.*server is running"):
+        Memory(nowhere)
+    stranger = urlunsplit(parts._replace(netloc="nobody:hunter2@"))
+    with pytest.raises(StoreError, match="refused the credentials") as exc:
+        Memory(stranger)
+    assert "hunter2" not in str(exc.value)  # a password never reaches a message
+    missing_db = urlunsplit(parts._replace(path="/no_such_database"))
+    with pytest.raises(StoreError, match="no such database"):
+        Memory(missing_db)
+    assert redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+
+
+def test_read_only_refuses_writes(new_postgres_url, embedder) -> None:
+    url = new_postgres_url()
+    with Memory(url, embedder=embedder) as mem:
+        mem.add_many(EPISODES)
+    with Memory(url, embedder=embedder, read_only=True) as ro:
+        assert ro.get("van").text == EPISODES[1]["text"] and ro.verify().ok
+        with pytest.raises(StoreError, match="read-only"):
+            ro.forget("van")
+    with pytest.raises(StoreError, match="Open it once for writing"):
+        Memory(new_postgres_url(), embedder=embedder, read_only=True)
