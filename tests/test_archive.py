@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -315,8 +316,34 @@ def _run(args: list[str], store: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN), *args], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
 
 
-def test_cli_export_import_and_jsonl_train(source, tmp_path: Path) -> None:
-    a, root = source
+def _documented_commands() -> list[list[str]]:
+    """The shell commands of docs/archive.md (also in the README), without their comments."""
+    doc = (REPO / "docs" / "archive.md").read_text("utf-8")
+    block = doc.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_the_documented_commands_work(source, tmp_path: Path) -> None:
+    a, _ = source
+    a.export(tmp_path / "default.rmz", namespace="default")
+    res = _run(["import", str(tmp_path / "default.rmz")], tmp_path / "old-store")  # the store the docs move
+    assert res.returncode == 0, res.stderr
+    commands = _documented_commands()
+    assert commands[0][:4] == ["rememory", "--store", "old-store", "export"]
+    for cmd in commands:
+        res = subprocess.run([str(BIN), *cmd[1:]], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                             env={k: v for k, v in os.environ.items() if k != "REMEMORY_STORE"})  # fmt: skip
+        assert res.returncode == 0, (cmd, res.stderr)
+        assert res.stdout == "" and "Traceback" not in res.stderr
+    res = _run(["recall", QUERIES[0][0], "--json", "-k", "3"], tmp_path / "new-store")
+    assert [h["id"] for h in json.loads(res.stdout)["hits"]] == [h.id for h in a.recall(QUERIES[0][0], top_k=3)]
+    assert _run(["verify"], tmp_path / "new-store").returncode == 0
+    res = _run(["show", "dacha", "--json"], tmp_path / "other-store")  # trained from the JSONL export
+    assert json.loads(res.stdout)["text"] == EPISODES[2]["text"]
+
+
+def test_cli_import_twice_and_a_namespace_as_jsonl(source, tmp_path: Path) -> None:
+    _, root = source
     res = _run(["export", str(tmp_path / "a.zip")], root / "a")
     assert res.returncode == 0, res.stderr
     assert res.stdout == "" and "Exported 9 memories" in res.stderr and "exporting" in res.stderr
@@ -325,10 +352,6 @@ def test_cli_export_import_and_jsonl_train(source, tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         assert f"Imported {imported} memories" in res.stderr and f"({skipped} already there)" in res.stderr
         assert "checking" in res.stderr and res.stdout == ""
-    res = _run(["recall", QUERIES[0][0], "--json", "-k", "3"], tmp_path / "b")
-    assert [h["id"] for h in json.loads(res.stdout)["hits"]] == [h.id for h in a.recall(QUERIES[0][0], top_k=3)]
-    assert _run(["verify"], tmp_path / "b").returncode == 0
-
     res = _run(["export", "--format", "jsonl", "--namespace", "work", str(tmp_path / "w.jsonl")], root / "a")
     assert res.returncode == 0, res.stderr
     res = _run(["train", str(tmp_path / "w.jsonl")], tmp_path / "c")
