@@ -622,6 +622,7 @@ def import_archive(
                 progress(ArchiveProgress("verify", done, m.episodes))
         # Pass 2 reads (and checks) the archive again and commits it batch by batch.
         imported = skipped = done = 0
+        bound_now = False
         for batch in reader.batches():
             existing = _existing(store, batch)
             todo = []
@@ -634,7 +635,9 @@ def import_archive(
             skipped += len(batch) - len(todo)
             if todo:
                 assert m.embedder is not None and m.dim is not None
-                store.bind_embedder(m.embedder, m.dim)
+                if not bound_now:
+                    store.bind_embedder(m.embedder, m.dim)  # an empty store takes the archive's embedder
+                    bound_now = True
                 got = store.commit_batch([a.new for a in todo], [a.artifact for a in todo], (m.embedder, m.dim),
                                          replace=False)  # fmt: skip
                 imported += len(got)
