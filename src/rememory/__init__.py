@@ -4,6 +4,7 @@
 """
 
 from .errors import (
+    ArchiveError,
     CellTrainingError,
     ConfigError,
     DuplicateIdError,
@@ -20,6 +21,7 @@ from .memory import Memory
 from .records import Episode, RecallHit, StoreStats, VerifyReport
 
 __all__ = [
+    "ArchiveError",
     "CellTrainingError",
     "ConfigError",
     "DuplicateIdError",

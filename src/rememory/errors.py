@@ -79,3 +79,9 @@ class CellTrainingError(RememoryError):
     """A memory cell could not be trained to exactness within its budget. Nothing was stored for it."""
 
     exit_code = 8
+
+
+class ArchiveError(RememoryError):
+    """An archive file is unreadable, damaged, truncated or of an unknown format. Nothing from it was stored."""
+
+    exit_code = 2

@@ -411,3 +411,51 @@ class Memory:
             episodes=rep.episodes, text_bytes=rep.text_bytes, cell_bytes=rep.cell_bytes,
             store_bytes=rep.store_bytes, embedder=emb, dim=dim, namespaces=rep.namespaces,
         )  # fmt: skip
+
+    # --- export and import (rememory.archive) ---
+
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        namespace: str | None = None,
+        format: str = "archive",
+        progress: Callable[[ArchiveProgress], None] | None = None,
+    ) -> ExportReport:
+        """Write the store (or one namespace) to ``path``, replacing it atomically.
+
+        ``format="archive"`` writes a portable archive (docs/archive.md): the memories' weights as
+        stored, their metadata, keys and digests, and no decoded text; every memory is checked
+        against its digest first. ``format="jsonl"`` writes the decoded episodes (namespace, id,
+        keywords, text, time), one JSON object a line, for other tools and for ``rememory train``.
+        """
+        from .archive import write_archive, write_jsonl
+
+        if namespace is not None:
+            namespace = validate_namespace(namespace)
+        if format == "archive":
+            return write_archive(self._store, path, namespace=namespace, progress=progress)
+        if format == "jsonl":
+            return write_jsonl(self._store.iter_rows(namespace, batch=500), self._reconstruct, path,
+                               total=self._store.count(namespace), progress=progress)  # fmt: skip
+        raise ConfigError(f"Unknown export format {format!r}; use 'archive' or 'jsonl'.")
+
+    def import_archive(
+        self, path: str | os.PathLike[str], *, progress: Callable[[ArchiveProgress], None] | None = None
+    ) -> ImportReport:
+        """Load an archive written by :meth:`export` into this store.
+
+        The whole archive is checked first (its hashes, its structure, and every memory decoded
+        against its digest); a damaged or truncated archive, another embedder, or an episode that
+        differs from one stored under the same id raises, and nothing from it is stored. Episodes
+        already stored with identical content are skipped, so importing twice changes nothing.
+        """
+        from .archive import import_archive
+
+        return import_archive(self._store, path, embedder_id=self._embedder.id,
+                              max_text_bytes=self._max_text_bytes, progress=progress)  # fmt: skip
+
+
+# At the end (not among the imports above) only to keep this change apart from other work on the
+# module; rememory.archive does not import this module, so there is no cycle.
+from .archive import ArchiveProgress, ExportReport, ImportReport  # noqa: E402

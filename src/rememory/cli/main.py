@@ -26,6 +26,8 @@ COMMANDS = {
     "serve": "rememory.cli.serve:serve",
     "mcp": "rememory.cli.serve:mcp_command",
     "keys": "rememory.cli.keys:keys",
+    "export": "rememory.cli.archive:export",
+    "import": "rememory.cli.archive:import_command",
 }
 
 

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..cells.train import TrainProgress
 from ..episodes import load_episodes_file
+from ..jsonl import is_jsonl, load_jsonl_file
 from .common import namespace_option, open_memory
 
 
@@ -20,8 +21,8 @@ from .common import namespace_option, open_memory
 @click.option("--replace", is_flag=True, help="Overwrite episodes whose id exists with other content.")
 @click.pass_context
 def train(ctx: click.Context, file: str, namespace: str, replace: bool) -> None:
-    """Train FILE (a JSON list of {"keywords", "text", "id"?, "time"?}) into the store."""
-    items = load_episodes_file(file)
+    """Train FILE (a JSON list of {"keywords", "text", "id"?, "time"?}, or JSONL: one such object a line)."""
+    items = load_jsonl_file(file) if is_jsonl(file) else load_episodes_file(file)
     mem = open_memory(ctx)
     bar: tqdm | None = None
 

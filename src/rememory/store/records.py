@@ -30,13 +30,14 @@ class NewEpisode:
     """A trained episode ready to commit, with everything recall needs."""
 
     episode: Episode
-    digest: bytes  # in rememory.integrity.CURRENT_FORMAT
+    digest: bytes  # in ``digest_format``
     n_bytes: int
     key: np.ndarray  # (dim,) int8
     key_scale: float
     tokens: np.ndarray  # (t,) uint32 token hashes of keywords and text
     ctx_key: np.ndarray  # (dim,) int8: the episode embedded with its neighbours
     ctx_key_scale: float
+    digest_format: int = 2  # rememory.integrity's format of ``digest``; an imported old episode keeps format 1
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""``rememory export | import``: move a store, or one namespace, through a portable archive file."""
+
+from __future__ import annotations
+
+import click
+from tqdm import tqdm
+
+from ..archive import ArchiveProgress, read_manifest
+from ..memory import Memory
+from .common import open_memory
+
+_LABELS = {"export": "exporting", "verify": "checking", "import": "importing"}
+
+
+class _Bars:
+    """One progress bar per phase on stderr (the data goes to files, never to stdout)."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+        self.phase = ""
+
+    def __call__(self, ev: ArchiveProgress) -> None:
+        if ev.phase != self.phase:
+            self.close()
+            self.phase = ev.phase
+            self.bar = tqdm(total=ev.total, unit="ep", desc=_LABELS.get(ev.phase, ev.phase),
+                            file=click.get_text_stream("stderr"), dynamic_ncols=True)  # fmt: skip
+        assert self.bar is not None
+        self.bar.total = ev.total
+        self.bar.update(ev.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--namespace", "-n", default=None, help="Export one namespace only (default: the whole store).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["archive", "jsonl"]), default="archive", show_default=True,
+    help="archive: the memories as stored, no text (for `rememory import`); jsonl: decoded episodes, one a line.",
+)  # fmt: skip
+@click.pass_context
+def export(ctx: click.Context, file: str, namespace: str | None, fmt: str) -> None:
+    """Write the store (or one namespace) to FILE. Never writes to the store."""
+    bars = _Bars()
+    with open_memory(ctx, read_only=True) as mem:
+        try:
+            rep = mem.export(file, namespace=namespace, format=fmt, progress=bars)
+        finally:
+            bars.close()
+    what = "episodes" if fmt == "jsonl" else "memories"
+    click.echo(f"Exported {rep.episodes} {what} to {rep.path} ({fmt}).", err=True)
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+def import_command(ctx: click.Context, file: str) -> None:
+    """Load an archive written by `rememory export` into the store; already stored episodes are skipped."""
+    manifest = read_manifest(file)
+    mem = open_memory(ctx)
+    if ctx.obj["embedder"] is None and manifest.embedder and len(mem) == 0 and mem.embedder.id != manifest.embedder:
+        mem.close()  # an empty store takes the archive's embedder
+        mem = Memory(ctx.obj["store"], embedder=manifest.embedder)
+    bars = _Bars()
+    try:
+        rep = mem.import_archive(file, progress=bars)
+    finally:
+        bars.close()
+        mem.close()
+    click.echo(f"Imported {rep.imported} memories into {mem.path} ({rep.skipped} already there).", err=True)
