@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import numpy as np
 from safetensors import SafetensorError
@@ -47,11 +47,8 @@ from .errors import (
 )
 from .integrity import DIGEST_SIZE, episode_digest
 from .records import Episode
+from .store.base import MemoryStore, check_duplicate
 from .store.records import IndexRow, NewEpisode, Row
-from .store.sqlite import check_duplicate
-
-if TYPE_CHECKING:
-    from .store.sqlite import Store
 
 FORMAT = "rememory-archive"
 VERSION = 1
@@ -170,7 +167,7 @@ def _source_damaged(r: Row, reason: object) -> IntegrityError:
     )
 
 
-def _export_batches(store: Store, namespace: str | None) -> Iterator[list[tuple[Row, Artifact, IndexRow]]]:
+def _export_batches(store: MemoryStore, namespace: str | None) -> Iterator[list[tuple[Row, Artifact, IndexRow]]]:
     """The store's episodes in insertion order, a batch at a time, each checked to decode to its digest."""
     for rows in store.iter_rows(namespace, batch=BATCH):
         arts = store.load_artifacts(rows)
@@ -229,7 +226,11 @@ def _pack(batch: int, items: list[tuple[Row, Artifact, IndexRow]]) -> tuple[byte
 
 
 def write_archive(
-    store: Store, path: str | os.PathLike[str], *, namespace: str | None = None, progress: ProgressFn | None = None
+    store: MemoryStore,
+    path: str | os.PathLike[str],
+    *,
+    namespace: str | None = None,
+    progress: ProgressFn | None = None,
 ) -> ExportReport:
     """Write the store's (or one namespace's) episodes to an archive at ``path``, replacing it atomically."""
     bound = store.embedder_info()
@@ -566,7 +567,7 @@ def _conflict(path: Path, a: ArchivedEpisode) -> DuplicateIdError:
     )
 
 
-def _existing(store: Store, batch: Sequence[ArchivedEpisode]) -> dict[tuple[str, str], Row]:
+def _existing(store: MemoryStore, batch: Sequence[ArchivedEpisode]) -> dict[tuple[str, str], Row]:
     out: dict[tuple[str, str], Row] = {}
     for ns in {a.episode.namespace for a in batch}:
         for r in store.rows(ns, [a.episode.id for a in batch if a.episode.namespace == ns]).values():
@@ -587,7 +588,7 @@ def _is_new(store_row: Row | None, a: ArchivedEpisode) -> bool:
 
 
 def import_archive(
-    store: Store, path: str | os.PathLike[str], *, embedder_id: str, max_text_bytes: int,
+    store: MemoryStore, path: str | os.PathLike[str], *, embedder_id: str, max_text_bytes: int,
     progress: ProgressFn | None = None,
 ) -> ImportReport:  # fmt: skip
     """Check the whole archive, then store its episodes that ``store`` lacks (see ``Memory.import_archive``)."""

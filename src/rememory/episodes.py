@@ -209,18 +209,19 @@ def validate_many(items: Iterable[Any], *, namespace: str, max_text_bytes: int) 
     """Validate a whole batch; identical duplicates collapse, conflicting ones are an error."""
     namespace = validate_namespace(namespace)
     out: list[Episode] = []
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, str], int] = {}  # ids are unique per namespace
     for i, item in enumerate(items):
         ep = validate_episode(item, index=i, namespace=namespace, max_text_bytes=max_text_bytes)
-        if ep.id in seen:
-            if out[seen[ep.id]] != ep:
+        if (ep.namespace, ep.id) in seen:
+            if out[seen[(ep.namespace, ep.id)]] != ep:
                 raise InvalidEpisodeError(
-                    f"id {ep.id!r} is also used by episode #{seen[ep.id]} with different content; ids must be unique.",
+                    f"id {ep.id!r} is also used by episode #{seen[(ep.namespace, ep.id)]} with different content; "
+                    "ids must be unique within a namespace.",
                     index=i,
                     field="id",
                 )
             continue
-        seen[ep.id] = len(out)
+        seen[(ep.namespace, ep.id)] = len(out)
         out.append(ep)
     return out
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
 from typing import Any
 
+from .archive import ArchiveProgress, ExportReport, ImportReport
 from .cells.engine import MlpCellEngine
 from .cells.model import CellConfig
 from .cells.train import TrainProgress
@@ -455,7 +456,3 @@ class Memory:
         return import_archive(self._store, path, embedder_id=self._embedder.id,
                               max_text_bytes=self._max_text_bytes, progress=progress)  # fmt: skip
 
-
-# At the end (not among the imports above) only to keep this change apart from other work on the
-# module; rememory.archive does not import this module, so there is no cycle.
-from .archive import ArchiveProgress, ExportReport, ImportReport  # noqa: E402

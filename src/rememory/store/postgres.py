@@ -315,9 +315,9 @@ class PostgresStore:
                     "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest, digest_format,"
                     " key, key_scale, embedding, ctx_key, ctx_key_scale, tokens, embedder, engine, cell, weights,"
                     " spans)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, 2, %s, %s, %s::halfvec, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::halfvec, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (
-                        ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest,
+                        ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest, item.digest_format,
                         item.key.astype(np.int8).tobytes(), float(item.key_scale), _vector_text(unit),
                         item.ctx_key.astype(np.int8).tobytes(), float(item.ctx_key_scale),
                         item.tokens.astype("<u4").tobytes(), emb_ref, art.engine,
