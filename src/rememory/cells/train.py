@@ -19,21 +19,10 @@ import numpy as np
 import torch
 
 from ..errors import CellTrainingError
+from ..records import TrainProgress
 from .codec import to_alphabet
 from .features import position_features
 from .model import CellConfig, CellShape, QuantizedCell
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """A progress event: emitted after every finished batch. The trainer itself never prints."""
-
-    cells_done: int
-    cells_total: int
-    bytes_done: int
-    bytes_total: int
-    elapsed_s: float
-
 
 ProgressFn = Callable[[TrainProgress], None]
 
