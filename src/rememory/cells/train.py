@@ -223,9 +223,8 @@ def _train_all(
             pool.shutdown(wait=True, cancel_futures=True)
         for it in pending:
             if it.shape.n == 0:
-                results[it.index] = QuantizedCell(
-                    it.shape, b"", *(np.zeros(0, np.int8) for _ in range(4)), np.ones(4, np.float16)
-                )
+                none = np.zeros(0, np.int8)
+                results[it.index] = QuantizedCell(it.shape, b"", none, none, none, none, np.ones(4, np.float16))
                 cells_done += 1
         scale = cfg.growth ** (attempt + 1)
         pending = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -46,7 +47,7 @@ def recall(ctx: click.Context, phrase: str | None, top_k: int, namespace: str, a
         if phrase is not None:
             _answer(mem, phrase, top_k, namespace, as_json)
             return
-        stdin = click.get_text_stream("stdin")
+        stdin = sys.stdin  # click.get_text_stream is deprecated (removed in Click 9)
         while True:
             click.echo("Enter a phrase: ", nl=False, err=as_json)
             line = stdin.readline()
