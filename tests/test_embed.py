@@ -69,3 +69,21 @@ def test_bf16_switched_off_for_an_unknown_layout_says_so(tmp_path, caplog) -> No
         assert emb.embed("a walk on the bridge").shape == (8,)
     [record] = [r for r in caplog.records if "bfloat16" in r.getMessage()]
     assert "float32" in record.getMessage() and "query_precision" in record.getMessage()
+
+
+def test_shipped_model_needs_no_offline_switch_in_the_environment() -> None:
+    # A fresh process whose environment has no HF_HUB_OFFLINE (the test suite sets it for itself).
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_")}
+    env["PYTHONPATH"] = str(REPO / "src")
+    code = (
+        "import os\nfrom rememory.embed import SentenceTransformerEmbedder\n"
+        "print(SentenceTransformerEmbedder().embed('a walk').shape, 'HF_HUB_OFFLINE' in os.environ)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "(384,) False"
