@@ -1,8 +1,8 @@
 """What the docstring examples under src/ run with (``make test`` collects them with --doctest-modules).
 
-Each example runs in its own temporary directory and user data directory, with ``tmp_path``;
-the examples of :class:`rememory.Memory` also get ``mem``, a real store holding the episodes
-they refer to ("e1" and "t1").
+Each example runs in its own temporary directory and user data directory, with ``tmp_path`` and
+``memory``, an empty real store; the examples of :class:`rememory.Memory` also get ``mem``, a
+real store holding the episodes they refer to ("e1" and "t1").
 """
 
 from __future__ import annotations
@@ -36,16 +36,23 @@ def _doctest_globals(
     monkeypatch.chdir(tmp_path)  # examples that name a relative store write here
     doctest_namespace["tmp_path"] = tmp_path
     dtest = getattr(request.node, "dtest", None)
-    if dtest is None or not dtest.name.startswith("rememory.memory."):
+    if dtest is None:
         yield
         return
     from rememory import Memory
 
-    with Memory(tmp_path / "doc-store", embedder=request.getfixturevalue("_doc_embedder")) as mem:
-        mem.add_many([
-            {"keywords": "Ilya, bridge, night", "text": "We walked with Ilya across the bridge.", "id": "e1"},
-            {"keywords": "tea", "text": "Green tea at noon.", "id": "t1"},
-        ])  # fmt: skip
-        doctest_namespace["mem"] = mem
-        yield
-        del doctest_namespace["mem"]
+    embedder = request.getfixturevalue("_doc_embedder")
+    with Memory(tmp_path / "empty-store", embedder=embedder) as memory:
+        doctest_namespace["memory"] = memory
+        if not dtest.name.startswith("rememory.memory."):
+            yield
+        else:
+            with Memory(tmp_path / "doc-store", embedder=embedder) as mem:
+                mem.add_many([
+                    {"keywords": "Ilya, bridge, night", "text": "We walked with Ilya across the bridge.", "id": "e1"},
+                    {"keywords": "tea", "text": "Green tea at noon.", "id": "t1"},
+                ])  # fmt: skip
+                doctest_namespace["mem"] = mem
+                yield
+                del doctest_namespace["mem"]
+        del doctest_namespace["memory"]
