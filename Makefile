@@ -23,7 +23,11 @@ demo: $(BIN)/rememory
 
 test: $(BIN)/rememory
 	$(BIN)/ruff check src tests bench scripts train_memory.py
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m mypy
+	# The public contract: the package root, the Memory facade, its records and its errors.
+	$(BIN)/python -m mypy --strict --follow-imports=silent src/rememory/__init__.py src/rememory/memory.py \
+		src/rememory/records.py src/rememory/errors.py
+	$(BIN)/python -m pytest -q tests src
 
 bench: $(BIN)/rememory
 	$(BIN)/python bench/cells.py

@@ -89,3 +89,61 @@ def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ConfigError, match="params_per_bytes"):
         CellConfig.from_dict({"params_per_bytes": 3})
     assert CellConfig.from_dict({"lr": 0.01}).lr == 0.01
+
+
+def _threads_seen_by_a_new_thread() -> int:
+    """torch's thread count as a thread started now sees it (new threads inherit the process-wide setting)."""
+    import threading
+
+    import torch
+
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
+@pytest.mark.model
+def test_training_beside_recalls_leaves_torch_thread_count_alone(make_memory) -> None:
+    # A server trains on one thread while every request runs on a fresh worker thread. Saving and
+    # restoring the count per call let a recall that began during training restore "1" last.
+    import threading
+
+    import torch
+
+    before_main, before_new = torch.get_num_threads(), _threads_seen_by_a_new_thread()
+    mem = make_memory()
+    mem.add("seed", "Something to recall while the trainer runs.", id="seed")
+    texts = [f"Episode {i}: a walk across bridge number {i} at dusk, with notes." for i in range(48)]
+    training_done = threading.Event()
+    failures: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            mem.add_many([{"keywords": f"walk {i}", "text": t} for i, t in enumerate(texts)])
+        except BaseException as exc:  # re-raised in the test thread below
+            failures.append(exc)
+        finally:
+            training_done.set()
+
+    def one_recall() -> None:
+        try:
+            mem.recall("a walk at dusk", top_k=1)
+        except BaseException as exc:
+            failures.append(exc)
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    after_training = 0
+    while after_training < 5:  # keep recalling a little past the end of training
+        recalls = [threading.Thread(target=one_recall) for _ in range(2)]
+        for r in recalls:
+            r.start()
+        for r in recalls:
+            r.join()
+        after_training += training_done.is_set()
+    trainer.join()
+    assert not failures, failures
+    assert torch.get_num_threads() == before_main
+    assert _threads_seen_by_a_new_thread() == before_new

@@ -60,9 +60,9 @@ def test_interactive_recall_through_stdin(trained) -> None:
     res = run(["recall", "--top-k", "3"], env=env, stdin="walking on a bridge with Ilya\n")
     assert res.returncode == 0, res.stderr
     assert "Enter a phrase:" in res.stdout
-    assert "ID: bridge-night" in res.stdout and "Similarity: " in res.stdout
+    assert "ID: bridge-night" in res.stdout and "Relevance: " in res.stdout
     assert "Reconstructed memory:\nWe walked with Ilya across the bridge" in res.stdout
-    assert res.stdout.count(" — score=") == 3
+    assert res.stdout.count(" — relevance=") == 3
 
 
 def test_show_stats_verify(trained) -> None:

@@ -1,3 +1,6 @@
+import logging
+import os
+
 import numpy as np
 import pytest
 
@@ -41,3 +44,46 @@ def test_unknown_query_precision_is_named(monkeypatch) -> None:
     monkeypatch.setenv("REMEMORY_QUERY_PRECISION", "fp8")
     with pytest.raises(EmbedderError, match="REMEMORY_QUERY_PRECISION"):
         SentenceTransformerEmbedder()
+
+
+def test_loading_the_model_leaves_the_environment_alone(monkeypatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    before = dict(os.environ)
+    emb = SentenceTransformerEmbedder()
+    assert emb.embed("a walk on the bridge").shape == (384,)
+    assert dict(os.environ) == before
+
+
+def test_bf16_switched_off_for_an_unknown_layout_says_so(tmp_path, caplog) -> None:
+    # A model whose first module is not a Transformer: static token embeddings over the shipped tokenizer.
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import StaticEmbedding
+    from tokenizers import Tokenizer
+
+    from rememory.embed.sentence_transformers import _shipped_model_dir
+
+    tokenizer = Tokenizer.from_file(str(_shipped_model_dir() / "tokenizer.json"))
+    SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_dim=8)], device="cpu").save(str(tmp_path / "m"))
+    emb = SentenceTransformerEmbedder(str(tmp_path / "m"), query_precision="bfloat16")
+    with caplog.at_level(logging.WARNING, logger="rememory.embed.sentence_transformers"):
+        assert emb.embed("a walk on the bridge").shape == (8,)
+    [record] = [r for r in caplog.records if "bfloat16" in r.getMessage()]
+    assert "float32" in record.getMessage() and "query_precision" in record.getMessage()
+
+
+def test_shipped_model_needs_no_offline_switch_in_the_environment() -> None:
+    # A fresh process whose environment has no HF_HUB_OFFLINE (the test suite sets it for itself).
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_")}
+    env["PYTHONPATH"] = str(REPO / "src")
+    code = (
+        "import os\nfrom rememory.embed import SentenceTransformerEmbedder\n"
+        "print(SentenceTransformerEmbedder().embed('a walk').shape, 'HF_HUB_OFFLINE' in os.environ)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "(384,) False"

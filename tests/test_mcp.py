@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import threading
@@ -251,3 +252,38 @@ def test_stdio_fuzzed_frames_each_get_an_error_reply(stdio_peer: StdioPeer, fram
         assert reply.get("error", {}).get("code") in (-32700, -32600), (frame[:80], reply)
     stdio_peer.send(b'{"jsonrpc": "2.0", "id": "after", "method": "ping"}')
     assert stdio_peer.reply() == {"jsonrpc": "2.0", "id": "after", "result": {}}
+
+
+class _WatchedHandlers(list):
+    """The root logger's handler list, recording every change made to it."""
+
+    changes: list[str]
+
+    def append(self, item: object) -> None:
+        self.changes.append(f"+{item!r}")
+        super().append(item)
+
+    def remove(self, item: object) -> None:
+        self.changes.append(f"-{item!r}")
+        super().remove(item)
+
+
+@pytest.mark.parametrize("preset", [[], [logging.NullHandler()]], ids=["bare-root", "configured-root"])
+def test_building_servers_leaves_the_root_logger_alone(tmp_path: Path, embedder, preset: list) -> None:
+    from rememory.server.mcp import build_mcp_server, fixed_namespace
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers, root.level
+    watched = _WatchedHandlers(preset)
+    watched.changes = []
+    root.handlers = watched
+    try:
+        with Memory(tmp_path / "store", embedder=embedder) as memory:
+            for _ in range(2):  # two apps in one process, as in a test suite
+                build_mcp_server(memory, fixed_namespace("default"))
+                create_app(memory, auth=False)
+        assert watched.changes == [] and root.handlers == preset
+        assert root.level == saved_level
+    finally:
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)

@@ -616,3 +616,42 @@ def test_training_jobs_are_limited_per_namespace(tmp_path: Path, embedder) -> No
         finally:
             gate.set()
             JobRunner._run = original  # type: ignore[method-assign]
+
+
+def test_one_source_for_each_limit(tmp_path: Path, embedder) -> None:
+    """Memory, REST and MCP refuse top_k=101 alike; a store's own episode limit is the one documented and enforced."""
+    from mcp import Client
+
+    from rememory.errors import ConfigError
+    from rememory.limits import MAX_TOP_K
+    from rememory.server.mcp import build_mcp_server, fixed_namespace
+
+    memory = Memory(tmp_path / "store", embedder=embedder, max_text_bytes=100)
+    try:
+        memory.add("walk", "A walk on the bridge.", id="w")
+        with pytest.raises(ConfigError, match=f"top_k must be a whole number from 1 to {MAX_TOP_K}, got 101"):
+            memory.recall("walk", top_k=MAX_TOP_K + 1)
+        assert [h.id for h in memory.recall("walk", top_k=MAX_TOP_K)] == ["w"]
+
+        with LiveServer(create_app(memory, auth=False)) as url, httpx.Client(base_url=url, timeout=60) as c:
+            spec = json.dumps(c.get("/openapi.json").json())
+            assert "at most 100 bytes" in spec and "16384" not in spec
+            assert_error(c.post("/v1/recall", json={"query": "walk", "top_k": MAX_TOP_K + 1}), 422)
+            assert c.post("/v1/recall", json={"query": "walk", "top_k": MAX_TOP_K}).status_code == 200
+            err = assert_error(c.post("/v1/memories", json={"keywords": "k", "text": "x" * 101}), 422)
+            assert "over the limit of 100" in err["message"]
+
+        async def over_mcp() -> None:
+            async with Client(build_mcp_server(memory, fixed_namespace("default"))) as client:
+                tools = {t.name: t for t in (await client.list_tools()).tools}
+                assert tools["recall"].input_schema["properties"]["top_k"]["maximum"] == MAX_TOP_K
+                assert "at most 100 bytes" in tools["remember"].input_schema["properties"]["text"]["description"]
+                res = await client.call_tool("recall", {"query": "walk", "top_k": MAX_TOP_K + 1})
+                assert res.is_error and str(MAX_TOP_K) in res.content[0].text
+                assert not (await client.call_tool("recall", {"query": "walk", "top_k": MAX_TOP_K})).is_error
+                res = await client.call_tool("remember", {"keywords": "k", "text": "x" * 101})
+                assert res.is_error and "over the limit of 100" in res.content[0].text
+
+        anyio.run(over_mcp)
+    finally:
+        memory.close()

@@ -1,7 +1,14 @@
 """ReMemory: exact reconstructive episodic memory for LLM agents.
 
+Importing the package loads only the records and the errors; :class:`Memory` (the store, the
+index and, once training starts, torch) loads on first use.
+
 >>> from rememory import Memory
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ArchiveError,
@@ -17,8 +24,10 @@ from .errors import (
     StoreBusyError,
     StoreError,
 )
-from .memory import Memory
-from .records import Episode, RecallHit, StoreStats, VerifyReport
+from .records import Episode, RecallHit, StoreStats, TrainProgress, VerifyReport
+
+if TYPE_CHECKING:
+    from .memory import Memory
 
 __all__ = [
     "ArchiveError",
@@ -37,5 +46,15 @@ __all__ = [
     "StoreBusyError",
     "StoreError",
     "StoreStats",
+    "TrainProgress",
     "VerifyReport",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # A program that only wants the records or the errors should not pay for the store and the index.
+    if name == "Memory":
+        from .memory import Memory
+
+        return Memory
+    raise AttributeError(f"module 'rememory' has no attribute {name!r}")

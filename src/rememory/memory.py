@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import threading
@@ -13,7 +14,6 @@ from typing import Any
 from .archive import ArchiveProgress, ExportReport, ImportReport
 from .cells.engine import MlpCellEngine
 from .cells.model import CellConfig
-from .cells.train import TrainProgress
 from .config import resolve_max_text_bytes, resolve_store_path
 from .embed import Embedder, load_embedder
 from .engine import Artifact, MemoryEngine, get_engine
@@ -24,8 +24,9 @@ from .index.config import RankingConfig
 from .index.live import NamespaceIndex
 from .index.tokenize import token_hashes
 from .integrity import episode_digest
+from .limits import MAX_PAGE, MAX_TOP_K
 from .quant import quantize_int8
-from .records import Episode, RecallHit, StoreStats, VerifyFailure, VerifyReport
+from .records import Episode, RecallHit, StoreStats, TrainProgress, VerifyFailure, VerifyReport
 from .store import open_store
 from .store.base import check_duplicate, mismatch
 from .store.records import NewEpisode, Row
@@ -33,7 +34,6 @@ from .store.records import NewEpisode, Row
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[TrainProgress], None]
-MAX_TOP_K = 1000
 
 
 def key_text(keywords: str, text: str) -> str:
@@ -305,8 +305,8 @@ class Memory:
         >>> [e.id for e in mem.list(limit=1)]
         ['e1']
         """
-        if not 1 <= limit <= MAX_TOP_K or offset < 0:
-            raise ConfigError(f"limit must be 1..{MAX_TOP_K} and offset >= 0, got limit={limit}, offset={offset}.")
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset >= 0, got limit={limit}, offset={offset}.")
         rows = self._store.list_rows(validate_namespace(namespace), limit=limit, offset=offset)
         got = self._reconstruct(rows)
         return [Episode(r.id, r.keywords, self._text(r, got), r.time, r.namespace) for r in rows]
@@ -349,7 +349,8 @@ class Memory:
                 snapshot.save(idx, self._snapshot_dir, namespace)
                 idx.snapshot_size = idx.lex.n
 
-    def recall(self, query: str, top_k: int = 3, namespace: str = "default") -> list[RecallHit]:
+    # `builtins.list`: inside this class `list` names the method above.
+    def recall(self, query: str, top_k: int = 3, namespace: str = "default") -> builtins.list[RecallHit]:
         """The ``top_k`` episodes of ``namespace`` that best match ``query``, best first.
 
         Ranking fuses BM25 (over the episode and windows of its neighbours) with dense key

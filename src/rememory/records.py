@@ -17,9 +17,21 @@ class Episode:
     namespace: str = "default"
 
 
+# What ``RecallHit.score`` means, in the words every interface (REST, MCP, CLI) documents it with.
+SCORE_DOC = (
+    "Relevance in [0, 1], higher is better: the hybrid ranking score, a weighted mean of BM25 scores "
+    "(each divided by its best in the namespace) and cosines of the query to the episode's keys. It "
+    "ranks the hits of one recall; it is not a cosine similarity and is not comparable across queries."
+)
+
+
 @dataclass(frozen=True)
 class RecallHit:
-    """A recalled episode. ``score`` is the cosine similarity of the query to the key, in [-1, 1]."""
+    """A recalled episode, with its exact text.
+
+    ``score`` is the hybrid relevance in [0, 1] that ranked it (see :data:`SCORE_DOC`): higher is
+    better, but it is not a similarity and compares hits of one recall, not across queries.
+    """
 
     id: str
     score: float
@@ -30,6 +42,17 @@ class RecallHit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "score": self.score, "keywords": self.keywords, "text": self.text, "time": self.time}
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """A training progress event, emitted after every finished batch. The trainer itself never prints."""
+
+    cells_done: int
+    cells_total: int
+    bytes_done: int
+    bytes_total: int
+    elapsed_s: float
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from ..engine import Artifact, MemoryEngine
 from ..errors import IntegrityError
 from .features import seed_from_key
 from .model import CellConfig, CellShape, QuantizedCell
-from .train import train_cells
 
 # Constants of the stored format "mlp-cell/1". Never change them: old cells decode with them.
 # (CellConfig's defaults may change; a cell that differs from these stores its own values.)
@@ -36,6 +35,9 @@ class MlpCellEngine(MemoryEngine):
     def encode(
         self, keys: Sequence[str], texts: Sequence[bytes], progress: Callable[[Any], None] | None = None
     ) -> list[Artifact]:
+        # torch loads here, when training starts: opening a store, recalling and decoding never need it.
+        from .train import train_cells
+
         seeds = [seed_from_key(k) for k in keys]
         cells = train_cells(list(zip(seeds, texts)), self.config, progress)
         return [

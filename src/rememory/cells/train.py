@@ -19,21 +19,10 @@ import numpy as np
 import torch
 
 from ..errors import CellTrainingError
+from ..records import TrainProgress
 from .codec import to_alphabet
 from .features import position_features
 from .model import CellConfig, CellShape, QuantizedCell
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """A progress event: emitted after every finished batch. The trainer itself never prints."""
-
-    cells_done: int
-    cells_total: int
-    bytes_done: int
-    bytes_total: int
-    elapsed_s: float
-
 
 ProgressFn = Callable[[TrainProgress], None]
 
@@ -177,16 +166,21 @@ def train_cells(
     b'hello'
     """
     cfg = cfg or CellConfig()
-    # Every core gets its own batch, each single-threaded: on these tiny matmuls one op split
-    # over two threads gains little, and an op-level thread pool collapses (measured 36x
-    # slower) as soon as another process competes for a core.
-    workers = max(1, min(os.cpu_count() or 1, 8))
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train_all(items, cfg, progress, workers)
-    finally:
-        torch.set_num_threads(prev_threads)
+    return _train_all(items, cfg, progress, _batch_workers())
+
+
+def _batch_workers() -> int:
+    """How many batches train at once: the cores left over by torch's own per-op threads.
+
+    torch's thread count is process-wide, so the trainer reads it and never sets it (a save and
+    restore per call races with every other thread of a server). With one thread per op (the CLI
+    and the server start that way) every core gets its own batch: on these tiny matmuls one op split
+    over two threads gains little, and an op-level thread pool collapses (measured 36x slower) as
+    soon as another process competes for a core. With torch's default of one thread per core, one
+    batch runs at a time and its ops use them all, so the two never oversubscribe the cores.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores // max(1, torch.get_num_threads()), 8))
 
 
 def _train_all(
@@ -229,9 +223,8 @@ def _train_all(
             pool.shutdown(wait=True, cancel_futures=True)
         for it in pending:
             if it.shape.n == 0:
-                results[it.index] = QuantizedCell(
-                    it.shape, b"", *(np.zeros(0, np.int8) for _ in range(4)), np.ones(4, np.float16)
-                )
+                none = np.zeros(0, np.int8)
+                results[it.index] = QuantizedCell(it.shape, b"", none, none, none, none, np.ones(4, np.float16))
                 cells_done += 1
         scale = cfg.growth ** (attempt + 1)
         pending = [

@@ -34,7 +34,7 @@ def _episode(hit: RecallHit) -> str:
     attrs = f'id="{escape(hit.id)}"'
     if hit.time:
         attrs += f' time="{escape(hit.time)}"'
-    attrs += f' similarity="{hit.score:.3f}"'
+    attrs += f' relevance="{hit.score:.3f}"'
     return f"<episode {attrs}>\n{escape(hit.text, quote=False)}\n</episode>"
 
 
@@ -52,7 +52,9 @@ def build_system_prompt(
     hits: Sequence[RecallHit] = (),
     budget_chars: int = DEFAULT_BUDGET_CHARS,
 ) -> str:
-    """``base`` followed by a ``<memory>`` block listing ``hits`` (id, time, similarity, text).
+    """``base`` followed by a ``<memory>`` block listing ``hits`` (id, time, relevance, text).
+
+    ``relevance`` is :attr:`RecallHit.score`, the hybrid ranking score in [0, 1].
 
     Hits are listed most relevant first. ``budget_chars`` bounds the memory block (the base is
     never cut): whole episodes are dropped from the least relevant end until it fits, and
@@ -64,7 +66,7 @@ def build_system_prompt(
     <BLANKLINE>
     <memory>
     Episodes recalled from your memory for this turn, ...
-    <episode id="e1" time="2024-09-14T21:40:00" similarity="0.910">
+    <episode id="e1" time="2024-09-14T21:40:00" relevance="0.910">
     We walked across the bridge.
     </episode>
     </memory>

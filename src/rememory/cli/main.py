@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     # The CLI owns stderr: keep model-loading bars of other libraries off it (users can override).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # One torch thread per op, set once before torch loads (the library never sets it): requests and
+    # training batches then each get a core of their own instead of oversubscribing them all.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="rememory")
     except SystemExit as exc:

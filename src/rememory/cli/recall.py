@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
+from ..limits import MAX_TOP_K
 from ..memory import Memory
 from ..records import RecallHit
 from .common import namespace_option, open_memory
@@ -16,11 +18,11 @@ def render_hits(query: str, hits: list[RecallHit]) -> str:
     if not hits:
         return "No memories in this namespace yet. Add some with `rememory train FILE.json`.\n"
     best = hits[0]
-    lines = [f"ID: {best.id}", f"Similarity: {best.score:.3f}"]
+    lines = [f"ID: {best.id}", f"Relevance: {best.score:.3f}"]
     if best.time:
         lines.append(f"Time: {best.time}")
     lines += ["", "Reconstructed memory:", best.text, "", "Closest matches:"]
-    lines += [f"  {h.id} — score={h.score:.3f}" for h in hits]
+    lines += [f"  {h.id} — relevance={h.score:.3f}" for h in hits]
     return "\n".join(lines) + "\n"
 
 
@@ -34,7 +36,7 @@ def _answer(mem: Memory, phrase: str, top_k: int, namespace: str, as_json: bool)
 
 @click.command()
 @click.argument("phrase", required=False)
-@click.option("--top-k", "--top_k", "-k", "top_k", default=3, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--top-k", "--top_k", "-k", "top_k", default=3, show_default=True, type=click.IntRange(1, MAX_TOP_K))
 @namespace_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 @click.pass_context
@@ -45,7 +47,7 @@ def recall(ctx: click.Context, phrase: str | None, top_k: int, namespace: str, a
         if phrase is not None:
             _answer(mem, phrase, top_k, namespace, as_json)
             return
-        stdin = click.get_text_stream("stdin")
+        stdin = sys.stdin  # click.get_text_stream is deprecated (removed in Click 9)
         while True:
             click.echo("Enter a phrase: ", nl=False, err=as_json)
             line = stdin.readline()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,11 @@ from ..config import DEFAULT_EMBEDDER
 from ..errors import EmbedderError
 from .base import Embedder
 
+logger = logging.getLogger(__name__)
 _DEFAULT_ALIASES = {DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2"}
 DEFAULT_ID = "sentence-transformers/all-MiniLM-L6-v2"
 PRECISIONS = ("auto", "float32", "bfloat16")
-QUERY_TEXTS = 4  # up to this many texts count as a query: one thread, and bf16 where it is native
+QUERY_TEXTS = 4  # up to this many texts count as a query: bf16 where it is native
 
 
 def _shipped_model_dir() -> Path:
@@ -72,16 +73,12 @@ class SentenceTransformerEmbedder(Embedder):
         with self._lock:
             if self._model is not None:
                 return self._model
-            if self._is_default:
-                # The shipped copy needs no hub; keep sentence-transformers from trying one.
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                target = str(_shipped_model_dir())
-            else:
-                target = self._name
+            # The shipped copy needs no hub: say so to the loader, never through the process environment.
+            target = str(_shipped_model_dir()) if self._is_default else self._name
             try:
                 from sentence_transformers import SentenceTransformer
 
-                self._model = SentenceTransformer(target, device="cpu")
+                self._model = SentenceTransformer(target, device="cpu", local_files_only=self._is_default)
             except Exception as exc:  # the library raises many types (OSError, HTTP errors, ValueError)
                 raise EmbedderError(
                     f"Could not load the embedding model {self._name!r}: {exc}. Pass a sentence-transformers "
@@ -107,10 +104,9 @@ class SentenceTransformerEmbedder(Embedder):
         if len(texts) <= QUERY_TEXTS:
             if self._bf16:
                 model = self._bf16_model(model)
-            with _few_threads(len(texts)):
-                if _plain_pipeline(model):
-                    return _forward(model, list(texts))
-                vecs = model.encode(list(texts), normalize_embeddings=True, show_progress_bar=False)
+            if _plain_pipeline(model):
+                return _forward(model, list(texts))
+            vecs = model.encode(list(texts), normalize_embeddings=True, show_progress_bar=False)
             return np.asarray(vecs, dtype=np.float32)
         vecs = model.encode(
             list(texts),
@@ -137,6 +133,12 @@ class SentenceTransformerEmbedder(Embedder):
 
                 if not isinstance(model[0], Transformer):  # only the standard layout is known to be safe
                     self._bf16 = False
+                    logger.warning(
+                        "Model %r does not start with a Transformer module, so bfloat16 queries are off and "
+                        "queries run in float32 (correct, but slower). Pass query_precision='float32' "
+                        "(or REMEMORY_QUERY_PRECISION=float32) to silence this warning.",
+                        self._name,
+                    )
                     return model
                 fast = copy.deepcopy(model)
                 fast[0].to(torch.bfloat16)
@@ -186,26 +188,6 @@ def _cpu_has_native_bf16() -> bool:
     except OSError:
         return False  # not Linux: keep float32
     return False
-
-
-@contextmanager
-def _few_threads(n_texts: int) -> Iterator[None]:
-    """Embed a query or two on one thread.
-
-    A single short text gains little from torch's thread pool, and that pool collapses when
-    another process competes for a core (one query took ~1 s instead of ~10 ms, measured).
-    """
-    if n_texts > QUERY_TEXTS:
-        yield
-        return
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def load_embedder(name_or_path: str | Embedder | None = None) -> Embedder:

@@ -6,25 +6,26 @@ Tools run on worker threads, and a failure comes back as a tool error whose text
 do next. Nothing here writes to stdout: in stdio mode stdout is the JSON-RPC stream.
 """
 
-from __future__ import annotations
-
-import logging
+# No `from __future__ import annotations` here: the SDK reads the tools' annotations at runtime,
+# and some name types local to build_mcp_server (the episode text, whose limit is the store's).
+import functools
+import types
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-from ..episodes import MAX_ID_CHARS
 from ..errors import RememoryError
+from ..limits import MAX_ID_CHARS, MAX_KEYWORDS_BYTES, MAX_QUERY_CHARS, MAX_TOP_K
 from ..memory import Memory
-
-MAX_TOP_K = 100
+from .schemas import KEYWORDS_DOC, TIME_DOC, TOP_K_DOC, Forgotten, Hit, Stats, text_doc
 
 NamespaceFor = Callable[[Context], str]
+R = TypeVar("R")
 
 INSTRUCTIONS = (
     "ReMemory is a long-term episodic memory. Call `remember` to store something worth keeping "
@@ -32,69 +33,48 @@ INSTRUCTIONS = (
     "with a phrase to get the closest memories back, word for word; `forget` deletes one by id."
 )
 
-
-Keywords = Annotated[
-    str,
-    Field(
-        max_length=4096,
-        description="A few comma-separated words about the episode: people, places, topics. They help "
-        "recall find it; they may be empty.",
-    ),
+Keywords = Annotated[str, Field(max_length=MAX_KEYWORDS_BYTES, description=KEYWORDS_DOC)]
+Time = Annotated[str | None, Field(description=TIME_DOC)]
+Query = Annotated[
+    str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in your own words.")
 ]
-Text = Annotated[
-    str,
-    Field(
-        min_length=1,
-        description="The exact text to remember (UTF-8, up to 16384 bytes by default). `recall` returns it "
-        "character for character.",
-    ),
+TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description=TOP_K_DOC)]
+EpisodeId = Annotated[
+    str, Field(min_length=1, max_length=MAX_ID_CHARS, description="The episode's id, from remember or recall.")
 ]
-Time = Annotated[str | None, Field(description="When it happened, ISO 8601, e.g. 2023-05-08T13:56:00. Optional.")]
 
 
 class Remembered(BaseModel):
     id: str = Field(description="The stored episode's id (use it with `forget`).")
 
 
-class RecalledMemory(BaseModel):
-    id: str = Field(description="The episode's id.")
-    score: float = Field(description="How well the episode matches the query; higher is better.")
-    keywords: str = Field(description="The episode's keywords.")
-    text: str = Field(description="The episode's exact text, as it was remembered.")
-    time: str | None = Field(description="When it happened (ISO 8601), if it was given.")
-
-
 class Recalled(BaseModel):
-    memories: list[RecalledMemory] = Field(description="The closest episodes, best first (empty if nothing is stored).")
+    memories: list[Hit] = Field(description="The closest episodes, best first (empty if nothing is stored).")
 
 
-class Forgotten(BaseModel):
-    id: str = Field(description="The id that was forgotten.")
-    forgotten: bool = Field(description="Always true: a missing id is a tool error instead.")
+def _tool_errors(fn: Callable[..., R]) -> Callable[..., R]:
+    """Turn the library's typed errors into MCP tool errors; their message says what to do next."""
 
+    @functools.wraps(fn)
+    def tool(*args: Any, **kwargs: Any) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except RememoryError as exc:
+            raise ToolError(str(exc)) from None
 
-class Stats(BaseModel):
-    episodes: int = Field(description="Episodes stored in this namespace.")
-    text_bytes: int = Field(description="Total size of their texts, in UTF-8 bytes.")
-    cell_bytes: int = Field(description="Size of their memory cells (weights and metadata), in bytes.")
-    embedder: str = Field(description="The embedding model that makes the recall keys.")
+    return tool
 
 
 def build_mcp_server(memory: Memory, namespace_for: NamespaceFor) -> MCPServer:
     """An MCP server with the four memory tools; ``namespace_for(ctx)`` gives each call's namespace.
 
-    >>> server = build_mcp_server(Memory("store"), lambda ctx: "default")
-    >>> server.run("stdio")
+    >>> server = build_mcp_server(Memory("store"), lambda ctx: "default")  # doctest: +SKIP
+    >>> server.run("stdio")  # doctest: +SKIP
     """
-    # MCPServer() calls logging.basicConfig(), which would install a root handler in a library
-    # call; a handler already on the root logger makes that a no-op.
-    root = logging.getLogger()
-    guard = logging.NullHandler()
-    root.addHandler(guard)
-    try:
-        server = MCPServer("rememory", version=package_version(), instructions=INSTRUCTIONS, log_level="WARNING")
-    finally:
-        root.removeHandler(guard)
+    server = _mcp_server_without_logging_setup(
+        name="rememory", version=package_version(), instructions=INSTRUCTIONS, log_level="WARNING"
+    )
+    Text = Annotated[str, Field(min_length=1, description=text_doc(memory.max_text_bytes))]
 
     @server.tool(
         name="remember",
@@ -103,28 +83,21 @@ def build_mcp_server(memory: Memory, namespace_for: NamespaceFor) -> MCPServer:
         "id. Storing the same keywords, text and time again returns the same id and stores nothing new.",
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True),
     )
+    @_tool_errors
     def remember(keywords: Keywords, text: Text, ctx: Context, time: Time = None) -> Remembered:
-        try:
-            return Remembered(id=memory.add(keywords, text, time=time, namespace=namespace_for(ctx)))
-        except RememoryError as exc:
-            raise ToolError(str(exc)) from None
+        return Remembered(id=memory.add(keywords, text, time=time, namespace=namespace_for(ctx)))
 
     @server.tool(
         name="recall",
         title="Recall memories",
-        description="Find the stored episodes closest in meaning to the query; returns their exact texts, best first.",
+        description="Find the stored episodes closest in meaning to the query; returns their exact texts, best "
+        "first, each with its relevance score in [0, 1].",
         annotations=ToolAnnotations(read_only_hint=True),
     )
-    def recall(
-        query: Annotated[str, Field(min_length=1, description="What to look for, in your own words.")],
-        ctx: Context,
-        top_k: Annotated[int, Field(ge=1, le=MAX_TOP_K, description="How many memories to return (1-100).")] = 3,
-    ) -> Recalled:
-        try:
-            hits = memory.recall(query, top_k=top_k, namespace=namespace_for(ctx))
-        except RememoryError as exc:
-            raise ToolError(str(exc)) from None
-        return Recalled(memories=[RecalledMemory(**h.to_dict()) for h in hits])
+    @_tool_errors
+    def recall(query: Query, ctx: Context, top_k: TopK = 3) -> Recalled:
+        hits = memory.recall(query, top_k=top_k, namespace=namespace_for(ctx))
+        return Recalled(memories=[Hit.of(h) for h in hits])
 
     @server.tool(
         name="forget",
@@ -132,17 +105,10 @@ def build_mcp_server(memory: Memory, namespace_for: NamespaceFor) -> MCPServer:
         description="Delete one episode for good: its text and its memory cell. An unknown id is an error.",
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False),
     )
-    def forget(
-        id: Annotated[
-            str, Field(min_length=1, max_length=MAX_ID_CHARS, description="The episode's id, from remember or recall.")
-        ],
-        ctx: Context,
-    ) -> Forgotten:
-        try:
-            memory.forget(id, namespace=namespace_for(ctx))
-        except RememoryError as exc:
-            raise ToolError(str(exc)) from None
-        return Forgotten(id=id, forgotten=True)
+    @_tool_errors
+    def forget(id: EpisodeId, ctx: Context) -> Forgotten:
+        memory.forget(id, namespace=namespace_for(ctx))
+        return Forgotten(id=id)
 
     @server.tool(
         name="stats",
@@ -150,14 +116,35 @@ def build_mcp_server(memory: Memory, namespace_for: NamespaceFor) -> MCPServer:
         description="How many episodes are stored, and how many bytes their texts and memory cells take.",
         annotations=ToolAnnotations(read_only_hint=True),
     )
+    @_tool_errors
     def stats(ctx: Context) -> Stats:
-        try:
-            st = memory.stats(namespace_for(ctx))
-        except RememoryError as exc:
-            raise ToolError(str(exc)) from None
-        return Stats(episodes=st.episodes, text_bytes=st.text_bytes, cell_bytes=st.cell_bytes, embedder=st.embedder)
+        return Stats.of(memory.stats(namespace_for(ctx)))
 
     return server
+
+
+def _mcp_server_without_logging_setup(**settings: Any) -> MCPServer:
+    """``MCPServer(**settings)`` minus its ``logging.basicConfig()`` call, which no library may make.
+
+    The SDK configures the root logger in ``MCPServer.__init__`` with no way to opt out
+    (modelcontextprotocol/python-sdk#1656). This runs that ``__init__`` with its module's
+    ``configure_logging`` replaced by a no-op in a private copy of the globals: neither the
+    SDK's module nor the logging configuration of the process is touched, so two apps (or one
+    per test) leave the root logger exactly as they found it. tests/test_mcp.py checks it.
+    """
+    init = MCPServer.__init__
+    if "configure_logging" not in init.__code__.co_names:  # a fixed SDK: nothing to step around
+        return MCPServer(**settings)
+    quiet_globals = {**init.__globals__, "configure_logging": _leave_logging_alone}
+    quiet_init = types.FunctionType(init.__code__, quiet_globals, init.__name__, init.__defaults__, init.__closure__)
+    quiet_init.__kwdefaults__ = init.__kwdefaults__
+    server = MCPServer.__new__(MCPServer)
+    quiet_init(server, **settings)
+    return server
+
+
+def _leave_logging_alone(level: str) -> None:
+    """Logging is the application's to configure (`rememory mcp` sends it to stderr)."""
 
 
 def package_version() -> str:

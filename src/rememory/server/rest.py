@@ -16,19 +16,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..episodes import MAX_ID_CHARS, validate_many, validate_namespace
-from ..limits import MAX_KEYWORDS_BYTES
+from ..episodes import validate_many, validate_namespace
+from ..limits import MAX_BATCH, MAX_ID_CHARS, MAX_KEYWORDS_BYTES, MAX_PAGE, MAX_QUERY_CHARS, MAX_TOP_K
 from ..memory import Memory
 from ..records import Episode
 from .auth import ApiKey
 from .errors import ApiError, ErrorResponse
 from .jobs import Job, JobRunner
+from .schemas import KEYWORDS_DOC, TIME_DOC, TOP_K_DOC, Forgotten, Hit, Stats, text_doc
 
-MAX_TOP_K = 100
-MAX_PAGE = 100
-MAX_BATCH = 1000
-# Characters never outnumber UTF-8 bytes; validate_episode checks the bytes, as for every interface.
-MAX_QUERY_CHARS = 8192
 MAX_WAIT_S = 60.0
 
 # --- the tenant of a request ---
@@ -65,20 +61,13 @@ _NAMESPACE_DOC = (
 
 
 class EpisodeIn(BaseModel):
+    """One episode. Its text's limit is the store's: each router's subclass states the value in force."""
+
     model_config = ConfigDict(extra="forbid")
 
-    keywords: str = Field(
-        max_length=MAX_KEYWORDS_BYTES,
-        description="A few words about the episode (people, places, topics). Recall matches a query "
-        "against the keywords and the text together.",
-        examples=["Ilya, bridge, night"],
-    )
-    text: str = Field(
-        min_length=1,
-        description="The exact text to remember, UTF-8, at most the server's episode limit (16384 bytes by "
-        "default). Recall and get return it byte-exact.",
-        examples=["We walked with Ilya across the bridge."],
-    )
+    # max_length counts characters, a sound first bound for byte limits (a character is at least a byte).
+    keywords: str = Field(max_length=MAX_KEYWORDS_BYTES, description=KEYWORDS_DOC, examples=["Ilya, bridge, night"])
+    text: str = Field(min_length=1, examples=["We walked with Ilya across the bridge."])
     id: str | None = Field(
         default=None,
         min_length=1,
@@ -86,26 +75,7 @@ class EpisodeIn(BaseModel):
         description="Your id for the episode, unique within the namespace. Leave it out to have it derived "
         "from the content (re-adding the same episode then stores nothing new).",
     )
-    time: str | None = Field(
-        default=None,
-        description="When it happened, as an ISO 8601 date-time.",
-        examples=["2023-05-08T13:56:00"],
-    )
-
-
-class AddOne(EpisodeIn):
-    """One episode."""
-
-    namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
-
-
-class AddMany(BaseModel):
-    """A batch of episodes, validated as a whole: one bad episode rejects the batch."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    episodes: list[EpisodeIn] = Field(min_length=1, max_length=MAX_BATCH)
-    namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
+    time: str | None = Field(default=None, description=TIME_DOC, examples=["2023-05-08T13:56:00"])
 
 
 class Progress(BaseModel):
@@ -141,18 +111,8 @@ class RecallRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to remember, in your words.")
-    top_k: int = Field(
-        default=3, ge=1, le=MAX_TOP_K, strict=True, description="How many episodes to return, best first."
-    )
+    top_k: int = Field(default=3, ge=1, le=MAX_TOP_K, strict=True, description=TOP_K_DOC)
     namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
-
-
-class Hit(BaseModel):
-    id: str
-    score: float = Field(description="How well the episode matches the query; higher is better.")
-    keywords: str
-    text: str = Field(description="The episode's exact text, reconstructed from its memory cell.")
-    time: str | None
 
 
 class RecallResponse(BaseModel):
@@ -174,23 +134,6 @@ class EpisodePage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None = Field(description="Offset of the next page; null on the last page.")
-
-
-class Forgotten(BaseModel):
-    id: str
-    forgotten: bool = True
-
-
-class Stats(BaseModel):
-    episodes: int
-    text_bytes: int
-    cell_bytes: int
-    store_bytes: int = Field(description="Bytes on disk (0 for one namespace: the files are shared).")
-    embedder: str
-    dim: int
-    namespaces: dict[str, int]
-    cell_bytes_per_text_byte: float
-    store_bytes_per_text_byte: float
 
 
 class VerifyResponse(BaseModel):
@@ -228,6 +171,24 @@ async def _wait(job: Job, seconds: float) -> None:
 def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max_text_bytes: int) -> APIRouter:
     """The ``/v1`` routes over ``memory``; ``tenant`` is the dependency that authenticates a request."""
     router = APIRouter(prefix="/v1", responses=_errors(400, 401, 413, 422, 503))
+
+    class EpisodeBody(EpisodeIn):
+        text: str = Field(min_length=1, description=text_doc(max_text_bytes),
+                          examples=["We walked with Ilya across the bridge."])  # fmt: skip
+
+    class AddOne(EpisodeBody):
+        """One episode."""
+
+        namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
+
+    class AddMany(BaseModel):
+        """A batch of episodes, validated as a whole: one bad episode rejects the batch."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        episodes: list[EpisodeBody] = Field(min_length=1, max_length=MAX_BATCH)
+        namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
+
     TenantArg = Annotated[Tenant, Depends(tenant)]
     NamespaceQuery = Annotated[str | None, Query(description=_NAMESPACE_DOC)]
     EpisodeId = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, description="The episode's id.")]
@@ -263,7 +224,7 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
     def recall(body: RecallRequest, who: TenantArg) -> RecallResponse:
         """The episodes closest in meaning to the query, best first, with their exact texts."""
         hits = memory.recall(body.query, top_k=body.top_k, namespace=who.namespace(body.namespace))
-        return RecallResponse(query=body.query, hits=[Hit(**h.to_dict()) for h in hits])
+        return RecallResponse(query=body.query, hits=[Hit.of(h) for h in hits])
 
     @router.get("/memories", response_model=EpisodePage, responses=_errors(403, 500), tags=["memories"])
     def list_memories(
@@ -298,7 +259,7 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
     @router.get("/stats", response_model=Stats, responses=_errors(403), tags=["store"])
     def stats(who: TenantArg, namespace: NamespaceQuery = None) -> Stats:
         """Sizes of the namespace: episodes, text bytes, cell bytes."""
-        return Stats(**memory.stats(who.namespace(namespace)).to_dict())
+        return Stats.of(memory.stats(who.namespace(namespace)))
 
     @router.post("/verify", response_model=VerifyResponse, responses=_errors(403), tags=["store"])
     def verify(who: TenantArg, namespace: NamespaceQuery = None) -> VerifyResponse:

@@ -1,0 +1,62 @@
+"""The response models and field descriptions that REST and MCP share, defined once.
+
+Descriptions that state a limit read it from :mod:`rememory.limits`, or, for the episode text
+whose limit each store opening may change, take the value in force when the app is built.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from ..limits import MAX_KEYWORDS_BYTES, MAX_TOP_K
+from ..records import SCORE_DOC, RecallHit, StoreStats
+
+KEYWORDS_DOC = (
+    f"A few comma-separated words about the episode: people, places, topics (at most {MAX_KEYWORDS_BYTES} "
+    "UTF-8 bytes; may be empty). Recall matches a query against the keywords and the text together."
+)
+TOP_K_DOC = f"How many episodes to return, best first (1-{MAX_TOP_K})."
+TIME_DOC = "When it happened, as an ISO 8601 date-time, e.g. 2023-05-08T13:56:00. Optional."
+
+
+def text_doc(max_text_bytes: int) -> str:
+    """The description of an episode's text, stating the limit this server enforces."""
+    return (
+        f"The exact text to remember, UTF-8, at most {max_text_bytes} bytes (this server's limit). "
+        "Recall returns it byte-exact."
+    )
+
+
+class Hit(BaseModel):
+    """One recalled episode."""
+
+    id: str = Field(description="The episode's id.")
+    score: float = Field(description=SCORE_DOC)
+    keywords: str = Field(description="The episode's keywords.")
+    text: str = Field(description="The episode's exact text, reconstructed from its memory cell.")
+    time: str | None = Field(description="When it happened (ISO 8601), if it was given.")
+
+    @classmethod
+    def of(cls, hit: RecallHit) -> Hit:
+        return cls(id=hit.id, score=hit.score, keywords=hit.keywords, text=hit.text, time=hit.time)
+
+
+class Forgotten(BaseModel):
+    id: str = Field(description="The id that was forgotten.")
+    forgotten: bool = Field(default=True, description="Always true: a missing id is an error instead.")
+
+
+class Stats(BaseModel):
+    episodes: int = Field(description="Episodes stored.")
+    text_bytes: int = Field(description="Total size of their texts, in UTF-8 bytes.")
+    cell_bytes: int = Field(description="Size of their memory cells (weights and metadata), in bytes.")
+    store_bytes: int = Field(description="Bytes on disk (0 for one namespace: the files are shared).")
+    embedder: str = Field(description="The embedding model that makes the recall keys.")
+    dim: int = Field(description="The size of its vectors.")
+    namespaces: dict[str, int] = Field(description="Episodes per namespace.")
+    cell_bytes_per_text_byte: float
+    store_bytes_per_text_byte: float
+
+    @classmethod
+    def of(cls, stats: StoreStats) -> Stats:
+        return cls(**stats.to_dict())
