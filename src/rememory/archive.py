@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 from safetensors import SafetensorError
@@ -362,7 +362,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
 def _manifest(zf: zipfile.ZipFile, path: Path) -> Manifest:
     raw = _read_member(zf, path, MANIFEST, None)
     try:
-        m = json.loads(raw.decode("utf-8"))
+        m: Any = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _damaged(path, f"{MANIFEST} is not valid JSON ({exc})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
@@ -370,6 +370,7 @@ def _manifest(zf: zipfile.ZipFile, path: Path) -> Manifest:
             f"{path} is not a rememory archive ({MANIFEST} does not name the format {FORMAT!r}). "
             "Give a file written by `rememory export`; for episodes as JSON or JSONL use `rememory train`."
         )
+    m = cast(Any, m)  # a checked dict from here on; each field is checked below
     version = m.get("version")
     if version != VERSION:
         newer = isinstance(version, int) and not isinstance(version, bool) and version > VERSION
@@ -396,7 +397,7 @@ def _manifest(zf: zipfile.ZipFile, path: Path) -> Manifest:
     for name, entry in files.items():
         sha = entry.get("sha256") if isinstance(entry, dict) else None
         _want(isinstance(sha, str) and len(sha) == 64, path, where, f"the SHA-256 of {name} is missing")
-        hashes[name] = sha
+        hashes[name] = str(sha)
     present = set(zf.namelist()) - {MANIFEST}
     missing = sorted(set(hashes) - present)
     _want(not missing, path, "its contents", f"the member(s) {missing[:3]} listed in the manifest are missing")

@@ -13,7 +13,7 @@ import queue
 import re
 import threading
 import uuid
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,7 +59,7 @@ def derive_keywords(user: str, assistant: str = "", *, max_keywords: int = 6) ->
     >>> derive_keywords("My sister Zoe keeps bees on the roof.", "Bees on a roof sound lovely!")
     'sister, Zoe, keeps, bees, roof, lovely'
     """
-    score: Counter[str] = Counter()
+    score: dict[str, float] = defaultdict(float)
     order: dict[str, int] = {}  # first appearance
     shown: dict[str, str] = {}  # as written when it looked like a name, else lower case
     for weight, text in ((2.0, user), (1.0, assistant)):

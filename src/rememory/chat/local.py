@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -266,7 +267,7 @@ def create_local_app(model: LocalChatModel, *, on_request: Callable[[dict[str, A
             return _error(400, "max_tokens must be an integer; temperature and top_p must be numbers.")
         if on_request is not None:
             on_request(body)
-        kw = {"max_tokens": max_tokens, "temperature": float(temperature), "top_p": float(top_p)}
+        kw: dict[str, Any] = {"max_tokens": max_tokens, "temperature": float(temperature), "top_p": float(top_p)}
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         try:
             if body.get("stream"):
@@ -336,7 +337,7 @@ class BackgroundServer:
         self._sock.bind((host, port))  # bound now, so the port is known before the server starts
         self.host, self.port = host, int(self._sock.getsockname()[1])
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=graceful_shutdown_s)  # fmt: skip
+                                timeout_graceful_shutdown=math.ceil(graceful_shutdown_s))  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, name=f"uvicorn-{self.port}", daemon=True

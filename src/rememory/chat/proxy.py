@@ -121,7 +121,7 @@ def _upstream_status_error(upstream: str, status: int, raw: bytes) -> JSONRespon
     if not isinstance(message, str) or not message:
         message = _snippet(raw.decode("utf-8", "replace")) or "(empty body)"
     if 400 <= status < 500:
-        etype = err.get("type") if isinstance(err, dict) and isinstance(err.get("type"), str) else "upstream_error"
+        etype = str(err["type"]) if isinstance(err, dict) and isinstance(err.get("type"), str) else "upstream_error"
         code = err.get("code") if isinstance(err, dict) and isinstance(err.get("code"), str) else None
         return openai_error(status, message, type=etype, code=code)
     return openai_error(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from tqdm import tqdm
 
@@ -24,7 +26,7 @@ class _Bars:
             self.close()
             self.phase = ev.phase
             self.bar = tqdm(total=ev.total, unit="ep", desc=_LABELS.get(ev.phase, ev.phase),
-                            file=click.get_text_stream("stderr"), dynamic_ncols=True)  # fmt: skip
+                            file=sys.stderr, dynamic_ncols=True)  # fmt: skip
         assert self.bar is not None
         self.bar.total = ev.total
         self.bar.update(ev.done - self.bar.n)

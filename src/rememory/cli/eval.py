@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -81,7 +82,7 @@ class _Bars:
             self.close()
             self.stage = ev.stage
             unit = {"unit": "B", "unit_scale": True, "unit_divisor": 1024} if ev.stage == "train" else {"unit": "q"}
-            self.bar = tqdm(total=ev.total, desc=ev.stage, file=click.get_text_stream("stderr"), dynamic_ncols=True,
+            self.bar = tqdm(total=ev.total, desc=ev.stage, file=sys.stderr, dynamic_ncols=True,
                             **unit)  # fmt: skip
         if self.bar is not None:
             self.bar.update(ev.done - self.bar.n)

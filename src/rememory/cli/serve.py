@@ -156,7 +156,7 @@ def serve(
         _run_uvicorn(app, sock, log_level=log_level, banner=banner)
 
 
-def _run_uvicorn(app: object, sock: socket.socket, *, log_level: str, banner: str) -> None:
+def _run_uvicorn(app: Any, sock: socket.socket, *, log_level: str, banner: str) -> None:
     import uvicorn
 
     class Server(uvicorn.Server):

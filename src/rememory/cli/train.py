@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +31,7 @@ def train(ctx: click.Context, file: str, namespace: str, replace: bool) -> None:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=ev.bytes_total, unit="B", unit_scale=True, unit_divisor=1024, desc="training",
-                       file=click.get_text_stream("stderr"), dynamic_ncols=True)  # fmt: skip
+                       file=sys.stderr, dynamic_ncols=True)  # fmt: skip
         bar.update(ev.bytes_done - bar.n)
         bar.set_postfix_str(f"{ev.cells_done}/{ev.cells_total} episodes")
 

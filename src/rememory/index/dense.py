@@ -7,6 +7,8 @@ so memory stays near 2 bytes per dimension per key and no cell weights are ever 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..quant import quantize_int8
@@ -23,7 +25,7 @@ class DenseIndex:
         self._q8 = np.zeros((0, dim), dtype=np.int8)  # (n, dim) quantised keys
         self._scale = np.zeros(0, dtype=np.float32)  # (n,) per-key scale to unit norm
         self._f32: np.ndarray | None = None  # exact path: (n, dim) float32, built lazily
-        self._hnsw = None
+        self._hnsw: Any = None  # a usearch Index once built or mapped
         self._hnsw_is_view = False  # a memory-mapped snapshot graph: copied into memory before any change
 
     def add(self, q8: np.ndarray, scales: np.ndarray) -> None:

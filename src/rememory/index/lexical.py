@@ -229,7 +229,7 @@ def _window_sum(x: np.ndarray, w: int) -> np.ndarray:
 def _window_sum_cum(c: np.ndarray, w: int, dtype: type = np.float64) -> np.ndarray:
     """Window sums from the prefix sums ``c`` (n + 1,) of a series: slot s sums s - w .. s + w, clipped."""
     n = c.size - 1
-    out = np.empty(n, dtype=dtype)
+    out: np.ndarray = np.empty(n, dtype=dtype)
     a, b = min(w, n), max(n - w - 1, 0)  # slots before a clip at the start, slots from b + 1 at the end
     if a <= b:
         np.subtract(c[a + w + 1 : b + w + 2], c[a - w : b - w + 1], out=out[a : b + 1], casting="unsafe")

@@ -15,6 +15,7 @@ rebuilt without it), and ``forget`` discards the namespace's snapshot under the 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -24,7 +25,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -79,7 +80,11 @@ def _atomic(target: Path, write: Callable[[str], object]) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _save_npy(path: str, arr: np.ndarray) -> None:
+def _save_graph(graph: Any, path: str) -> None:
+    graph.save(path)
+
+
+def _save_array(arr: np.ndarray, path: str) -> None:
     with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to a path
         np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
 
@@ -100,16 +105,16 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
         rowids[slot] = rowid
     live = lex.alive
     keep = live[lex._doc]  # postings of live slots only: a forgotten episode's tokens never reach the disk
-    big = {"tok": lex._tok[keep], "doc": lex._doc[keep], "tf": lex._tf[keep]}
+    big: dict[str, np.ndarray] = {"tok": lex._tok[keep], "doc": lex._doc[keep], "tf": lex._tf[keep]}
     for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
         big[f"{name}_q8"] = np.where(live[:, None], dense._q8, 0).astype(np.int8)
         big[f"{name}_scale"] = np.where(live, dense._scale, 0).astype(dense._scale.dtype)
     for name, arr in big.items():
-        _atomic(_part(stem, version, f"{name}.npy"), lambda p, a=arr: _save_npy(p, a))
+        _atomic(_part(stem, version, f"{name}.npy"), functools.partial(_save_array, arr))
     if idx.own.ann:
         for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
             graph = dense._graph() if dense.alive.all() else _live_graph(dense)
-            _atomic(_part(stem, version, f"{name}.usearch"), lambda p, g=graph: g.save(str(p)))
+            _atomic(_part(stem, version, f"{name}.usearch"), functools.partial(_save_graph, graph))
     ids = [i if live[s] else "" for s, i in enumerate(idx.ids)]
     manifest = {
         "format": np.array([FORMAT]),
@@ -126,7 +131,7 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
 
     def write_manifest(p: str) -> None:
         with open(p, "wb") as fh:  # a file object: np.savez would append ".npz" to a path
-            np.savez(fh, **manifest)
+            np.savez(fh, **cast(dict[str, Any], manifest))
 
     _atomic(stem.with_suffix(".npz"), write_manifest)
     stale = [p for p in directory.glob(f"{stem.name}-*") if not p.name.startswith(f"{stem.name}-{version}.")]

@@ -164,7 +164,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "The request body could not be read: send UTF-8 JSON with `Content-Type: application/json`."
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}. See /docs for the allowed methods."
-        return error_response(exc.status_code, message, type=getattr(exc, "type", None), headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, message, type=getattr(exc, "type", None), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

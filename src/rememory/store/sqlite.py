@@ -420,7 +420,7 @@ class Store:
         """The stored artifact of each row, by rowid; a row whose data is damaged maps to an IntegrityError."""
         out: dict[int, Artifact | IntegrityError] = {}
         by_file: dict[str, list[tuple[Row, dict[str, Any], shards.Spans]]] = {}
-        located: dict[int, tuple[Any, ...]] = {}
+        located: dict[int, tuple[Any, ...]] = {}  # rowid -> (rowid, cell, spans, shard file)
         ids = [r.rowid for r in rows]
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
@@ -432,10 +432,11 @@ class Store:
             ):
                 located[int(t[0])] = t
         for r in rows:
-            t = located.get(r.rowid)
-            if t is None:  # forgotten meanwhile
+            found = located.get(r.rowid)
+            if found is None:  # forgotten meanwhile
                 out[r.rowid] = IntegrityError(f"the memory {r.id!r} was deleted while being read", ids=[r.id])
                 continue
+            t = found
             try:
                 if t[3] is None:
                     raise ValueError("its shard is not in the shard table")
