@@ -82,8 +82,8 @@ class LocalChatModel:
 
     Generation is serialised by a lock: one request runs at a time.
 
-    >>> model = LocalChatModel()  # the bundled SmolLM2-135M-Instruct
-    >>> model.generate([{"role": "user", "content": "Say hi"}], max_tokens=8).finish_reason
+    >>> model = LocalChatModel()  # the bundled SmolLM2-135M-Instruct  # doctest: +SKIP
+    >>> model.generate([{"role": "user", "content": "Say hi"}], max_tokens=8).finish_reason  # doctest: +SKIP
     'length'
     """
 
@@ -235,7 +235,7 @@ def create_local_app(model: LocalChatModel, *, on_request: Callable[[dict[str, A
     (``stop``, ``tools``, ``response_format``...) and ``n`` > 1 are rejected. ``on_request`` is
     called with each accepted request body (tests use it to see what the model received).
 
-    >>> app = create_local_app(LocalChatModel())
+    >>> app = create_local_app(LocalChatModel())  # doctest: +SKIP
     """
     app = FastAPI(title="ReMemory local model", version="1")
     app.router.route_class = OpenAIErrorRoute  # the proxy's body rules and error shape
@@ -325,7 +325,7 @@ def _prepend(first: str | Generation, rest: Iterator[str | Generation]) -> Itera
 class BackgroundServer:
     """Serve an ASGI app with uvicorn on ``host`` in a daemon thread (``port=0``: a free port).
 
-    >>> with BackgroundServer(app) as server:
+    >>> with BackgroundServer(app) as server:  # doctest: +SKIP
     ...     openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
     """
 

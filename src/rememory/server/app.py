@@ -78,7 +78,7 @@ def create_app(
     ``max_jobs_per_tenant`` training jobs queued or running (429 past it).
 
     >>> import uvicorn
-    >>> uvicorn.run(create_app(Memory("memories")), host="127.0.0.1", port=8765)
+    >>> uvicorn.run(create_app(Memory("memories")), host="127.0.0.1", port=8765)  # doctest: +SKIP
     """
     if max_body_bytes < 1:
         raise ConfigError(f"max_body_bytes must be at least 1, got {max_body_bytes}.")

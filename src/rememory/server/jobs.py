@@ -73,10 +73,14 @@ class JobRunner:
 
     Finished jobs are kept (newest ``keep`` of them) so that clients can read their outcome.
 
+    >>> from rememory.episodes import validate_many
     >>> runner = JobRunner(memory)
+    >>> episodes = validate_many([{"keywords": "tea", "text": "Green tea at noon."}], namespace="alice",
+    ...                          max_text_bytes=memory.max_text_bytes)
     >>> job = runner.submit(episodes, namespace="alice")
-    >>> runner.get(job.id, namespace="alice").status
-    'queued'
+    >>> job.done.wait(120) and runner.get(job.id, namespace="alice").status
+    'succeeded'
+    >>> runner.close()
     """
 
     def __init__(self, memory: Memory, *, keep: int = 1000, max_queued: int = 1000, max_per_namespace: int = 8):
