@@ -158,7 +158,7 @@ def test_chat_command_remembers_across_sessions(store: Path, upstream, embedder)
     assert "(remembering this exchange as chat-" in first.stderr
     answer, listing = re.split(r"\d+ memor(?:y|ies) injected last turn:", first.stdout)
     assert answer.strip()  # the model's answer, then the /memories listing
-    assert "zoe-bees  similarity=" in listing and "time=2025-06-01T10:00:00+00:00" in listing and ZOE in listing
+    assert "zoe-bees  relevance=" in listing and "time=2025-06-01T10:00:00+00:00" in listing and ZOE in listing
     assert ZOE in seen[-1]["messages"][0]["content"]
     with Memory(store, embedder=embedder) as mem:
         (episode,) = [e for e in mem.list() if e.id.startswith("chat-")]  # stored before the command exited
@@ -170,7 +170,7 @@ def test_chat_command_remembers_across_sessions(store: Path, upstream, embedder)
     assert second.stdout.startswith("No turn yet")
     assert "/memories  show the episodes" in second.stderr and "Unknown command '/nope'" in second.stderr
     injected = second.stdout.rsplit("injected last turn:", 1)[1]
-    assert injected.index(f"{episode.id}  similarity=") < injected.index("zoe-bees")  # last session's, first
+    assert injected.index(f"{episode.id}  relevance=") < injected.index("zoe-bees")  # last session's, first
 
     assert "Kiwi can whistle the Moonlight Sonata" in seen[-1]["messages"][0]["content"]
     assert "remembering" not in second.stderr
@@ -210,6 +210,6 @@ def test_chat_local_runs_the_bundled_model(store: Path, upstream, embedder, monk
     )
     assert result.exit_code == 0, result.output
     assert "Loading the local model" in result.stderr and "(remembering this exchange as chat-" in result.stderr
-    assert "zoe-bees  similarity=" in result.stdout
+    assert "zoe-bees  relevance=" in result.stdout
     with Memory(store, embedder=embedder) as mem:
         assert mem.count() == 2  # stored before the command returned

