@@ -113,3 +113,28 @@ def test_read_only_refuses_writes(new_postgres_url, embedder) -> None:
             ro.forget("van")
     with pytest.raises(StoreError, match="Open it once for writing"):
         Memory(new_postgres_url(), embedder=embedder, read_only=True)
+
+
+def test_a_refused_open_leaves_no_connection_behind(new_postgres_url, embedder) -> None:
+    from rememory.embed import Embedder
+    from rememory.errors import EmbedderMismatchError
+
+    url = new_postgres_url()
+    with Memory(url, embedder=embedder) as mem:
+        mem.add_many(EPISODES[:1])
+
+    class Other(Embedder):
+        id = "other-model"
+        dim = 384
+
+        def embed_batch(self, texts):
+            raise AssertionError("must not be used")
+
+    with pytest.raises(EmbedderMismatchError):
+        Memory(url, embedder=Other())
+    db = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(url) as conn:
+        others = conn.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db,)
+        ).fetchone()[0]
+    assert others == 0

@@ -356,7 +356,7 @@ def _run(
         stored = mem.count(ns)
         if stored != len(eps):
             raise ConfigError(
-                f"Namespace {ns!r} of {mem.path} holds {stored} episodes, but the evaluation set puts "
+                f"Namespace {ns!r} of {mem.location} holds {stored} episodes, but the evaluation set puts "
                 f"{len(eps)} there: the store is not fresh. Evaluate on a new, empty store."
             )
     build_s = time.perf_counter() - start

@@ -68,12 +68,16 @@ class Memory:
         self.path = resolve_store_path(path)
         self.read_only = read_only
         self._store = open_store(self.path, busy_timeout=busy_timeout, read_only=read_only)
-        bound = self._store.embedder_info()
-        if embedder is None and bound is not None:
-            embedder = bound[0]  # reopen with the model the store was built with
-        self._embedder = load_embedder(embedder)
-        if bound is not None and bound[0] != self._embedder.id:
-            raise mismatch(self.path, bound[0], bound[1], self._embedder.id, None)
+        try:
+            bound = self._store.embedder_info()
+            if embedder is None and bound is not None:
+                embedder = bound[0]  # reopen with the model the store was built with
+            self._embedder = load_embedder(embedder)
+            if bound is not None and bound[0] != self._embedder.id:
+                raise mismatch(self.location, bound[0], bound[1], self._embedder.id, None)
+        except BaseException:
+            self._store.close()  # a refused open leaves no connection (or pool) behind
+            raise
         self._engine: MemoryEngine = MlpCellEngine(cell_config)
         self.ranking = ranking or RankingConfig()
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
@@ -81,6 +85,11 @@ class Memory:
         self._indexes: dict[str, NamespaceIndex] = {}
         self._snapshot_dir = self._store.snapshot_dir
         self._index_lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages: its directory, or its URL without the password."""
+        return self._store.location
 
     # --- lifecycle ---
 
@@ -372,7 +381,7 @@ class Memory:
             return []
         q = self._embedder.embed(query)
         if q.shape[0] != idx.dim:
-            raise mismatch(self.path, "?", idx.dim, self._embedder.id, q.shape[0])
+            raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
         scored = idx.search(q, idx.lexical(token_hashes(query)), top_k)
         # The index is a cache: every hit is checked against its store row in this namespace
         # before anything is decoded (a concurrent forget, or a tampered snapshot, yields nothing).

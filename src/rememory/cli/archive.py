@@ -73,4 +73,4 @@ def import_command(ctx: click.Context, file: str) -> None:
     finally:
         bars.close()
         mem.close()
-    click.echo(f"Imported {rep.imported} memories into {mem.path} ({rep.skipped} already there).", err=True)
+    click.echo(f"Imported {rep.imported} memories into {mem.location} ({rep.skipped} already there).", err=True)

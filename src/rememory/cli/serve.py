@@ -133,7 +133,7 @@ def serve(
         keys = None if no_auth else stack.enter_context(KeyStore.for_store(memory.path))
         if keys is not None and not keys.list():
             click.echo(
-                f"No API keys yet, so every request will get 401. Create one: rememory --store {memory.path} "
+                f"No API keys yet, so every request will get 401. Create one: rememory --store {memory.location} "
                 "keys create NAME",
                 err=True,
             )

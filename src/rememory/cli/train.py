@@ -41,7 +41,7 @@ def train(ctx: click.Context, file: str, namespace: str, replace: bool) -> None:
         if bar is not None:
             bar.close()
         mem.close()
-    click.echo(f"Stored {len(ids)} episodes in {mem.path} ({_namespaces(items, namespace)}).", err=True)
+    click.echo(f"Stored {len(ids)} episodes in {mem.location} ({_namespaces(items, namespace)}).", err=True)
 
 
 def _namespaces(items: list[Any], default: str) -> str:
