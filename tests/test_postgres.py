@@ -130,8 +130,9 @@ def test_a_refused_open_leaves_no_connection_behind(new_postgres_url, embedder) 
         def embed_batch(self, texts):
             raise AssertionError("must not be used")
 
-    with pytest.raises(EmbedderMismatchError):
+    with pytest.raises(EmbedderMismatchError) as refused:
         Memory(url, embedder=Other())
+    assert refused.traceback  # still held: the half-made Memory is not garbage yet, so only close() can free it
     db = urlsplit(url).path.lstrip("/")
     with psycopg.connect(url) as conn:
         others = conn.execute(
