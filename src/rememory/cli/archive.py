@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
-from tqdm import tqdm
 
-from ..archive import ArchiveProgress, read_manifest
+from ..archive import read_manifest
 from ..memory import Memory
 from .common import open_memory
+from .progress import StageBars
 
 _LABELS = {"export": "exporting", "verify": "checking", "import": "importing"}
-
-
-class _Bars:
-    """One progress bar per phase on stderr (the data goes to files, never to stdout)."""
-
-    def __init__(self) -> None:
-        self.bar: tqdm | None = None
-        self.phase = ""
-
-    def __call__(self, ev: ArchiveProgress) -> None:
-        if ev.phase != self.phase:
-            self.close()
-            self.phase = ev.phase
-            self.bar = tqdm(total=ev.total, unit="ep", desc=_LABELS.get(ev.phase, ev.phase),
-                            file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-        assert self.bar is not None
-        self.bar.total = ev.total
-        self.bar.update(ev.done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 @click.command()
@@ -47,10 +22,10 @@ class _Bars:
 @click.pass_context
 def export(ctx: click.Context, file: str, namespace: str | None, fmt: str) -> None:
     """Write the store (or one namespace) to FILE. Never writes to the store."""
-    bars = _Bars()
+    bars = StageBars(labels=_LABELS, unit="ep")
     with open_memory(ctx, read_only=True) as mem:
         try:
-            rep = mem.export(file, namespace=namespace, format=fmt, progress=bars)
+            rep = mem.export(file, namespace=namespace, format=fmt, progress=bars.on)
         finally:
             bars.close()
     what = "episodes" if fmt == "jsonl" else "memories"
@@ -67,9 +42,9 @@ def import_command(ctx: click.Context, file: str) -> None:
     if ctx.obj["embedder"] is None and manifest.embedder and len(mem) == 0 and mem.embedder.id != manifest.embedder:
         mem.close()  # an empty store takes the archive's embedder
         mem = Memory(ctx.obj["store"], embedder=manifest.embedder)
-    bars = _Bars()
+    bars = StageBars(labels=_LABELS, unit="ep")
     try:
-        rep = mem.import_archive(file, progress=bars)
+        rep = mem.import_archive(file, progress=bars.on)
     finally:
         bars.close()
         mem.close()

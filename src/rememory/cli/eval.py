@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from dataclasses import fields
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..evaluate import EvalProgress, EvalReport, evaluate, load_eval_episodes, load_queries_file
+from ..evaluate import EvalReport, evaluate, load_eval_episodes, load_queries_file
 from ..index.config import RankingConfig
 from ..memory import Memory
+from .progress import BYTES, StageBars
 
 
 def _parse_value(key: str, raw: str, default: object) -> object:
@@ -68,29 +67,6 @@ def render_report(report: EvalReport) -> str:
              f"retrieved, embedder {report.embedder})")  # fmt: skip
     timing = f"build {report.build_s:.1f} s, recall {1000 * report.recall_s / max(report.queries, 1):.1f} ms/query"
     return "\n".join([title, "", *lines, "", timing]) + "\n"
-
-
-class _Bars:
-    """One tqdm bar per evaluation stage, on stderr."""
-
-    def __init__(self) -> None:
-        self.bar: tqdm | None = None
-        self.stage = ""
-
-    def __call__(self, ev: EvalProgress) -> None:
-        if ev.stage != self.stage:
-            self.close()
-            self.stage = ev.stage
-            unit = {"unit": "B", "unit_scale": True, "unit_divisor": 1024} if ev.stage == "train" else {"unit": "q"}
-            self.bar = tqdm(total=ev.total, desc=ev.stage, file=sys.stderr, dynamic_ncols=True,
-                            **unit)  # fmt: skip
-        if self.bar is not None:
-            self.bar.update(ev.done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 @click.command()
@@ -147,13 +123,13 @@ def eval_command(ctx: click.Context, episodes_file: str, queries_file: str, pool
         kept = Path(keep_store)
         if kept.exists() and any(kept.iterdir()):
             raise ConfigError(f"--keep-store {kept} is not empty; give a new or empty directory.")
-    bars = _Bars()
+    bars = StageBars(units={"train": BYTES}, unit="q")
     with tempfile.TemporaryDirectory(prefix="rememory-eval-") as tmp:
         path = Path(keep_store) if keep_store is not None else Path(tmp) / "store"
         try:
             report = evaluate(
                 lambda: Memory(path, embedder=ctx.obj["embedder"], ranking=config),
-                episodes, queries, pool_by_id_prefix=pool_by_id_prefix, top_k=top_k_max, progress=bars,
+                episodes, queries, pool_by_id_prefix=pool_by_id_prefix, top_k=top_k_max, progress=bars.on,
             )  # fmt: skip
         finally:
             bars.close()
