@@ -53,8 +53,8 @@ def test_round_trip(tmp_path: Path) -> None:
     # and again after reopening
     store = Store(tmp_path / "s")
     assert store.count() == 2
-    _, keys = store.keys("default")
-    assert keys.shape == (2, EMB[1])
+    index_rows = store.index_rows(store.namespace_rowids("default").tolist())
+    assert [r.key.shape for r in index_rows] == [(EMB[1],)] * 2 and all(r.damage is None for r in index_rows)
     assert store.count("other") == 0
 
 

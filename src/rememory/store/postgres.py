@@ -31,19 +31,13 @@ import numpy as np
 
 from ..engine import Artifact
 from ..errors import ConfigError, IntegrityError, StoreBusyError, StoreError
-from ..integrity import DIGEST_SIZE
 from . import shards
-from .base import build_index_row, check_duplicate, mismatch
-from .records import Damage, IndexRow, NewEpisode, Row, SizeReport
+from .base import check_duplicate, mismatch
+from .records import NewEpisode, Row, SizeReport
+from .sql import ROW_COLS, SQLReads, row
 
 SCHEMA = "rememory"
 _LOCK_ID = 0x72656D656D6F7279  # "rememory": the advisory lock that serialises migrations
-_ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
-_INDEX_SQL = (
-    "SELECT e.rowid, e.id, e.key, e.key_scale, COALESCE(e.ctx_key, e.key), COALESCE(e.ctx_key_scale, e.key_scale),"
-    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
-)
-
 _M001_INITIAL = (
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
     "INSERT INTO meta(key, value) VALUES ('generation', '0')",
@@ -176,7 +170,7 @@ def pg_migrate(conn: Any, url: str, *, read_only: bool) -> None:
             )
 
 
-class PostgresStore:
+class PostgresStore(SQLReads):
     """A :class:`~rememory.store.base.MemoryStore` in PostgreSQL (with pgvector), shared by any number of replicas."""
 
     def __init__(self, url: str, *, busy_timeout: float = 30.0, read_only: bool = False, pool_size: int = 8):
@@ -250,16 +244,11 @@ class PostgresStore:
                 conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation'")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        # Shared statements (rememory.store.sql) write `?`; psycopg wants `%s`. No statement holds a literal `?`.
         with self._conn() as conn:
-            return list(conn.execute(sql, params).fetchall())
+            return list(conn.execute(sql.replace("?", "%s"), params).fetchall())
 
     # --- embedder bookkeeping ---
-
-    def embedder_info(self) -> tuple[str, int] | None:
-        rows = dict(self._read("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')"))
-        if "embedder" not in rows:
-            return None
-        return rows["embedder"], int(rows["dim"])
 
     def bind_embedder(self, embedder_id: str, dim: int) -> None:
         with self._write() as conn:
@@ -271,9 +260,6 @@ class PostgresStore:
                 )
             elif rows["embedder"] != embedder_id or int(rows["dim"]) != dim:
                 raise mismatch(self.location, rows["embedder"], int(rows["dim"]), embedder_id, dim)
-
-    def generation(self) -> int:
-        return int(self._read("SELECT value FROM meta WHERE key = 'generation'")[0][0])
 
     # --- writes ---
 
@@ -301,10 +287,10 @@ class PostgresStore:
                 ep = item.episode
                 # Row-locked: a concurrent add of the same id on another replica waits here, then sees it.
                 got = conn.execute(
-                    f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s AND id = %s FOR UPDATE",
+                    f"SELECT {ROW_COLS} FROM episodes WHERE namespace = %s AND id = %s FOR UPDATE",
                     (ep.namespace, ep.id),
                 ).fetchone()
-                old = _row(got) if got is not None else None
+                old = row(got) if got is not None else None
                 if not check_duplicate(old, ep, item.digest, replace=replace):
                     continue
                 if old is not None:
@@ -345,43 +331,6 @@ class PostgresStore:
 
     # --- reads ---
 
-    def rows(self, namespace: str, ids: Sequence[str]) -> dict[str, Row]:
-        if not ids:
-            return {}
-        got = self._read(
-            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s AND id = ANY(%s)", (namespace, list(ids))
-        )
-        return {r.id: r for r in map(_row, got)}
-
-    def iter_rows(self, namespace: str | None = None, batch: int = 1000) -> Iterator[list[Row]]:
-        last = 0
-        while True:
-            if namespace is None:
-                got = self._read(f"SELECT {_ROW_COLS} FROM episodes WHERE rowid > %s ORDER BY rowid LIMIT %s",
-                                 (last, batch))  # fmt: skip
-            else:
-                got = self._read(
-                    f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s AND rowid > %s ORDER BY rowid LIMIT %s",
-                    (namespace, last, batch),
-                )
-            if not got:
-                return
-            last = int(got[-1][0])
-            yield [_row(t) for t in got]
-
-    def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
-        got = self._read(
-            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s ORDER BY rowid LIMIT %s OFFSET %s",
-            (namespace, limit, offset),
-        )
-        return [_row(t) for t in got]
-
-    def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]:
-        got = self._read(
-            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = %s ORDER BY rowid DESC LIMIT %s", (namespace, limit)
-        )
-        return [_row(t) for t in got]
-
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]:
         out: dict[int, Artifact | IntegrityError] = {}
         if not rows:
@@ -407,42 +356,6 @@ class PostgresStore:
                 continue
             out[r.rowid] = Artifact(r.engine, cfg, streams)
         return out
-
-    def namespace_rowids(self, namespace: str) -> np.ndarray:
-        got = self._read("SELECT rowid FROM episodes WHERE namespace = %s ORDER BY rowid", (namespace,))
-        return np.array([g[0] for g in got], dtype=np.int64)
-
-    def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
-        if len(rowids) == 0:
-            return []
-        got = self._read(f"{_INDEX_SQL} WHERE e.rowid = ANY(%s) ORDER BY e.rowid", ([int(r) for r in rowids],))
-        return [build_index_row(_bytes7(t), t[7]) for t in got]
-
-    def damaged(self, namespace: str | None = None) -> list[Damage]:
-        found: list[Damage] = []
-        last = 0
-        while True:
-            if namespace is None:
-                got = self._read(f"{_INDEX_SQL} WHERE e.rowid > %s ORDER BY e.rowid LIMIT 2000", (last,))
-            else:
-                got = self._read(f"{_INDEX_SQL} WHERE e.rowid > %s AND e.namespace = %s ORDER BY e.rowid LIMIT 2000",
-                                 (last, namespace))  # fmt: skip
-            if not got:
-                return found
-            last = int(got[-1][0])
-            for t in got:
-                reason = build_index_row(_bytes7(t), t[7]).damage
-                if reason is None and (t[9] is None or len(t[9]) != DIGEST_SIZE):
-                    reason = "its digest is not a 16-byte BLAKE2b digest"
-                if reason is None and (not isinstance(t[10], int) or t[10] < 0):
-                    reason = f"its text length {t[10]!r} is not a byte count"
-                if reason is not None:
-                    found.append(Damage(t[8], t[1], reason))
-
-    def count(self, namespace: str | None = None) -> int:
-        if namespace is None:
-            return int(self._read("SELECT COUNT(*) FROM episodes")[0][0])
-        return int(self._read("SELECT COUNT(*) FROM episodes WHERE namespace = %s", (namespace,))[0][0])
 
     def size_report(self, namespace: str | None = None) -> SizeReport:
         where, params = ("WHERE namespace = %s", (namespace,)) if namespace is not None else ("", ())
@@ -505,18 +418,6 @@ class PostgresKeys:
 
 class _NothingToCommitError(Exception):
     """Rolls back a batch whose every episode was already stored (no generation change)."""
-
-
-def _row(t: Sequence[Any]) -> Row:
-    return Row(
-        rowid=int(t[0]), id=str(t[1]), namespace=str(t[2]), keywords=str(t[3]), time=t[4],
-        created_at=int(t[5]), n_bytes=int(t[6]), digest=bytes(t[7]), digest_format=int(t[8]), engine=str(t[9]),
-    )  # fmt: skip
-
-
-def _bytes7(t: Sequence[Any]) -> tuple[Any, ...]:
-    """The first seven index columns, with PostgreSQL's memoryviews as bytes."""
-    return tuple(bytes(v) if isinstance(v, memoryview) else v for v in t[:7])
 
 
 def _vector_text(vec: np.ndarray) -> str:

@@ -29,11 +29,11 @@ import numpy as np
 from ..engine import Artifact
 from ..errors import IntegrityError, StoreBusyError, StoreError
 from ..fsutil import FILE_MODE, private_dir, private_file, tighten
-from ..integrity import DIGEST_SIZE
 from . import shards
-from .base import build_index_row, check_duplicate, mismatch
+from .base import check_duplicate, mismatch
 from .migrations import MIGRATIONS, check_version, migrate
-from .records import Damage, IndexRow, NewEpisode, Row, SizeReport
+from .records import NewEpisode, Row, SizeReport
+from .sql import ROW_COLS, SQLReads, row
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +43,6 @@ SNAPSHOT_DIR = "index"  # the recall index's snapshots (a cache, see rememory.in
 _ORPHAN_AGE_S = 3600.0  # a pending shard this old cannot belong to a commit in flight
 _SQLITE_FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm")
 
-# What the recall index reads, with the key dimension of the embedder that made the row.
-_INDEX_SQL = (
-    "SELECT e.rowid, e.id, e.key, e.key_scale, COALESCE(e.ctx_key, e.key), COALESCE(e.ctx_key_scale, e.key_scale),"
-    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
-)
-_ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
 
 
 def damaged_store_error(path: Path, problem: str) -> StoreError:
@@ -60,7 +54,7 @@ def damaged_store_error(path: Path, problem: str) -> StoreError:
     )
 
 
-class Store:
+class Store(SQLReads):
     """SQLite + shard files under one directory. Safe for several threads and processes.
 
     ``read_only`` opens an existing store without writing anything to it: no migration, no
@@ -224,12 +218,6 @@ class Store:
 
     # --- embedder bookkeeping ---
 
-    def embedder_info(self) -> tuple[str, int] | None:
-        rows = dict(self._read("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')"))
-        if "embedder" not in rows:
-            return None
-        return rows["embedder"], int(rows["dim"])
-
     def bind_embedder(self, embedder_id: str, dim: int) -> None:
         """Record the store's embedder on first use; refuse a different one afterwards."""
         with self._write() as db:
@@ -238,9 +226,6 @@ class Store:
                 db.execute("INSERT INTO meta(key, value) VALUES ('embedder', ?), ('dim', ?)", (embedder_id, str(dim)))
             elif rows["embedder"] != embedder_id or int(rows["dim"]) != dim:
                 raise mismatch(self.path, rows["embedder"], int(rows["dim"]), embedder_id, dim)
-
-    def generation(self) -> int:
-        return int(self._read("SELECT value FROM meta WHERE key = 'generation'")[0][0])
 
     # --- writes ---
 
@@ -274,9 +259,9 @@ class Store:
                 for item, art, sp in zip(items, artifacts, spans):
                     ep = item.episode
                     got = db.execute(
-                        f"SELECT {_ROW_COLS}, shard FROM episodes WHERE namespace = ? AND id = ?", (ep.namespace, ep.id)
+                        f"SELECT {ROW_COLS}, shard FROM episodes WHERE namespace = ? AND id = ?", (ep.namespace, ep.id)
                     ).fetchone()
-                    old = _row(got) if got is not None else None
+                    old = row(got) if got is not None else None
                     if not check_duplicate(old, ep, item.digest, replace=replace):
                         continue
                     if old is not None:
@@ -376,46 +361,6 @@ class Store:
 
     # --- reads ---
 
-    def rows(self, namespace: str, ids: Sequence[str]) -> dict[str, Row]:
-        """The rows of ``ids`` in ``namespace`` (ids stored elsewhere are simply absent)."""
-        out: dict[str, Row] = {}
-        for i in range(0, len(ids), 500):
-            chunk = list(ids[i : i + 500])
-            marks = ",".join("?" * len(chunk))
-            for t in self._read(
-                f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = ? AND id IN ({marks})", [namespace, *chunk]
-            ):
-                r = _row(t)
-                out[r.id] = r
-        return out
-
-    def iter_rows(self, namespace: str | None = None, batch: int = 1000) -> Iterator[list[Row]]:
-        last = 0
-        while True:
-            where = "rowid > ?" + (" AND namespace = ?" if namespace is not None else "")
-            params: list[object] = [last] + ([namespace] if namespace is not None else [])
-            sql = f"SELECT {_ROW_COLS} FROM episodes WHERE {where} ORDER BY rowid LIMIT {int(batch)}"
-            got = self._read(sql, params)
-            if not got:
-                return
-            last = got[-1][0]
-            yield [_row(t) for t in got]
-
-    def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
-        """A page of a namespace's episodes, oldest first."""
-        got = self._read(
-            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid LIMIT ? OFFSET ?",
-            (namespace, limit, offset),
-        )
-        return [_row(t) for t in got]
-
-    def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]:
-        """The namespace's newest episodes, newest first."""
-        got = self._read(
-            f"SELECT {_ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid DESC LIMIT ?", (namespace, limit)
-        )
-        return [_row(t) for t in got]
-
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]:
         """The stored artifact of each row, by rowid; a row whose data is damaged maps to an IntegrityError."""
         out: dict[int, Artifact | IntegrityError] = {}
@@ -464,55 +409,6 @@ class Store:
                     out[r.rowid] = Artifact(r.engine, cfg, streams)
         return out
 
-    def namespace_rowids(self, namespace: str) -> np.ndarray:
-        """Row ids of a namespace in insertion order (the recall index's slot order)."""
-        got = self._read("SELECT rowid FROM episodes WHERE namespace = ? ORDER BY rowid", (namespace,))
-        return np.array([g[0] for g in got], dtype=np.int64)
-
-    def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
-        """The recall index's data for ``rowids``, in rowid order; a damaged row says why in ``damage``."""
-        out: list[IndexRow] = []
-        for i in range(0, len(rowids), 500):
-            chunk = [int(r) for r in rowids[i : i + 500]]
-            marks = ",".join("?" * len(chunk))
-            for t in self._read(f"{_INDEX_SQL} WHERE e.rowid IN ({marks})", chunk):
-                out.append(build_index_row(t[:7], t[7]))
-        out.sort(key=lambda r: r.rowid)
-        return out
-
-    def damaged(self, namespace: str | None = None) -> list[Damage]:
-        """Rows whose metadata cannot be used, found without decoding: bad keys, tokens, digests or sizes."""
-        where, params = ("AND e.namespace = ?", [namespace]) if namespace is not None else ("", [])
-        found: list[Damage] = []
-        last = 0
-        while True:
-            got = self._read(f"{_INDEX_SQL} WHERE e.rowid > ? {where} ORDER BY e.rowid LIMIT 2000", [last, *params])
-            if not got:
-                return found
-            last = got[-1][0]
-            for t in got:
-                reason = build_index_row(t[:7], t[7]).damage
-                if reason is None and (not isinstance(t[9], bytes) or len(t[9]) != DIGEST_SIZE):
-                    reason = "its digest is not a 16-byte BLAKE2b digest"
-                if reason is None and (not isinstance(t[10], int) or t[10] < 0):
-                    reason = f"its text length {t[10]!r} is not a byte count"
-                if reason is not None:
-                    found.append(Damage(t[8], t[1], reason))
-
-    def keys(self, namespace: str) -> tuple[list[str], np.ndarray]:
-        """All ids and dequantised key vectors (float32, (N, dim)) of a namespace."""
-        got = self._read("SELECT id, key, key_scale FROM episodes WHERE namespace = ? ORDER BY rowid", (namespace,))
-        if not got:
-            return [], np.zeros((0, 0), dtype=np.float32)
-        mat = np.frombuffer(b"".join(g[1] for g in got), dtype=np.int8).reshape(len(got), -1)
-        scales = np.array([g[2] for g in got], dtype=np.float32)
-        return [g[0] for g in got], mat.astype(np.float32) * scales[:, None]
-
-    def count(self, namespace: str | None = None) -> int:
-        if namespace is None:
-            return int(self._read("SELECT COUNT(*) FROM episodes")[0][0])
-        return int(self._read("SELECT COUNT(*) FROM episodes WHERE namespace = ?", (namespace,))[0][0])
-
     def size_report(self, namespace: str | None = None) -> SizeReport:
         """Episode, text, cell and on-disk byte counts for ``stats``.
 
@@ -549,17 +445,4 @@ class Store:
         return SizeReport(int(n), int(text_bytes), int(shard_bytes + meta_bytes), int(store_bytes), namespaces)
 
 
-def _row(t: Sequence[Any]) -> Row:
-    # Damaged values stay visibly wrong (not guessed): `damaged()` and the digest check report them.
-    return Row(
-        rowid=int(t[0]), id=str(t[1]), namespace=str(t[2]), keywords=str(t[3]),
-        time=t[4] if isinstance(t[4], str) else None, created_at=_int(t[5], 0), n_bytes=_int(t[6], -1),
-        digest=t[7] if isinstance(t[7], bytes) else b"", digest_format=_int(t[8], 0), engine=str(t[9]),
-    )  # fmt: skip
-
-
-def _int(v: Any, damaged: int) -> int:
-    return v if isinstance(v, int) else damaged
-
-
-__all__ = ["Damage", "IndexRow", "NewEpisode", "Row", "SizeReport", "Store", "check_duplicate", "mismatch"]
+__all__ = ["DB_NAME", "SHARD_DIR", "SNAPSHOT_DIR", "Store"]

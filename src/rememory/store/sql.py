@@ -1,0 +1,137 @@
+"""The read half of the store interface in portable SQL, shared by the SQLite and PostgreSQL stores.
+
+Both schemas keep the same ``episodes`` and ``embedders`` columns; only where the artifacts
+live differs (shard files, or a ``weights`` column). Statements here write their placeholders
+as ``?``; a backend's ``_read`` adapts them to its driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..integrity import DIGEST_SIZE
+from .base import build_index_row
+from .records import Damage, IndexRow, Row
+
+ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
+# What the recall index reads, with the key dimension of the embedder that made the row.
+INDEX_SQL = (
+    "SELECT e.rowid, e.id, e.key, e.key_scale, COALESCE(e.ctx_key, e.key), COALESCE(e.ctx_key_scale, e.key_scale),"
+    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
+)
+_CHUNK = 500  # ids per IN (...) list: far below SQLite's variable limit
+
+
+class SQLReads:
+    """Rows, pages, index rows, damage and counts; the backend provides ``_read``."""
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def embedder_info(self) -> tuple[str, int] | None:
+        """The embedder id and dimension every key of the store was made with (None before the first add)."""
+        rows = dict(self._read("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')"))
+        if "embedder" not in rows:
+            return None
+        return rows["embedder"], int(rows["dim"])
+
+    def generation(self) -> int:
+        """Advanced by every committed write: recall indexes sync when it moves."""
+        return int(self._read("SELECT value FROM meta WHERE key = 'generation'")[0][0])
+
+    def rows(self, namespace: str, ids: Sequence[str]) -> dict[str, Row]:
+        """The rows of ``ids`` in ``namespace`` (ids stored elsewhere are simply absent)."""
+        out: dict[str, Row] = {}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = list(ids[i : i + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            for t in self._read(f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? AND id IN ({marks})",
+                                [namespace, *chunk]):  # fmt: skip
+                r = row(t)
+                out[r.id] = r
+        return out
+
+    def iter_rows(self, namespace: str | None = None, batch: int = 1000) -> Iterator[list[Row]]:
+        last = 0
+        where = "rowid > ?" + (" AND namespace = ?" if namespace is not None else "")
+        sql = f"SELECT {ROW_COLS} FROM episodes WHERE {where} ORDER BY rowid LIMIT {int(batch)}"
+        while True:
+            got = self._read(sql, [last] + ([namespace] if namespace is not None else []))
+            if not got:
+                return
+            last = int(got[-1][0])
+            yield [row(t) for t in got]
+
+    def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
+        """A page of a namespace's episodes, oldest first."""
+        sql = f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid LIMIT ? OFFSET ?"
+        return [row(t) for t in self._read(sql, (namespace, limit, offset))]
+
+    def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]:
+        """The namespace's newest episodes, newest first."""
+        sql = f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid DESC LIMIT ?"
+        return [row(t) for t in self._read(sql, (namespace, limit))]
+
+    def namespace_rowids(self, namespace: str) -> np.ndarray:
+        """Row ids of a namespace in insertion order (the recall index's slot order)."""
+        got = self._read("SELECT rowid FROM episodes WHERE namespace = ? ORDER BY rowid", (namespace,))
+        return np.array([g[0] for g in got], dtype=np.int64)
+
+    def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
+        """The recall index's data for ``rowids``, in rowid order; a damaged row says why in ``damage``."""
+        out: list[IndexRow] = []
+        for i in range(0, len(rowids), _CHUNK):
+            chunk = [int(r) for r in rowids[i : i + _CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            out += [build_index_row(_blobs(t[:7]), t[7])
+                    for t in self._read(f"{INDEX_SQL} WHERE e.rowid IN ({marks})", chunk)]  # fmt: skip
+        out.sort(key=lambda r: r.rowid)
+        return out
+
+    def damaged(self, namespace: str | None = None) -> list[Damage]:
+        """Rows whose metadata cannot be used, found without decoding: bad keys, tokens, digests or sizes."""
+        where, params = ("AND e.namespace = ?", [namespace]) if namespace is not None else ("", [])
+        found: list[Damage] = []
+        last = 0
+        while True:
+            got = self._read(f"{INDEX_SQL} WHERE e.rowid > ? {where} ORDER BY e.rowid LIMIT 2000", [last, *params])
+            if not got:
+                return found
+            last = int(got[-1][0])
+            for t in got:
+                digest = _blobs(t[9:10])[0]
+                reason = build_index_row(_blobs(t[:7]), t[7]).damage
+                if reason is None and (not isinstance(digest, bytes) or len(digest) != DIGEST_SIZE):
+                    reason = "its digest is not a 16-byte BLAKE2b digest"
+                if reason is None and (not isinstance(t[10], int) or t[10] < 0):
+                    reason = f"its text length {t[10]!r} is not a byte count"
+                if reason is not None:
+                    found.append(Damage(t[8], t[1], reason))
+
+    def count(self, namespace: str | None = None) -> int:
+        if namespace is None:
+            return int(self._read("SELECT COUNT(*) FROM episodes")[0][0])
+        return int(self._read("SELECT COUNT(*) FROM episodes WHERE namespace = ?", (namespace,))[0][0])
+
+
+def row(t: Sequence[Any]) -> Row:
+    """A :class:`Row` from ``ROW_COLS``. Damaged values stay visibly wrong (not guessed): ``damaged()``
+    and the digest check report them."""
+    digest = _blobs(t[7:8])[0]
+    return Row(
+        rowid=int(t[0]), id=str(t[1]), namespace=str(t[2]), keywords=str(t[3]),
+        time=t[4] if isinstance(t[4], str) else None, created_at=_int(t[5], 0), n_bytes=_int(t[6], -1),
+        digest=digest if isinstance(digest, bytes) else b"", digest_format=_int(t[8], 0), engine=str(t[9]),
+    )  # fmt: skip
+
+
+def _int(v: Any, damaged: int) -> int:
+    return v if isinstance(v, int) else damaged
+
+
+def _blobs(values: Sequence[Any]) -> tuple[Any, ...]:
+    """Values with a driver's memoryviews as bytes."""
+    return tuple(bytes(v) if isinstance(v, memoryview) else v for v in values)
