@@ -34,7 +34,7 @@ from ..errors import ConfigError, IntegrityError, StoreBusyError, StoreError
 from . import shards
 from .base import check_duplicate, mismatch
 from .records import NewEpisode, Row, SizeReport
-from .sql import ROW_COLS, SQLReads, row
+from .sql import ROW_COLS, SQLReads, damaged_metadata, engine_config, row
 
 SCHEMA = "rememory"
 _LOCK_ID = 0x72656D656D6F7279  # "rememory": the advisory lock that serialises migrations
@@ -347,12 +347,10 @@ class PostgresStore(SQLReads):
                 out[r.rowid] = IntegrityError(f"the memory {r.id!r} was deleted while being read", ids=[r.id])
                 continue
             try:
-                cfg = json.loads(t[1])
-                if not isinstance(cfg, dict):
-                    raise ValueError(f"its engine config is a JSON {type(cfg).__name__}, not an object")
+                cfg = engine_config(t[1])
                 streams = _unpack(bytes(t[2]), bytes(t[3]))
             except (ValueError, TypeError) as exc:
-                out[r.rowid] = IntegrityError(f"the metadata of memory {r.id!r} is damaged ({exc})", ids=[r.id])
+                out[r.rowid] = damaged_metadata(r, exc)
                 continue
             out[r.rowid] = Artifact(r.engine, cfg, streams)
         return out

@@ -7,11 +7,13 @@ as ``?``; a backend's ``_read`` adapts them to its driver.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..errors import IntegrityError
 from ..integrity import DIGEST_SIZE
 from .base import build_index_row
 from .records import Damage, IndexRow, Row
@@ -126,6 +128,18 @@ def row(t: Sequence[Any]) -> Row:
         time=t[4] if isinstance(t[4], str) else None, created_at=_int(t[5], 0), n_bytes=_int(t[6], -1),
         digest=digest if isinstance(digest, bytes) else b"", digest_format=_int(t[8], 0), engine=str(t[9]),
     )  # fmt: skip
+
+
+def engine_config(raw: Any) -> dict[str, Any]:
+    """A stored engine config (JSON text) as a dict; ``ValueError`` names what is wrong with a damaged one."""
+    cfg = json.loads(raw)  # json.JSONDecodeError is a ValueError; a non-string is a TypeError
+    if not isinstance(cfg, dict):
+        raise ValueError(f"its engine config is a JSON {type(cfg).__name__}, not an object")
+    return cfg
+
+
+def damaged_metadata(r: Row, exc: Exception) -> IntegrityError:
+    return IntegrityError(f"the metadata of memory {r.id!r} is damaged ({exc})", ids=[r.id])
 
 
 def _int(v: Any, damaged: int) -> int:

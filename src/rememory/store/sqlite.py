@@ -33,7 +33,7 @@ from . import shards
 from .base import check_duplicate, mismatch
 from .migrations import MIGRATIONS, check_version, migrate
 from .records import NewEpisode, Row, SizeReport
-from .sql import ROW_COLS, SQLReads, row
+from .sql import ROW_COLS, SQLReads, damaged_metadata, engine_config, row
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ SHARD_DIR = "shards"
 SNAPSHOT_DIR = "index"  # the recall index's snapshots (a cache, see rememory.index.snapshot)
 _ORPHAN_AGE_S = 3600.0  # a pending shard this old cannot belong to a commit in flight
 _SQLITE_FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm")
-
 
 
 def damaged_store_error(path: Path, problem: str) -> StoreError:
@@ -385,12 +384,10 @@ class Store(SQLReads):
             try:
                 if t[3] is None:
                     raise ValueError("its shard is not in the shard table")
-                cfg = json.loads(t[1])
-                if not isinstance(cfg, dict):
-                    raise ValueError(f"its engine config is a JSON {type(cfg).__name__}, not an object")
+                cfg = engine_config(t[1])
                 sp = shards.decode_spans(bytes(t[2]))
-            except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-                out[r.rowid] = IntegrityError(f"the metadata of memory {r.id!r} is damaged ({exc})", ids=[r.id])
+            except (ValueError, TypeError) as exc:
+                out[r.rowid] = damaged_metadata(r, exc)
                 continue
             by_file.setdefault(t[3], []).append((r, cfg, sp))
         for file, group in by_file.items():
