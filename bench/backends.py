@@ -102,6 +102,9 @@ def _measure(where: Path | str, embedder, questions: list[str], extra: list[dict
 
 
 def main() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # what the `rememory` command runs with (see README, Threads): measure that
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--workdir", type=Path, required=True)

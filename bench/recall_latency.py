@@ -248,6 +248,9 @@ def render(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # what the `rememory` command runs with (see README, Threads): measure that
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,100000", help="comma-separated store sizes (episodes)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rememory-bench-recall"),

@@ -87,3 +87,19 @@ def test_shipped_model_needs_no_offline_switch_in_the_environment() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "(384,) False"
+
+
+@pytest.mark.model
+def test_batches_on_idle_cores_match_encode(embedder) -> None:
+    """Where torch's thread count leaves cores idle, batches run side by side: same vectors as encode()."""
+    import torch
+
+    from rememory.embed.sentence_transformers import _parallel_forward
+
+    texts = [f"note {i}: " + "word " * (i % 17) + "Сергей ремонтирует фургон 🚐" * (i % 3) for i in range(50)]
+    model = embedder._load()
+    before = torch.get_num_threads()
+    got = _parallel_forward(model, texts, 8, 3, embedder.dim)
+    want = model.encode(texts, batch_size=8, normalize_embeddings=True, show_progress_bar=False)
+    assert got.shape == (50, embedder.dim) and np.abs(got - want).max() < 1e-5
+    assert torch.get_num_threads() == before

@@ -108,6 +108,9 @@ class SentenceTransformerEmbedder(Embedder):
                 return _forward(model, list(texts))
             vecs = model.encode(list(texts), normalize_embeddings=True, show_progress_bar=False)
             return np.asarray(vecs, dtype=np.float32)
+        workers = _free_cores()
+        if workers > 1 and _plain_pipeline(model) and len(texts) > self._batch_size:
+            return _parallel_forward(model, list(texts), self._batch_size, workers, self.dim)
         vecs = model.encode(
             list(texts),
             batch_size=self._batch_size,
@@ -164,6 +167,40 @@ def _forward(model: Any, texts: list[str]) -> np.ndarray:
         vecs = model(model.preprocess(texts))["sentence_embedding"].float().numpy()
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
     return (vecs / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _free_cores() -> int:
+    """How many batches can run at once without oversubscribing the CPU at torch's current thread count."""
+    import torch
+
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, torch.get_num_threads())))
+
+
+def _parallel_forward(model: Any, texts: list[str], batch_size: int, workers: int, dim: int) -> np.ndarray:
+    """Embed many texts in length-sorted batches, ``workers`` batches at a time on Python threads.
+
+    torch's thread count is process-wide and never set here: where it leaves cores idle (the
+    CLI runs one thread per op, so that requests and training batches each get a core), the
+    batches use them side by side instead. Tokenizing stays on this thread: a fast tokenizer
+    must not be shared across threads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # as encode() does: less padding
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    features = [model.preprocess([texts[i] for i in chunk]) for chunk in chunks]
+    out = np.empty((len(texts), dim), dtype=np.float32)
+
+    def run(feats: Any) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return model(feats)["sentence_embedding"].float().numpy()  # (len(chunk), dim)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="rememory-embed") as pool:
+        for chunk, vecs in zip(chunks, pool.map(run, features)):
+            out[chunk] = vecs
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 def _outputs_to_float32(module: Any, inputs: Any, features: Any) -> Any:
