@@ -212,6 +212,12 @@ def _damage(case: str, good: Path, bad: Path) -> None:
         _rewrite(good, bad, edit_member=(archive.EPISODES, swap))
     elif case == "newer format version":
         _rewrite(good, bad, edit_manifest=lambda m: m.update(version=archive.VERSION + 1))
+    elif case == "deeply nested manifest":
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+            for name in src.namelist():
+                if name != archive.MANIFEST:
+                    dst.writestr(name, src.read(name))
+            dst.writestr(archive.MANIFEST, "[" * 100_000 + "]" * 100_000)
     elif case == "not an archive":
         bad.write_text('[{"keywords": "k", "text": "t"}]')
     elif case == "a member missing":
@@ -228,6 +234,7 @@ DAMAGE = {
     "wrong digest": "digest mismatch",
     "newer format version": "Upgrade rememory",
     "not an archive": "not a complete ZIP file",
+    "deeply nested manifest": "RecursionError",
     "a member missing": "arrays/000005.safetensors",
 }
 
@@ -314,6 +321,9 @@ def test_jsonl_reader_names_the_bad_line(tmp_path: Path) -> None:
         load_jsonl_file(path)
     path.write_text('{"keywords": "a", "text": "b"}\n[1, 2]\n')
     with pytest.raises(InvalidEpisodeError, match=r"line 2 holds a JSON list"):
+        load_jsonl_file(path)
+    path.write_text('{"keywords": "a", "text": "b"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(InvalidEpisodeError, match=r"line 2 nests JSON .* too deeply"):
         load_jsonl_file(path)
     path.write_text('[{"keywords": "a", "text": "b"}]')
     assert not is_jsonl(path)

@@ -363,8 +363,8 @@ def _manifest(zf: zipfile.ZipFile, path: Path) -> Manifest:
     raw = _read_member(zf, path, MANIFEST, None)
     try:
         m: Any = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _damaged(path, f"{MANIFEST} is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _damaged(path, f"{MANIFEST} is not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ArchiveError(
             f"{path} is not a rememory archive ({MANIFEST} does not name the format {FORMAT!r}). "
@@ -444,8 +444,9 @@ class ArchiveReader:
                     h.update(line)
                     try:
                         obj = json.loads(line.decode("utf-8"))
-                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                        raise _damaged(self.path, f"{EPISODES} line {no} is not valid JSON ({exc})") from None
+                    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                        raise _damaged(self.path, f"{EPISODES} line {no} is not valid JSON "
+                                                  f"({type(exc).__name__}: {exc})") from None  # fmt: skip
                     _want(isinstance(obj, dict), self.path, f"{EPISODES} line {no}", "it is not a JSON object")
                     yield no, obj
         except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:

@@ -49,6 +49,11 @@ def load_jsonl_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                     continue
                 try:
                     obj = json.loads(line)
+                except RecursionError:
+                    raise InvalidEpisodeError(
+                        f"{p} line {no} nests JSON arrays or objects too deeply to read. Each line of a JSONL "
+                        f"file holds one flat episode, like {_EXAMPLE}."
+                    ) from None
                 except json.JSONDecodeError as exc:
                     raise InvalidEpisodeError(
                         f"{p} line {no} is not valid JSON: {exc.msg} at column {exc.colno}. Each line of a JSONL "
