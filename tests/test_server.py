@@ -378,17 +378,7 @@ def test_no_auth_mode(tmp_path: Path, embedder) -> None:
 def test_proxy_uses_the_key_namespace(service: Service) -> None:
     """With --upstream, the chat proxy needs a key and recalls from the key's namespace, whatever the body says."""
     pytest.importorskip("rememory.chat.proxy")
-    from fastapi import FastAPI
-
-    seen: list[dict] = []
-    upstream = FastAPI()
-
-    @upstream.post("/v1/chat/completions")
-    def complete(body: dict) -> dict:
-        seen.append(body)
-        answer = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        return {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [answer]}
-
+    upstream, seen = _recording_upstream()
     service.memory.add("Alice, garden", "Alice planted tulips in the garden.", id="alice-tulips", namespace="alice")
     with LiveServer(upstream) as up:
         app = create_app(service.memory, keys=service.keys, upstream=f"{up}/v1")
@@ -534,7 +524,7 @@ def _recording_upstream() -> tuple[object, list[dict]]:
     def complete(body: dict) -> dict:
         seen.append(body)
         answer = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        return {"id": "c1", "object": "chat.completion", "created": 0, "model": "m", "choices": [answer]}
+        return {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [answer]}
 
     return upstream, seen
 

@@ -12,6 +12,7 @@ from .limits import DEFAULT_MAX_TEXT_BYTES
 T = TypeVar("T")
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # a store named by such a URL lives in PostgreSQL
 
 
 def user_data_dir() -> Path:
@@ -33,7 +34,7 @@ def resolve_store_path(path: str | os.PathLike[str] | None) -> Path | str:
         path = os.environ.get("REMEMORY_STORE") or None
     if path is None:
         return user_data_dir() / "default"
-    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+    if isinstance(path, str) and path.startswith(POSTGRES_SCHEMES):
         return path
     return Path(path)
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import POSTGRES_SCHEMES
 from .base import MemoryStore
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def is_postgres_url(location: str | os.PathLike[str]) -> bool:
