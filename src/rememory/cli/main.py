@@ -21,6 +21,7 @@ COMMANDS = {
     "forget": "rememory.cli.inspect:forget",
     "verify": "rememory.cli.inspect:verify",
     "stats": "rememory.cli.inspect:stats",
+    "embedders": "rememory.cli.inspect:embedders",
     "eval": "rememory.cli.eval:eval_command",
     "chat": "rememory.cli.chat:chat",
     "serve": "rememory.cli.serve:serve",
