@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..cells.train import TrainProgress
+from ..records import TrainProgress
 from ..errors import ConfigError, RememoryError, StoreBusyError
 from ..memory import Memory
 from ..records import Episode
