@@ -18,7 +18,7 @@ from .config import resolve_max_text_bytes, resolve_store_path
 from .embed import Embedder, load_embedder
 from .engine import Artifact, MemoryEngine, get_engine
 from .episodes import validate_episode, validate_many, validate_namespace, validate_query
-from .errors import ConfigError, IntegrityError, NotFoundError, RememoryError
+from .errors import ConfigError, EmbedderMismatchError, IntegrityError, NotFoundError, RememoryError, StoreBusyError
 from .index import snapshot
 from .index.config import RankingConfig
 from .index.live import NamespaceIndex
@@ -26,10 +26,10 @@ from .index.tokenize import token_hashes
 from .integrity import episode_digest
 from .limits import MAX_PAGE, MAX_TOP_K
 from .quant import quantize_int8
-from .records import Episode, RecallHit, StoreStats, TrainProgress, VerifyFailure, VerifyReport
+from .records import Episode, RecallHit, ReembedReport, StoreStats, TrainProgress, VerifyFailure, VerifyReport
 from .store import open_store
 from .store.base import check_duplicate, mismatch
-from .store.records import NewEpisode, Row
+from .store.records import NewEpisode, Row, StagedKey
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,118 @@ class Memory:
                 out[i] = " ".join(t for t in window if t)
         return out
 
+    def reembed(
+        self,
+        embedder: str | Embedder | None = None,
+        *,
+        namespace: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ReembedReport:
+        """Rebuild the recall keys (own and context) of every episode with ``embedder``, and make it the store's.
+
+        No cell is retrained or rewritten: each text is decoded from its cell (and checked against its digest),
+        then embedded. The new keys are staged out of recall's sight and swapped in, all at once and with the
+        store's embedder, in one transaction: an interrupted reembed leaves the store on its old embedder, and
+        rerunning it with the same embedder resumes. ``namespace`` rebuilds only that namespace's keys, with the
+        store's own embedder (a store has one embedder). ``progress(done, total)`` follows the episodes.
+
+        >>> mem.reembed("all-MiniLM-L6-v2").embedder
+        'sentence-transformers/all-MiniLM-L6-v2'
+        """
+        if self.read_only:
+            raise ConfigError(f"The store at {self.location} is open read-only; open it for writing to reembed it.")
+        new = load_embedder(embedder) if embedder is not None else self._embedder
+        target = (new.id, new.dim)  # `dim` loads the model: one that cannot load fails here, nothing changed
+        bound = self._store.embedder_info()
+        if namespace is not None:
+            namespace = validate_namespace(namespace)
+            if bound is not None and bound[0] != new.id:
+                raise ConfigError(
+                    f"The store at {self.location} uses the embedder {bound[0]!r} for every namespace; switching to "
+                    f"{new.id!r} must rebuild all of them. Drop --namespace (or namespace=) to reembed the whole store."
+                )
+        self._discard_snapshots(namespace)
+        self._store.clear_staged_keys(keep=target)  # what an interrupted reembed to another model left
+        total = self._store.count(namespace)
+        done = 0
+        if progress is not None:
+            progress(0, total)
+        for _ in range(3):  # writers may add episodes meanwhile: each pass embeds what is still missing
+            staged = self._store.staged_rowids(target)
+            names = [namespace] if namespace is not None else sorted(self._store.size_report().namespaces)
+            damaged: builtins.list[str] = []
+            for ns in names:
+                done = self._stage_namespace(ns, new, staged, damaged, done, total, progress)
+            if damaged:
+                raise IntegrityError(
+                    f"{len(damaged)} memories cannot be decoded, so their keys cannot be rebuilt (first: "
+                    f"{damaged[:5]}); the store still uses {(bound or target)[0]!r}. Run `rememory verify`, re-add or "
+                    "forget them, then rerun the reembed (the keys already made are kept).",
+                    ids=damaged,
+                )
+            if self._store.swap_staged_keys(target, namespace) == 0:
+                break
+            total = max(total, done + self._store.count(namespace) - len(self._store.staged_rowids(target)))
+        else:
+            raise StoreBusyError(
+                f"Episodes kept being added to {self.location} during the reembed, so it still uses "
+                f"{(bound or target)[0]!r}. Rerun it when writers pause: the keys already made are kept."
+            )
+        self._embedder = new
+        self._discard_snapshots(namespace)
+        with self._index_lock:
+            for ns in [namespace] if namespace is not None else builtins.list(self._indexes):
+                self._indexes.pop(ns, None)
+        return ReembedReport(embedder=new.id, previous=bound[0] if bound else None, episodes=done)
+
+    def _stage_namespace(
+        self, ns: str, new: Embedder, staged: set[int], damaged: builtins.list[str], done: int, total: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:  # fmt: skip
+        """Stage new keys for the rows of ``ns`` not in ``staged``; returns ``done`` advanced by their count.
+
+        The context key is built as at add time (``_context_texts``): the episode between its previous
+        and next episode of the namespace, each as "keywords text"; an undecodable neighbour is left out.
+        """
+        rowids = self._store.namespace_rowids(ns).tolist()
+        todo = [i for i, r in enumerate(rowids) if r not in staged]
+        for c in range(0, len(todo), self._batch_size):
+            pos = todo[c : c + self._batch_size]
+            near = sorted({j for i in pos for j in (i - 1, i, i + 1) if 0 <= j < len(rowids)})
+            rows = self._store.rows_by_rowid([rowids[j] for j in near])
+            got = self._reconstruct(builtins.list(rows.values()))
+            texts: dict[int, tuple[Row, str]] = {}
+            for j in near:
+                r = rows.get(rowids[j])
+                data = got.get(rowids[j])
+                if r is not None and isinstance(data, bytes):
+                    texts[j] = (r, data.decode("utf-8"))
+                elif r is not None and j in pos:
+                    damaged.append(r.id)
+            mine = [i for i in pos if i in texts]  # a row forgotten meanwhile is simply gone
+            own = [key_text(texts[i][0].keywords, texts[i][1]) for i in mine]
+            ctx = [" ".join(f"{texts[j][0].keywords} {texts[j][1]}" for j in (i - 1, i, i + 1) if j in texts)
+                   for i in mine]  # fmt: skip
+            keys = []
+            for i, vec, ctx_vec in zip(mine, new.embed_batch(own), new.embed_batch(ctx)):
+                q, scale = quantize_int8(vec)
+                cq, cscale = quantize_int8(ctx_vec)
+                keys.append(StagedKey(rowids[i], q, scale, cq, cscale))
+            self._store.stage_keys((new.id, new.dim), keys)
+            done += len(pos)
+            if progress is not None:
+                progress(min(done, total), total)
+        return done
+
+    def _discard_snapshots(self, namespace: str | None) -> None:
+        """Drop recall snapshots (of ``namespace``, or all): their keys are about to change."""
+        if self._snapshot_dir is None or not self._snapshot_dir.exists():
+            return
+        names = [namespace] if namespace is not None else sorted(self._store.size_report().namespaces)
+        with snapshot.locked(self._snapshot_dir):
+            for ns in names:
+                snapshot.discard(self._snapshot_dir, ns)
+
     def forget(self, id: str, *, namespace: str = "default") -> None:
         """Delete an episode and erase it from every file the store owns, before returning.
 
@@ -331,11 +443,18 @@ class Memory:
             if idx is None:
                 idx = None
                 if self._snapshot_dir is not None:
-                    idx = snapshot.load(self._snapshot_dir, namespace, self._embedder.dim, self.ranking)
+                    emb = self._embedder
+                    idx = snapshot.load(self._snapshot_dir, namespace, emb.dim, self.ranking, emb.id)
                 idx = idx or NamespaceIndex(self._embedder.dim, self.ranking)
                 idx.snapshot_size = idx.lex.n
                 self._indexes[namespace] = idx
             if idx.generation != gen:
+                bound = self._store.embedder_info()
+                if bound is not None and bound[0] != self._embedder.id:  # another process ran a reembed
+                    raise EmbedderMismatchError(
+                        f"The store at {self.location} now uses the embedder {bound[0]!r} (it was reembedded); this "
+                        f"process still holds {self._embedder.id!r}. Reopen the store (restart the server) to use it."
+                    )
                 for bad in idx.sync(self._store.namespace_rowids(namespace), self._store.index_rows):
                     logger.warning(
                         "Memory %r of namespace %r cannot be recalled: %s. Run `rememory verify`, then re-add it.",
@@ -355,7 +474,7 @@ class Memory:
         assert self._snapshot_dir is not None
         with snapshot.locked(self._snapshot_dir):
             if set(idx.slot_of) <= set(self._store.namespace_rowids(namespace).tolist()):
-                snapshot.save(idx, self._snapshot_dir, namespace)
+                snapshot.save(idx, self._snapshot_dir, namespace, self._embedder.id)
                 idx.snapshot_size = idx.lex.n
 
     # `builtins.list`: inside this class `list` names the method above.

@@ -99,3 +99,12 @@ class VerifyReport:
     def failed(self) -> dict[str, str]:
         """Id -> reason. Ids are unique per namespace: for a whole-store report, use ``failures``."""
         return {f.id: f.reason for f in self.failures}
+
+
+@dataclass(frozen=True)
+class ReembedReport:
+    """Result of :meth:`rememory.Memory.reembed`: the embedder the store now uses, and the one it replaced."""
+
+    embedder: str
+    previous: str | None
+    episodes: int  # keys rebuilt by this call (a resumed reembed counts only what it embedded)

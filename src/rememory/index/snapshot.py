@@ -89,7 +89,7 @@ def _save_array(arr: np.ndarray, path: str) -> None:
         np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
 
 
-def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
+def save(idx: NamespaceIndex, directory: Path, namespace: str, embedder: str = "") -> None:
     """Write ``idx`` under ``directory``: versioned array files first, then the manifest that names them.
 
     A reader opens the manifest, then the files of its version, memory-mapped: a new process
@@ -119,6 +119,7 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
     manifest = {
         "format": np.array([FORMAT]),
         "dim": np.array([idx.dim]),
+        "embedder": np.frombuffer(embedder.encode("utf-8"), dtype=np.uint8),  # the model that made the keys
         "version": np.frombuffer(version.encode("ascii"), dtype=np.uint8),
         "ann": np.array([idx.own.ann]),
         "rowids": rowids,
@@ -154,14 +155,18 @@ def _live_graph(dense: DenseIndex) -> Any:
     return graph
 
 
-def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> NamespaceIndex | None:
-    """The snapshot of ``namespace``, or None if there is none usable (then the caller rebuilds)."""
+def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig, embedder: str = "") -> NamespaceIndex | None:
+    """The snapshot of ``namespace``, or None if there is none usable (then the caller rebuilds).
+
+    A snapshot whose keys another embedder made is not usable: a reembed that stopped between switching
+    the store and discarding the snapshots must not leave recall on the old keys.
+    """
     stem = _stem(directory, namespace)
     path = stem.with_suffix(".npz")
     if not path.exists():
         return None
     try:
-        return _load(stem, path, dim, cfg)
+        return _load(stem, path, dim, cfg, embedder)
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError) as exc:
         why = f"{type(exc).__name__}: {exc}"
     # A damaged or half-replaced cache is rebuilt from the store, the source of truth; say so.
@@ -169,9 +174,11 @@ def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> Names
     return None
 
 
-def _load(stem: Path, path: Path, dim: int, cfg: RankingConfig) -> NamespaceIndex | None:
+def _load(stem: Path, path: Path, dim: int, cfg: RankingConfig, embedder: str) -> NamespaceIndex | None:
     with np.load(path, allow_pickle=False) as z:
         if "format" not in z.files or int(z["format"][0]) != FORMAT or int(z["dim"][0]) != dim:
+            return None
+        if "embedder" not in z.files or bytes(z["embedder"]).decode("utf-8") != embedder:
             return None
         a = {k: z[k] for k in z.files}
     version = bytes(a["version"]).decode("ascii")

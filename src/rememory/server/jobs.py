@@ -17,10 +17,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..cells.train import TrainProgress
 from ..errors import ConfigError, RememoryError, StoreBusyError
 from ..memory import Memory
-from ..records import Episode
+from ..records import Episode, TrainProgress
 from .errors import TooManyJobsError, classify
 
 logger = logging.getLogger(__name__)

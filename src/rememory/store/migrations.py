@@ -101,7 +101,20 @@ _M003_TENANT_IDS = (
     )""",
 )
 
-MIGRATIONS: list[Migration] = [_M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS]
+# Keys that `rememory reembed` made with another embedder wait here, invisible to recall, until one
+# transaction swaps them all in with the store's embedder: a store is never keyed by two models.
+_M004_STAGED_KEYS = (
+    """CREATE TABLE staged_keys (
+        rowid INTEGER PRIMARY KEY REFERENCES episodes(rowid) ON DELETE CASCADE,
+        embedder INTEGER NOT NULL REFERENCES embedders(id),
+        key BLOB NOT NULL,
+        key_scale REAL NOT NULL,
+        ctx_key BLOB NOT NULL,
+        ctx_key_scale REAL NOT NULL
+    )""",
+)
+
+MIGRATIONS: list[Migration] = [_M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS, _M004_STAGED_KEYS]
 
 
 def _apply(db: sqlite3.Connection, migration: Migration) -> None:

@@ -33,8 +33,8 @@ from ..engine import Artifact
 from ..errors import ConfigError, IntegrityError, StoreBusyError, StoreError
 from . import shards
 from .base import check_duplicate, mismatch
-from .records import NewEpisode, Row, SizeReport
-from .sql import ROW_COLS, SQLReads, damaged_metadata, engine_config, row
+from .records import NewEpisode, Row, SizeReport, StagedKey
+from .sql import ROW_COLS, SWAP_KEYS_SQL, UNSTAGED_SQL, SQLReads, damaged_metadata, engine_config, row
 
 SCHEMA = "rememory"
 _LOCK_ID = 0x72656D656D6F7279  # "rememory": the advisory lock that serialises migrations
@@ -79,7 +79,20 @@ _M001_INITIAL = (
         created_at text NOT NULL
     )""",
 )
-MIGRATIONS: list[Sequence[str]] = [_M001_INITIAL]
+# Keys that `rememory reembed` made with another embedder wait here, invisible to recall, until one
+# transaction swaps them all in with the store's embedder: a store is never keyed by two models.
+_M002_STAGED_KEYS = (
+    """CREATE TABLE staged_keys (
+        rowid bigint PRIMARY KEY REFERENCES episodes(rowid) ON DELETE CASCADE,
+        embedder integer NOT NULL REFERENCES embedders(id),
+        key bytea NOT NULL,
+        key_scale double precision NOT NULL,
+        embedding halfvec NOT NULL,
+        ctx_key bytea NOT NULL,
+        ctx_key_scale double precision NOT NULL
+    )""",
+)
+MIGRATIONS: list[Sequence[str]] = [_M001_INITIAL, _M002_STAGED_KEYS]
 
 
 def redact(url: str) -> str:
@@ -261,6 +274,51 @@ class PostgresStore(SQLReads):
             elif rows["embedder"] != embedder_id or int(rows["dim"]) != dim:
                 raise mismatch(self.location, rows["embedder"], int(rows["dim"]), embedder_id, dim)
 
+    # --- reembed: keys made by another embedder, staged, then swapped in at once ---
+
+    def stage_keys(self, embedder: tuple[str, int], keys: Sequence[StagedKey]) -> None:
+        with self._write(bump=False) as conn:
+            conn.execute("INSERT INTO embedders(name, dim) VALUES (%s, %s) ON CONFLICT DO NOTHING", embedder)
+            ref = conn.execute("SELECT id FROM embedders WHERE name = %s AND dim = %s", embedder).fetchone()[0]
+            for k in keys:
+                unit = k.key.astype(np.float32) * np.float32(k.key_scale)
+                conn.execute(
+                    "INSERT INTO staged_keys(rowid, embedder, key, key_scale, embedding, ctx_key, ctx_key_scale)"
+                    " SELECT rowid, %s, %s, %s, %s::halfvec, %s, %s FROM episodes WHERE rowid = %s"
+                    " ON CONFLICT (rowid) DO UPDATE SET embedder = EXCLUDED.embedder, key = EXCLUDED.key,"
+                    " key_scale = EXCLUDED.key_scale, embedding = EXCLUDED.embedding, ctx_key = EXCLUDED.ctx_key,"
+                    " ctx_key_scale = EXCLUDED.ctx_key_scale",
+                    (ref, k.key.astype(np.int8).tobytes(), float(k.key_scale), _vector_text(unit),
+                     k.ctx_key.astype(np.int8).tobytes(), float(k.ctx_key_scale), k.rowid),
+                )  # fmt: skip
+
+    def clear_staged_keys(self, keep: tuple[str, int] | None = None) -> None:
+        with self._write(bump=False) as conn:
+            if keep is None:
+                conn.execute("DELETE FROM staged_keys")
+            else:
+                conn.execute("DELETE FROM staged_keys WHERE embedder NOT IN (SELECT id FROM embedders"
+                             " WHERE name = %s AND dim = %s)", keep)  # fmt: skip
+
+    def swap_staged_keys(self, embedder: tuple[str, int], namespace: str | None = None) -> int:
+        with self._write() as conn:
+            # Adds hold these rows FOR SHARE while they commit (see _commit): once locked here, no add is in
+            # flight, and any that follows sees the new embedder and refuses to mix in its keys.
+            conn.execute("SELECT key FROM meta WHERE key IN ('embedder', 'dim') FOR UPDATE")
+            ref = conn.execute("SELECT id FROM embedders WHERE name = %s AND dim = %s", embedder).fetchone()
+            if ref is None:
+                return int(conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0])  # none staged
+            where, params = (" AND e.namespace = %s", [ref[0], namespace]) if namespace is not None else ("", [ref[0]])
+            missing = int(conn.execute(UNSTAGED_SQL.format(mark="%s") + where, params).fetchone()[0])
+            if missing:
+                return missing
+            conn.execute(SWAP_KEYS_SQL.format(extra=", embedding = s.embedding"))
+            for key, value in (("embedder", embedder[0]), ("dim", str(embedder[1]))):
+                conn.execute("INSERT INTO meta(key, value) VALUES (%s, %s)"
+                             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (key, value))  # fmt: skip
+            conn.execute("DELETE FROM staged_keys")
+            return 0
+
     # --- writes ---
 
     def commit_batch(
@@ -278,7 +336,9 @@ class PostgresStore(SQLReads):
         now = int(time.time())
         with self._write() as conn:
             emb_id, dim = embedder
-            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')").fetchall())
+            # FOR SHARE: a reembed (swap_staged_keys) cannot switch the store's embedder under this batch.
+            meta = dict(conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('embedder', 'dim') FOR SHARE").fetchall())  # fmt: skip
             if meta and (meta["embedder"] != emb_id or int(meta["dim"]) != dim):
                 raise mismatch(self.location, meta["embedder"], int(meta["dim"]), emb_id, dim)
             conn.execute("INSERT INTO embedders(name, dim) VALUES (%s, %s) ON CONFLICT DO NOTHING", (emb_id, dim))

@@ -72,3 +72,14 @@ class SizeReport:
     cell_bytes: int
     store_bytes: int  # 0 for one namespace: the files are shared
     namespaces: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StagedKey:
+    """A row's recall keys made by another embedder, staged until a reembed switches the whole store."""
+
+    rowid: int
+    key: np.ndarray  # (dim,) int8
+    key_scale: float
+    ctx_key: np.ndarray  # (dim,) int8
+    ctx_key_scale: float

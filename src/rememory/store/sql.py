@@ -25,6 +25,15 @@ INDEX_SQL = (
     " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
 )
 _CHUNK = 500  # ids per IN (...) list: far below SQLite's variable limit
+# The last step of a reembed, in both dialects: staged keys replace every row's keys.
+SWAP_KEYS_SQL = (
+    "UPDATE episodes SET key = s.key, key_scale = s.key_scale, ctx_key = s.ctx_key, ctx_key_scale = s.ctx_key_scale,"
+    " embedder = s.embedder{extra} FROM staged_keys s WHERE s.rowid = episodes.rowid"
+)
+UNSTAGED_SQL = (
+    "SELECT COUNT(*) FROM episodes e WHERE NOT EXISTS (SELECT 1 FROM staged_keys s WHERE s.rowid = e.rowid"
+    " AND s.embedder = {mark})"
+)
 
 
 class SQLReads:
@@ -66,6 +75,24 @@ class SQLReads:
                 return
             last = int(got[-1][0])
             yield [row(t) for t in got]
+
+    def rows_by_rowid(self, rowids: Sequence[int]) -> dict[int, Row]:
+        """The rows of ``rowids`` (rowids no longer stored are simply absent)."""
+        out: dict[int, Row] = {}
+        for i in range(0, len(rowids), _CHUNK):
+            chunk = [int(r) for r in rowids[i : i + _CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            for t in self._read(f"SELECT {ROW_COLS} FROM episodes WHERE rowid IN ({marks})", chunk):
+                out[int(t[0])] = row(t)
+        return out
+
+    def staged_rowids(self, embedder: tuple[str, int]) -> set[int]:
+        """Rows whose keys a reembed to ``embedder`` (id, dim) has staged (see ``stage_keys``)."""
+        got = self._read(
+            "SELECT s.rowid FROM staged_keys s JOIN embedders m ON m.id = s.embedder WHERE m.name = ? AND m.dim = ?",
+            list(embedder),
+        )
+        return {int(g[0]) for g in got}
 
     def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
         """A page of a namespace's episodes, oldest first."""

@@ -32,8 +32,8 @@ from ..fsutil import FILE_MODE, private_dir, private_file, tighten
 from . import shards
 from .base import check_duplicate, mismatch
 from .migrations import MIGRATIONS, check_version, migrate
-from .records import NewEpisode, Row, SizeReport
-from .sql import ROW_COLS, SQLReads, damaged_metadata, engine_config, row
+from .records import NewEpisode, Row, SizeReport, StagedKey
+from .sql import ROW_COLS, SWAP_KEYS_SQL, UNSTAGED_SQL, SQLReads, damaged_metadata, engine_config, row
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,48 @@ class Store(SQLReads):
                 db.execute("INSERT INTO meta(key, value) VALUES ('embedder', ?), ('dim', ?)", (embedder_id, str(dim)))
             elif rows["embedder"] != embedder_id or int(rows["dim"]) != dim:
                 raise mismatch(self.path, rows["embedder"], int(rows["dim"]), embedder_id, dim)
+
+    # --- reembed: keys made by another embedder, staged, then swapped in at once ---
+
+    def stage_keys(self, embedder: tuple[str, int], keys: Sequence[StagedKey]) -> None:
+        """Stage new keys for rows (invisible to recall until :meth:`swap_staged_keys`); a row staged again is
+        overwritten, and a row deleted meanwhile is skipped."""
+        with self._write(bump=False) as db:
+            db.execute("INSERT OR IGNORE INTO embedders(name, dim) VALUES (?, ?)", embedder)
+            ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", embedder).fetchone()[0]
+            for k in keys:
+                db.execute(
+                    "INSERT OR REPLACE INTO staged_keys(rowid, embedder, key, key_scale, ctx_key, ctx_key_scale)"
+                    " SELECT rowid, ?, ?, ?, ?, ? FROM episodes WHERE rowid = ?",
+                    (ref, k.key.astype(np.int8).tobytes(), float(k.key_scale), k.ctx_key.astype(np.int8).tobytes(),
+                     float(k.ctx_key_scale), k.rowid),
+                )  # fmt: skip
+
+    def clear_staged_keys(self, keep: tuple[str, int] | None = None) -> None:
+        """Drop staged keys (all of them, or all but those made by ``keep``)."""
+        with self._write(bump=False) as db:
+            if keep is None:
+                db.execute("DELETE FROM staged_keys")
+            else:
+                db.execute("DELETE FROM staged_keys WHERE embedder NOT IN (SELECT id FROM embedders"
+                           " WHERE name = ? AND dim = ?)", keep)  # fmt: skip
+
+    def swap_staged_keys(self, embedder: tuple[str, int], namespace: str | None = None) -> int:
+        """In one transaction: if every row has a key staged by ``embedder``, make those the rows' keys and
+        ``embedder`` the store's, and drop the stage. Returns how many rows still lack one (0: switched)."""
+        with self._write() as db:
+            ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", embedder).fetchone()
+            if ref is None:
+                return self.count(namespace)
+            where, params = (" AND e.namespace = ?", [ref[0], namespace]) if namespace is not None else ("", [ref[0]])
+            missing = int(db.execute(UNSTAGED_SQL.format(mark="?") + where, params).fetchone()[0])
+            if missing:
+                return missing  # nothing changed (the generation moves, harmlessly)
+            db.execute(SWAP_KEYS_SQL.format(extra=""))
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embedder', ?), ('dim', ?)",
+                       (embedder[0], str(embedder[1])))  # fmt: skip
+            db.execute("DELETE FROM staged_keys")
+            return 0
 
     # --- writes ---
 
