@@ -16,7 +16,7 @@ import pytest
 from rememory import Memory
 from rememory.errors import StoreError
 from rememory.server.auth import KeyStore
-from rememory.store.postgres import PostgresStore, redact
+from rememory.store.postgres import MIGRATIONS, PostgresStore, redact
 
 pytestmark = pytest.mark.model
 
@@ -75,7 +75,8 @@ def test_concurrent_first_opens_migrate_once(new_postgres_url) -> None:
         p.join(120)
     assert [q.get(timeout=5) for _ in procs] == ["ok"] * 3
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT value FROM rememory.meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+        version = conn.execute("SELECT value FROM rememory.meta WHERE key = 'schema_version'").fetchone()[0]
+    assert version == str(len(MIGRATIONS))
 
 
 def test_a_newer_schema_is_refused(new_postgres_url) -> None:

@@ -336,7 +336,7 @@ class Memory:
                 idx.snapshot_size = idx.lex.n
                 self._indexes[namespace] = idx
             if idx.generation != gen:
-                for bad in idx.sync(self._store.namespace_rowids(namespace), self._store.index_rows):
+                for bad in idx.apply(self._store.changes(namespace, idx.seq), self._store.index_rows):
                     logger.warning(
                         "Memory %r of namespace %r cannot be recalled: %s. Run `rememory verify`, then re-add it.",
                         bad.id, namespace, bad.damage,

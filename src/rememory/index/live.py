@@ -1,9 +1,9 @@
 """The recall index of one namespace: lexical and dense indexes kept in step with the store.
 
-The store is the source of truth. Before answering, the index compares the namespace's
-row ids with the ones it holds: new rows are appended (their hashed tokens and int8 keys
-come from SQLite, no cell is decoded), and rows gone from the store become tombstones,
-so a forgotten episode can never be recalled again, whichever process forgot it.
+The store is the source of truth. Before answering, the index asks the store what changed in
+the namespace since the change number it last applied: new rows are appended (their hashed
+tokens and int8 keys come from the store, no cell is decoded), and deleted rows become
+tombstones, so a forgotten episode can never be recalled again, whichever process forgot it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..store.records import IndexRow
+from ..store.records import Changes, IndexRow
 from .config import RankingConfig
 from .dense import DenseIndex
 from .lexical import LexicalIndex, _cover, _window_sum
@@ -38,11 +38,25 @@ class NamespaceIndex:
         self.own = DenseIndex(dim, ann=False)
         self.ctx = DenseIndex(dim, ann=False)
         self.generation = -1
+        self.seq: int | None = None  # the store's change number applied last (None: never synced)
         self.snapshot_size = 0  # slots covered by the last snapshot written or read
 
     @property
     def size(self) -> int:
         return int(self.lex.alive.sum())
+
+    def apply(self, changes: Changes, fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
+        """Apply the store's ``changes`` (O(changes) unless they are ``complete``); as :meth:`sync` otherwise."""
+        if changes.complete:
+            damaged = self.sync(np.asarray(changes.added, dtype=np.int64), fetch)
+        else:
+            for rowid in changes.removed:
+                slot = self.slot_of.pop(rowid, None)
+                if slot is not None:
+                    self._tombstone(slot)
+            damaged = self._append([r for r in changes.added if r not in self.slot_of], fetch)
+        self.seq = changes.seq
+        return damaged
 
     def sync(self, rowids: np.ndarray, fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
         """Bring the index to exactly ``rowids``; ``fetch(new_rowids)`` returns their index rows.
@@ -53,7 +67,9 @@ class NamespaceIndex:
         current = set(rowids.tolist())
         for rowid in [r for r in self.slot_of if r not in current]:
             self._tombstone(self.slot_of.pop(rowid))
-        new = [r for r in rowids.tolist() if r not in self.slot_of]
+        return self._append([r for r in rowids.tolist() if r not in self.slot_of], fetch)
+
+    def _append(self, new: list[int], fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
         damaged: list[IndexRow] = []
         if new:
             rows = fetch(new)

@@ -18,7 +18,7 @@ from ..engine import Artifact
 from ..episodes import stored_time
 from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError
 from ..records import Episode
-from .records import Damage, IndexRow, NewEpisode, Row, SizeReport
+from .records import Changes, Damage, IndexRow, NewEpisode, Row, SizeReport
 
 
 class MemoryStore(Protocol):
@@ -64,6 +64,15 @@ class MemoryStore(Protocol):
     def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]: ...
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]: ...
     def namespace_rowids(self, namespace: str) -> np.ndarray: ...
+    def changes(self, namespace: str, since: int | None) -> Changes:
+        """What changed in ``namespace`` after its change number ``since`` (None: all of it), in O(changes).
+
+        Every write advances a per-namespace change number in the write's own transaction,
+        ordered so that no change numbered at most ``Changes.seq`` can commit later. When the
+        store can no longer list the deletions since ``since``, it answers ``complete``.
+        """
+        ...
+
     def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]: ...
     def damaged(self, namespace: str | None = None) -> list[Damage]: ...
     def count(self, namespace: str | None = None) -> int: ...

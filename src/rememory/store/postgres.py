@@ -34,7 +34,7 @@ from ..errors import ConfigError, IntegrityError, StoreBusyError, StoreError
 from . import shards
 from .base import check_duplicate, mismatch
 from .records import NewEpisode, Row, SizeReport
-from .sql import ROW_COLS, SQLReads, damaged_metadata, engine_config, row
+from .sql import DELETION_LOG_S, ROW_COLS, SQLReads, damaged_metadata, engine_config, log_deletions, next_seq, row
 
 SCHEMA = "rememory"
 _LOCK_ID = 0x72656D656D6F7279  # "rememory": the advisory lock that serialises migrations
@@ -79,7 +79,25 @@ _M001_INITIAL = (
         created_at text NOT NULL
     )""",
 )
-MIGRATIONS: list[Sequence[str]] = [_M001_INITIAL]
+# A change sequence per namespace, so replicas sync only what changed (see store.sql.changes).
+_M002_CHANGES = (
+    "ALTER TABLE episodes ADD COLUMN seq bigint NOT NULL DEFAULT 0",
+    "CREATE INDEX episodes_namespace_seq ON episodes(namespace, seq)",
+    """CREATE TABLE namespaces (
+        namespace text PRIMARY KEY,
+        seq bigint NOT NULL,              -- the namespace's last change; its row lock orders writers
+        pruned bigint NOT NULL DEFAULT 0  -- deletions up to this change may be gone from the log
+    )""",
+    """CREATE TABLE deletions (
+        namespace text NOT NULL,
+        episode bigint NOT NULL,  -- the deleted row's rowid (nothing of its content)
+        seq bigint NOT NULL,
+        at bigint NOT NULL        -- unix seconds, for pruning
+    )""",
+    "CREATE INDEX deletions_namespace_seq ON deletions(namespace, seq)",
+    "CREATE INDEX deletions_namespace_at ON deletions(namespace, at)",
+)
+MIGRATIONS: list[Sequence[str]] = [_M001_INITIAL, _M002_CHANGES]
 
 
 def redact(url: str) -> str:
@@ -178,6 +196,7 @@ class PostgresStore(SQLReads):
         self.url = url
         self.read_only = read_only
         self.busy_timeout = busy_timeout
+        self.deletion_log_s: float = DELETION_LOG_S
         self._psycopg = psycopg
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
@@ -283,6 +302,9 @@ class PostgresStore(SQLReads):
                 raise mismatch(self.location, meta["embedder"], int(meta["dim"]), emb_id, dim)
             conn.execute("INSERT INTO embedders(name, dim) VALUES (%s, %s) ON CONFLICT DO NOTHING", (emb_id, dim))
             emb_ref = conn.execute("SELECT id FROM embedders WHERE name = %s AND dim = %s", (emb_id, dim)).fetchone()[0]
+            run = _qmark(conn)
+            # First, and in a fixed order: writers of a namespace queue here until the one before commits.
+            seqs = {ns: next_seq(run, ns) for ns in sorted({it.episode.namespace for it in items})}
             for item, art in zip(items, artifacts):
                 ep = item.episode
                 # Row-locked: a concurrent add of the same id on another replica waits here, then sees it.
@@ -295,19 +317,21 @@ class PostgresStore(SQLReads):
                     continue
                 if old is not None:
                     conn.execute("DELETE FROM episodes WHERE rowid = %s", (old.rowid,))
+                    log_deletions(run, ep.namespace, [old.rowid], seqs[ep.namespace], keep_s=self.deletion_log_s)
                 weights, spans = _pack(art.streams)
                 unit = item.key.astype(np.float32) * np.float32(item.key_scale)
                 conn.execute(
                     "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest, digest_format,"
                     " key, key_scale, embedding, ctx_key, ctx_key_scale, tokens, embedder, engine, cell, weights,"
-                    " spans)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::halfvec, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    " spans, seq)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::halfvec, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    " %s)",
                     (
                         ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest, item.digest_format,
                         item.key.astype(np.int8).tobytes(), float(item.key_scale), _vector_text(unit),
                         item.ctx_key.astype(np.int8).tobytes(), float(item.ctx_key_scale),
                         item.tokens.astype("<u4").tobytes(), emb_ref, art.engine,
-                        json.dumps(art.config, separators=(",", ":")), weights, spans,
+                        json.dumps(art.config, separators=(",", ":")), weights, spans, seqs[ep.namespace],
                     ),
                 )  # fmt: skip
                 inserted.append(ep.id)
@@ -318,12 +342,17 @@ class PostgresStore(SQLReads):
     def delete(self, namespace: str, ids: Sequence[str]) -> list[str]:
         removed: list[str] = []
         with self._write() as conn:
+            run = _qmark(conn)
+            seq = next_seq(run, namespace)
+            gone: list[int] = []
             for id_ in ids:
                 got = conn.execute(
-                    "DELETE FROM episodes WHERE namespace = %s AND id = %s RETURNING id", (namespace, id_)
+                    "DELETE FROM episodes WHERE namespace = %s AND id = %s RETURNING rowid", (namespace, id_)
                 ).fetchone()
                 if got is not None:
                     removed.append(id_)
+                    gone.append(int(got[0]))
+            log_deletions(run, namespace, gone, seq, keep_s=self.deletion_log_s)
         if removed:
             with self._conn() as conn:
                 conn.execute("VACUUM episodes")  # the heap copy of the deleted rows goes now, not at autovacuum
@@ -416,6 +445,11 @@ class PostgresKeys:
 
 class _NothingToCommitError(Exception):
     """Rolls back a batch whose every episode was already stored (no generation change)."""
+
+
+def _qmark(conn: Any) -> Any:
+    """``conn.execute`` for the shared statements of rememory.store.sql, which write ``?`` placeholders."""
+    return lambda sql, params: conn.execute(sql.replace("?", "%s"), params)
 
 
 def _vector_text(vec: np.ndarray) -> str:
