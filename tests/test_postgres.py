@@ -140,3 +140,38 @@ def test_a_refused_open_leaves_no_connection_behind(new_postgres_url, embedder) 
             "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db,)
         ).fetchone()[0]
     assert others == 0
+
+
+STORY = [
+    ("Ilya, bridge", "We walked with Ilya across the bridge at night."),
+    ("Sergey, van", "Sergey brought an old van with a stuck window."),
+    ("tea, noon", "Green tea at noon in the garden, with Masha."),
+    ("rain, station", "It rained at the station and the train was late."),
+    ("Lena, violin", "Lena played the violin at the concert on Friday."),
+    ("soup, kitchen", "We cooked a beet soup in the small kitchen."),
+    ("map, forest", "The old map led us through the pine forest."),
+    ("cat, roof", "The cat sat on the roof all morning."),
+]
+QUERIES = ["a walk over the bridge", "music concert", "cooking dinner", "waiting for a train", "a lost pet"]
+
+
+def test_large_namespaces_take_dense_candidates_from_pgvector(new_postgres_url, embedder) -> None:
+    from rememory.index.config import RankingConfig
+
+    url = new_postgres_url()
+    exact = Memory(url, embedder=embedder)  # the default threshold: every key compared in memory
+    server = Memory(url, embedder=embedder, ranking=RankingConfig(ann_threshold=1))  # pgvector's HNSW from 2 rows
+    try:
+        exact.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
+        for q in QUERIES:
+            want = [(h.id, round(h.score, 6)) for h in exact.recall(q, top_k=4)]
+            assert [(h.id, round(h.score, 6)) for h in server.recall(q, top_k=4)] == want
+        dense = server._indexes["default"].own
+        assert dense.ann and dense.remote is not None and dense._hnsw is None  # no graph was built in memory
+        exact.forget("s0")
+        assert "s0" not in [h.id for h in server.recall("a walk over the bridge", top_k=8)]
+        exact.add("Ilya, river", "Ilya swam across the river at dawn.", id="swim")
+        assert server.recall("swimming in a river at dawn", top_k=1)[0].id == "swim"
+    finally:
+        exact.close()
+        server.close()

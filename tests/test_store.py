@@ -536,3 +536,30 @@ def test_a_change_that_commits_late_is_never_skipped(new_postgres_url) -> None:
     finally:
         blocker.close()
         store.close()
+
+
+def test_postgres_nearest_keys_come_from_hnsw_within_the_namespace(new_postgres_url) -> None:
+    import psycopg
+
+    from rememory.store.postgres import PostgresStore, nearest_sql
+
+    url = new_postgres_url()
+    store = PostgresStore(url)
+    try:
+        store.bind_embedder(*EMB)
+        for ns in ("a", "b"):  # the same keys in both: only the asked namespace may answer
+            store.commit_batch(*_named([f"e{i}" for i in range(40)], ns), EMB, replace=False)
+        q = np.random.default_rng(7).normal(size=EMB[1]).astype(np.float32)
+        q /= np.linalg.norm(q)
+        rows = store.index_rows(store.namespace_rowids("a").tolist())
+        for context in (False, True):
+            keys = np.stack([(r.ctx_key if context else r.key).astype(np.float32) * r.key_scale for r in rows])
+            exact = [rows[i].rowid for i in np.argsort(-(keys @ q) / np.linalg.norm(keys, axis=1))[:5]]
+            assert set(store.nearest("a", q, 5, context=context)) == set(exact)
+            with psycopg.connect(url, autocommit=True) as conn:  # the statement can use the HNSW index
+                conn.execute("SET search_path TO rememory, public")
+                conn.execute("SET enable_seqscan = off; SET enable_sort = off")  # as for a large namespace
+                plan = conn.execute(f"EXPLAIN {nearest_sql(context, EMB[1])}", ("a", str(q.tolist()), 5)).fetchall()
+            assert f"episodes_{'ctx_' if context else ''}embedding_hnsw" in " ".join(str(t[0]) for t in plan)
+    finally:
+        store.close()

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .archive import ArchiveProgress, ExportReport, ImportReport
 from .cells.engine import MlpCellEngine
@@ -30,6 +30,9 @@ from .records import Episode, RecallHit, StoreStats, TrainProgress, VerifyFailur
 from .store import open_store
 from .store.base import check_duplicate, mismatch
 from .store.records import NewEpisode, Row
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +335,7 @@ class Memory:
                 idx = None
                 if self._snapshot_dir is not None:
                     idx = snapshot.load(self._snapshot_dir, namespace, self._embedder.dim, self.ranking)
-                idx = idx or NamespaceIndex(self._embedder.dim, self.ranking)
+                idx = idx or NamespaceIndex(self._embedder.dim, self.ranking, self._nearest(namespace))
                 idx.snapshot_size = idx.lex.n
                 self._indexes[namespace] = idx
             if idx.generation != gen:
@@ -348,6 +351,13 @@ class Memory:
                         and grown >= max(1, idx.snapshot_size // 10)):  # fmt: skip
                     self._save_snapshot(idx, namespace)
             return idx
+
+    def _nearest(self, namespace: str) -> Callable[[np.ndarray, int, bool], builtins.list[int]] | None:
+        """The store's key search for ``namespace``'s index, where the store has one."""
+        if not self._store.server_ann:
+            return None
+        store = self._store
+        return lambda q, k, context: store.nearest(namespace, q, k, context=context)
 
     def _save_snapshot(self, idx: NamespaceIndex, namespace: str) -> None:
         # Under the snapshot lock, and only if every episode in it is still stored: a forget that

@@ -29,9 +29,14 @@ class Scored:
 class NamespaceIndex:
     """Hybrid BM25 + dense recall over one namespace."""
 
-    def __init__(self, dim: int, cfg: RankingConfig) -> None:
+    def __init__(
+        self, dim: int, cfg: RankingConfig, nearest: Callable[[np.ndarray, int, bool], list[int]] | None = None
+    ) -> None:
         self.dim = dim
         self.cfg = cfg
+        # The store's own key search, if it has one: (unit query, k, context keys?) -> row ids.
+        # Past ann_threshold, dense candidates come from it and no HNSW graph is built in memory.
+        self.nearest = nearest
         self.slot_of: dict[int, int] = {}  # store rowid -> slot
         self.ids: list[str] = []  # slot -> episode id
         self.lex = LexicalIndex()
@@ -88,9 +93,21 @@ class NamespaceIndex:
                     self._tombstone(base + i)
                     damaged.append(row)
         if not self.own.ann and self.size > self.cfg.ann_threshold:
-            self.own = _to_ann(self.own)
-            self.ctx = _to_ann(self.ctx)
+            self.own = _to_ann(self.own, self._remote(context=False))
+            self.ctx = _to_ann(self.ctx, self._remote(context=True))
         return damaged
+
+    def _remote(self, *, context: bool) -> Callable[[np.ndarray, int], np.ndarray] | None:
+        nearest = self.nearest
+        if nearest is None:
+            return None
+
+        def slots(q: np.ndarray, k: int) -> np.ndarray:
+            # Rows committed since the last sync are not indexed yet: the next recall has them.
+            found = [self.slot_of.get(r) for r in nearest(q, k, context)]
+            return np.array([s for s in found if s is not None], dtype=np.int64)
+
+        return slots
 
     def _tombstone(self, slot: int) -> None:
         self.lex.remove(slot)
@@ -193,8 +210,8 @@ def _window_mean(near: np.ndarray, vals: np.ndarray, lex: LexicalIndex, at: np.n
     return total / np.maximum(count, 1)
 
 
-def _to_ann(dense: DenseIndex) -> DenseIndex:
-    """Rebuild a grown namespace's keys as an HNSW index (once, when it crosses the threshold)."""
-    ann = DenseIndex(dense.dim, ann=True)
+def _to_ann(dense: DenseIndex, remote: Callable[[np.ndarray, int], np.ndarray] | None) -> DenseIndex:
+    """Rebuild a grown namespace's keys as an HNSW index, or hand its search to the store (once, at the threshold)."""
+    ann = DenseIndex(dense.dim, ann=True, remote=remote)
     ann.add_unit(dense)
     return ann

@@ -25,6 +25,7 @@ class MemoryStore(Protocol):
     """Episodes' metadata, recall keys and engine artifacts, safe for several threads (and processes)."""
 
     read_only: bool
+    server_ann: bool  # whether ``nearest`` searches keys in the backend (then indexes keep no HNSW graph)
 
     @property
     def location(self) -> str:
@@ -74,6 +75,12 @@ class MemoryStore(Protocol):
         ...
 
     def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]: ...
+    def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
+        """Row ids of about the ``k`` own keys (or context keys) of ``namespace`` nearest to unit vector ``q``.
+
+        Only where ``server_ann``; large namespaces take their dense candidates from it.
+        """
+        ...
     def damaged(self, namespace: str | None = None) -> list[Damage]: ...
     def count(self, namespace: str | None = None) -> int: ...
     def size_report(self, namespace: str | None = None) -> SizeReport: ...

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,31 @@ _M002_CHANGES = (
     "CREATE INDEX deletions_namespace_seq ON deletions(namespace, seq)",
     "CREATE INDEX deletions_namespace_at ON deletions(namespace, at)",
 )
-MIGRATIONS: list[Sequence[str]] = [_M001_INITIAL, _M002_CHANGES]
+
+
+def _m003_context_embeddings(conn: Any) -> None:
+    """The context keys get a pgvector copy too (dense candidates of large namespaces, see ``nearest``)."""
+    conn.execute("ALTER TABLE episodes ADD COLUMN ctx_embedding halfvec")
+    last = 0
+    while True:
+        got = conn.execute(
+            "SELECT rowid, COALESCE(ctx_key, key), COALESCE(ctx_key_scale, key_scale) FROM episodes"
+            " WHERE rowid > %s ORDER BY rowid LIMIT 1000",
+            (last,),
+        ).fetchall()
+        if not got:
+            return
+        last = int(got[-1][0])
+        with conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE episodes SET ctx_embedding = %s::halfvec WHERE rowid = %s",
+                [(_vector_text(_unit(bytes(k), sc)), r) for r, k, sc in got if _unit(bytes(k), sc) is not None],
+            )
+
+
+Migration = Sequence[str] | Callable[[Any], None]
+MIGRATIONS: list[Migration] = [_M001_INITIAL, _M002_CHANGES, _m003_context_embeddings]
+ANN_EF_SEARCH = 200  # HNSW candidates list: at least the candidates recall asks for (pgvector's limit is 1000)
 
 
 def redact(url: str) -> str:
@@ -179,13 +203,34 @@ def pg_migrate(conn: Any, url: str, *, read_only: bool) -> None:
             )
         conn.execute(f"SET LOCAL search_path TO {SCHEMA}, public")
         for i in range(version, len(MIGRATIONS)):
-            for statement in MIGRATIONS[i]:
-                conn.execute(statement)
+            migration = MIGRATIONS[i]
+            if callable(migration):
+                migration(conn)
+            else:
+                for statement in migration:
+                    conn.execute(statement)
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 (str(i + 1),),
             )
+        if not read_only and version < len(MIGRATIONS):
+            got = conn.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
+            if got is not None:  # a store bound before the vector indexes existed
+                _vector_indexes(conn, int(got[0]))
+
+
+def _vector_indexes(conn: Any, dim: int) -> None:
+    """HNSW indexes over both keys, for :meth:`PostgresStore.nearest`.
+
+    pgvector indexes only a column of known dimension, and the dimension is the embedder's,
+    known once the store is bound: the indexes are over the keys cast to it.
+    """
+    for name, col in (("embedding", "embedding"), ("ctx_embedding", "ctx_embedding")):
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS episodes_{name}_hnsw ON episodes"
+            f" USING hnsw (({col}::halfvec({int(dim)})) halfvec_cosine_ops)"
+        )
 
 
 class PostgresStore(SQLReads):
@@ -277,6 +322,7 @@ class PostgresStore(SQLReads):
                 conn.execute(
                     "INSERT INTO meta(key, value) VALUES ('embedder', %s), ('dim', %s)", (embedder_id, str(dim))
                 )
+                _vector_indexes(conn, dim)
             elif rows["embedder"] != embedder_id or int(rows["dim"]) != dim:
                 raise mismatch(self.location, rows["embedder"], int(rows["dim"]), embedder_id, dim)
 
@@ -320,16 +366,17 @@ class PostgresStore(SQLReads):
                     log_deletions(run, ep.namespace, [old.rowid], seqs[ep.namespace], keep_s=self.deletion_log_s)
                 weights, spans = _pack(art.streams)
                 unit = item.key.astype(np.float32) * np.float32(item.key_scale)
+                ctx_unit = item.ctx_key.astype(np.float32) * np.float32(item.ctx_key_scale)
                 conn.execute(
                     "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest, digest_format,"
-                    " key, key_scale, embedding, ctx_key, ctx_key_scale, tokens, embedder, engine, cell, weights,"
-                    " spans, seq)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::halfvec, %s, %s, %s, %s, %s, %s, %s, %s,"
-                    " %s)",
+                    " key, key_scale, embedding, ctx_key, ctx_key_scale, ctx_embedding, tokens, embedder, engine, cell,"
+                    " weights, spans, seq)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::halfvec, %s, %s, %s::halfvec, %s, %s, %s, %s,"
+                    " %s, %s, %s)",
                     (
                         ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest, item.digest_format,
                         item.key.astype(np.int8).tobytes(), float(item.key_scale), _vector_text(unit),
-                        item.ctx_key.astype(np.int8).tobytes(), float(item.ctx_key_scale),
+                        item.ctx_key.astype(np.int8).tobytes(), float(item.ctx_key_scale), _vector_text(ctx_unit),
                         item.tokens.astype("<u4").tobytes(), emb_ref, art.engine,
                         json.dumps(art.config, separators=(",", ":")), weights, spans, seqs[ep.namespace],
                     ),
@@ -359,6 +406,21 @@ class PostgresStore(SQLReads):
         return removed
 
     # --- reads ---
+
+    server_ann = True
+
+    def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
+        """Row ids of (about) the ``k`` keys of ``namespace`` nearest to unit vector ``q``, by pgvector's HNSW.
+
+        ``hnsw.iterative_scan`` keeps scanning the graph until ``k`` rows of the namespace are
+        found (pgvector 0.8), so one namespace among many still gets its ``k`` candidates.
+        """
+        dim = int(q.shape[0])
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(ANN_EF_SEARCH, int(k)), 1000)}")
+            got = conn.execute(nearest_sql(context, dim), (namespace, _vector_text(q), int(k))).fetchall()
+        return [int(t[0]) for t in got]
 
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]:
         out: dict[int, Artifact | IntegrityError] = {}
@@ -450,6 +512,20 @@ class _NothingToCommitError(Exception):
 def _qmark(conn: Any) -> Any:
     """``conn.execute`` for the shared statements of rememory.store.sql, which write ``?`` placeholders."""
     return lambda sql, params: conn.execute(sql.replace("?", "%s"), params)
+
+
+def nearest_sql(context: bool, dim: int) -> str:
+    """The statement of :meth:`PostgresStore.nearest`: its ORDER BY is the HNSW indexes' expression."""
+    col = "ctx_embedding" if context else "embedding"
+    return (f"SELECT rowid FROM episodes WHERE namespace = %s"
+            f" ORDER BY {col}::halfvec({int(dim)}) <=> %s::halfvec({int(dim)}) LIMIT %s")  # fmt: skip
+
+
+def _unit(key: bytes, scale: Any) -> np.ndarray | None:
+    """A stored int8 key as floats (None for a damaged one: recall reports it, the migration leaves it)."""
+    if not isinstance(scale, float | int) or len(key) == 0:
+        return None
+    return np.frombuffer(key, dtype=np.int8).astype(np.float32) * np.float32(scale)
 
 
 def _vector_text(vec: np.ndarray) -> str:

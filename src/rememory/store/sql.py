@@ -44,8 +44,13 @@ DELETION_LOG_S = 7 * 86400  # how long deletions stay logged; an index synced lo
 class SQLReads:
     """Rows, pages, index rows, damage and counts; the backend provides ``_read``."""
 
+    server_ann = False  # SQLite: large namespaces search their keys with an in-process HNSW graph
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
+
+    def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
+        raise NotImplementedError(f"{type(self).__name__} searches no keys itself (server_ann is False)")
 
     def embedder_info(self) -> tuple[str, int] | None:
         """The embedder id and dimension every key of the store was made with (None before the first add)."""
