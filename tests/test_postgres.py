@@ -175,3 +175,56 @@ def test_large_namespaces_take_dense_candidates_from_pgvector(new_postgres_url, 
     finally:
         exact.close()
         server.close()
+
+
+def _snapshot(url: str) -> tuple[int, bytes] | None:
+    with psycopg.connect(url) as conn:
+        got = conn.execute("SELECT seq, data FROM rememory.index_snapshots WHERE namespace = 'default'").fetchone()
+        return (int(got[0]), bytes(got[1])) if got else None
+
+
+def test_a_fresh_replica_starts_from_the_snapshot_in_the_database(new_postgres_url, embedder) -> None:
+    from rememory.index.config import RankingConfig
+
+    url = new_postgres_url()
+    small = RankingConfig(ann_threshold=3)  # namespaces from 3 episodes keep a snapshot
+    a = Memory(url, embedder=embedder, ranking=small)
+    try:
+        episodes = [{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)]
+        episodes[1]["id"] = "forgotten-episode-x7"
+        a.add_many(episodes)
+        a.recall("cooking dinner")  # syncs, and keeps a snapshot in the database
+        seq, data = _snapshot(url)
+        assert b"forgotten-episode-x7" in data
+        a.forget("forgotten-episode-x7")
+        assert _snapshot(url) is None  # dropped with the episode, in the same transaction
+        a.recall("cooking dinner")
+        seq2, data2 = _snapshot(url)
+        assert seq2 > seq and b"forgotten-episode-x7" not in data2  # rewritten without it
+        a.add("Ilya, river", "Ilya swam across the river at dawn.", id="swim")  # newer than the snapshot
+        b = Memory(url, embedder=embedder, ranking=small, read_only=True)
+        try:
+            assert b.recall("swimming in a river at dawn", top_k=1)[0].id == "swim"  # caught up from the change log
+            assert b._indexes["default"].snapshot_size == len(STORY)  # it started from the snapshot, not the rows
+            got = [[(h.id, round(h.score, 6)) for h in b.recall(q, top_k=3)] for q in QUERIES]
+            assert got == [[(h.id, round(h.score, 6)) for h in a.recall(q, top_k=3)] for q in QUERIES]
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def test_a_snapshot_older_than_a_deletion_is_refused(new_postgres_url) -> None:
+    store = PostgresStore(new_postgres_url())
+    try:
+        store.delete("default", ["nothing"])  # the namespace exists, nothing deleted
+        seq = store.changes("default", None).seq
+        assert store.save_index_snapshot("default", seq, b"snapshot as of seq")
+        assert store.load_index_snapshot("default").data == b"snapshot as of seq"
+        with psycopg.connect(store.url, autocommit=True) as conn:  # a deletion committed after `seq`
+            conn.execute("INSERT INTO rememory.deletions(namespace, episode, seq, at) VALUES ('default', 1, %s, 0)",
+                         (seq + 1,))  # fmt: skip
+        assert not store.save_index_snapshot("default", seq, b"stale")
+        assert store.load_index_snapshot("default").data == b"snapshot as of seq"
+    finally:
+        store.close()

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
 from typing import TYPE_CHECKING, Any
@@ -335,6 +336,8 @@ class Memory:
                 idx = None
                 if self._snapshot_dir is not None:
                     idx = snapshot.load(self._snapshot_dir, namespace, self._embedder.dim, self.ranking)
+                else:
+                    idx = self._stored_snapshot(namespace)
                 idx = idx or NamespaceIndex(self._embedder.dim, self.ranking, self._nearest(namespace))
                 idx.snapshot_size = idx.lex.n
                 self._indexes[namespace] = idx
@@ -347,10 +350,24 @@ class Memory:
                 idx.generation = gen
                 # Large namespaces keep a snapshot so that a new process starts fast.
                 grown = idx.lex.n - idx.snapshot_size
-                if (not self.read_only and self._snapshot_dir is not None and idx.size >= self.ranking.ann_threshold
+                if (not self.read_only and idx.size >= self.ranking.ann_threshold
                         and grown >= max(1, idx.snapshot_size // 10)):  # fmt: skip
                     self._save_snapshot(idx, namespace)
             return idx
+
+    def _stored_snapshot(self, namespace: str) -> NamespaceIndex | None:
+        """The index snapshot the store keeps for ``namespace``, as of its change number; None if none is usable."""
+        got = self._store.load_index_snapshot(namespace)
+        if got is None:
+            return None
+        try:
+            idx = snapshot.from_bytes(got.data, self._embedder.dim, self.ranking, self._nearest(namespace))
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            logger.warning("The recall snapshot of namespace %r in %s is unreadable (%s: %s); rebuilding the index "
+                           "from the store.", namespace, self.location, type(exc).__name__, exc)  # fmt: skip
+            return None
+        idx.seq = got.seq
+        return idx
 
     def _nearest(self, namespace: str) -> Callable[[np.ndarray, int, bool], builtins.list[int]] | None:
         """The store's key search for ``namespace``'s index, where the store has one."""
@@ -362,7 +379,11 @@ class Memory:
     def _save_snapshot(self, idx: NamespaceIndex, namespace: str) -> None:
         # Under the snapshot lock, and only if every episode in it is still stored: a forget that
         # committed meanwhile must not be written back to disk (forget drops snapshots under this lock).
-        assert self._snapshot_dir is not None
+        if self._snapshot_dir is None:  # the store keeps it, and refuses one that a deletion made stale
+            assert idx.seq is not None
+            if self._store.save_index_snapshot(namespace, idx.seq, snapshot.to_bytes(idx)):
+                idx.snapshot_size = idx.lex.n
+            return
         with snapshot.locked(self._snapshot_dir):
             if set(idx.slot_of) <= set(self._store.namespace_rowids(namespace).tolist()):
                 snapshot.save(idx, self._snapshot_dir, namespace)

@@ -92,10 +92,14 @@ class NamespaceIndex:
                 if row.damage:
                     self._tombstone(base + i)
                     damaged.append(row)
+        self.convert_if_large()
+        return damaged
+
+    def convert_if_large(self) -> None:
+        """Past ``ann_threshold``, dense candidates come from an HNSW index (once, when it crosses)."""
         if not self.own.ann and self.size > self.cfg.ann_threshold:
             self.own = _to_ann(self.own, self._remote(context=False))
             self.ctx = _to_ann(self.ctx, self._remote(context=True))
-        return damaged
 
     def _remote(self, *, context: bool) -> Callable[[np.ndarray, int], np.ndarray] | None:
         nearest = self.nearest

@@ -18,7 +18,7 @@ from ..engine import Artifact
 from ..episodes import stored_time
 from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError
 from ..records import Episode
-from .records import Changes, Damage, IndexRow, NewEpisode, Row, SizeReport
+from .records import Changes, Damage, IndexRow, NewEpisode, Row, SizeReport, StoredSnapshot
 
 
 class MemoryStore(Protocol):
@@ -81,6 +81,13 @@ class MemoryStore(Protocol):
         Only where ``server_ann``; large namespaces take their dense candidates from it.
         """
         ...
+    # --- recall-index snapshots kept in the store itself (only where ``snapshot_dir`` is None) ---
+    def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None: ...
+    def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
+        """Keep ``data``, the namespace's index as of change ``seq``, unless a deletion came after ``seq``
+        (then it would hold a forgotten episode: returns False, nothing written). Deletes drop it."""
+        ...
+
     def damaged(self, namespace: str | None = None) -> list[Damage]: ...
     def count(self, namespace: str | None = None) -> int: ...
     def size_report(self, namespace: str | None = None) -> SizeReport: ...

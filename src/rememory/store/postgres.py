@@ -33,7 +33,7 @@ from ..engine import Artifact
 from ..errors import ConfigError, IntegrityError, StoreBusyError, StoreError
 from . import shards
 from .base import check_duplicate, mismatch
-from .records import NewEpisode, Row, SizeReport
+from .records import NewEpisode, Row, SizeReport, StoredSnapshot
 from .sql import DELETION_LOG_S, ROW_COLS, SQLReads, damaged_metadata, engine_config, log_deletions, next_seq, row
 
 SCHEMA = "rememory"
@@ -119,8 +119,18 @@ def _m003_context_embeddings(conn: Any) -> None:
             )
 
 
+# Recall-index snapshots, so a fresh replica loads one blob and catches up from the change log
+# instead of rebuilding its index from every row. A deletion drops its namespace's snapshot.
+_M004_INDEX_SNAPSHOTS = (
+    """CREATE TABLE index_snapshots (
+        namespace text PRIMARY KEY,
+        seq bigint NOT NULL,  -- the namespace's change it covers
+        data bytea NOT NULL   -- rememory.index.snapshot.to_bytes: live episodes' tokens and keys only
+    )""",
+)
+
 Migration = Sequence[str] | Callable[[Any], None]
-MIGRATIONS: list[Migration] = [_M001_INITIAL, _M002_CHANGES, _m003_context_embeddings]
+MIGRATIONS: list[Migration] = [_M001_INITIAL, _M002_CHANGES, _m003_context_embeddings, _M004_INDEX_SNAPSHOTS]
 ANN_EF_SEARCH = 200  # HNSW candidates list: at least the candidates recall asks for (pgvector's limit is 1000)
 
 
@@ -364,6 +374,7 @@ class PostgresStore(SQLReads):
                 if old is not None:
                     conn.execute("DELETE FROM episodes WHERE rowid = %s", (old.rowid,))
                     log_deletions(run, ep.namespace, [old.rowid], seqs[ep.namespace], keep_s=self.deletion_log_s)
+                    conn.execute("DELETE FROM index_snapshots WHERE namespace = %s", (ep.namespace,))
                 weights, spans = _pack(art.streams)
                 unit = item.key.astype(np.float32) * np.float32(item.key_scale)
                 ctx_unit = item.ctx_key.astype(np.float32) * np.float32(item.ctx_key_scale)
@@ -400,9 +411,12 @@ class PostgresStore(SQLReads):
                     removed.append(id_)
                     gone.append(int(got[0]))
             log_deletions(run, namespace, gone, seq, keep_s=self.deletion_log_s)
+            if gone:  # a snapshot holding them goes in the same transaction
+                conn.execute("DELETE FROM index_snapshots WHERE namespace = %s", (namespace,))
         if removed:
             with self._conn() as conn:
                 conn.execute("VACUUM episodes")  # the heap copy of the deleted rows goes now, not at autovacuum
+                conn.execute("VACUUM index_snapshots")  # and so does the dropped snapshot's
         return removed
 
     # --- reads ---
@@ -421,6 +435,26 @@ class PostgresStore(SQLReads):
             conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(ANN_EF_SEARCH, int(k)), 1000)}")
             got = conn.execute(nearest_sql(context, dim), (namespace, _vector_text(q), int(k))).fetchall()
         return [int(t[0]) for t in got]
+
+    def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None:
+        got = self._read("SELECT seq, data FROM index_snapshots WHERE namespace = %s", (namespace,))
+        return StoredSnapshot(int(got[0][0]), bytes(got[0][1])) if got else None
+
+    def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
+        with self._write(bump=False) as conn:
+            # The namespace's row lock: no deletion can commit between this check and the write.
+            got = conn.execute("SELECT pruned FROM namespaces WHERE namespace = %s FOR UPDATE", (namespace,)).fetchone()
+            if got is None or int(got[0]) > seq:  # (a pruned log cannot prove that nothing was deleted)
+                return False
+            if conn.execute("SELECT 1 FROM deletions WHERE namespace = %s AND seq > %s LIMIT 1",
+                            (namespace, seq)).fetchone():  # fmt: skip
+                return False
+            conn.execute(
+                "INSERT INTO index_snapshots(namespace, seq, data) VALUES (%s, %s, %s) ON CONFLICT (namespace)"
+                " DO UPDATE SET seq = EXCLUDED.seq, data = EXCLUDED.data WHERE index_snapshots.seq < EXCLUDED.seq",
+                (namespace, seq, data),
+            )
+        return True
 
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]:
         out: dict[int, Artifact | IntegrityError] = {}

@@ -65,6 +65,14 @@ class Changes:
 
 
 @dataclass(frozen=True)
+class StoredSnapshot:
+    """A namespace's recall index as one blob (rememory.index.snapshot.to_bytes), as of change ``seq``."""
+
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Damage:
     """A stored episode whose metadata is unusable, found without decoding it."""
 

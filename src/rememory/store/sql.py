@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import IntegrityError
 from ..integrity import DIGEST_SIZE
 from .base import build_index_row
-from .records import Changes, Damage, IndexRow, Row
+from .records import Changes, Damage, IndexRow, Row, StoredSnapshot
 
 ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
 # What the recall index reads, with the key dimension of the embedder that made the row.
@@ -51,6 +51,12 @@ class SQLReads:
 
     def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
         raise NotImplementedError(f"{type(self).__name__} searches no keys itself (server_ann is False)")
+
+    def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None:
+        raise NotImplementedError(f"{type(self).__name__} keeps index snapshots in files (snapshot_dir)")
+
+    def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} keeps index snapshots in files (snapshot_dir)")
 
     def embedder_info(self) -> tuple[str, int] | None:
         """The embedder id and dimension every key of the store was made with (None before the first add)."""
