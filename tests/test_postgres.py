@@ -75,9 +75,8 @@ def test_concurrent_first_opens_migrate_once(new_postgres_url) -> None:
         p.join(120)
     assert [q.get(timeout=5) for _ in procs] == ["ok"] * 3
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT value FROM rememory.meta WHERE key = 'schema_version'").fetchone()[0] == str(
-            len(MIGRATIONS)
-        )
+        version = conn.execute("SELECT value FROM rememory.meta WHERE key = 'schema_version'").fetchone()[0]
+    assert version == str(len(MIGRATIONS))
 
 
 def test_a_newer_schema_is_refused(new_postgres_url) -> None:
@@ -141,3 +140,91 @@ def test_a_refused_open_leaves_no_connection_behind(new_postgres_url, embedder) 
             "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db,)
         ).fetchone()[0]
     assert others == 0
+
+
+STORY = [
+    ("Ilya, bridge", "We walked with Ilya across the bridge at night."),
+    ("Sergey, van", "Sergey brought an old van with a stuck window."),
+    ("tea, noon", "Green tea at noon in the garden, with Masha."),
+    ("rain, station", "It rained at the station and the train was late."),
+    ("Lena, violin", "Lena played the violin at the concert on Friday."),
+    ("soup, kitchen", "We cooked a beet soup in the small kitchen."),
+    ("map, forest", "The old map led us through the pine forest."),
+    ("cat, roof", "The cat sat on the roof all morning."),
+]
+QUERIES = ["a walk over the bridge", "music concert", "cooking dinner", "waiting for a train", "a lost pet"]
+
+
+def test_large_namespaces_take_dense_candidates_from_pgvector(new_postgres_url, embedder) -> None:
+    from rememory.index.config import RankingConfig
+
+    url = new_postgres_url()
+    exact = Memory(url, embedder=embedder)  # the default threshold: every key compared in memory
+    server = Memory(url, embedder=embedder, ranking=RankingConfig(ann_threshold=1))  # pgvector's HNSW from 2 rows
+    try:
+        exact.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
+        for q in QUERIES:
+            want = [(h.id, round(h.score, 6)) for h in exact.recall(q, top_k=4)]
+            assert [(h.id, round(h.score, 6)) for h in server.recall(q, top_k=4)] == want
+        dense = server._indexes["default"].own
+        assert dense.ann and dense.remote is not None and dense._hnsw is None  # no graph was built in memory
+        exact.forget("s0")
+        assert "s0" not in [h.id for h in server.recall("a walk over the bridge", top_k=8)]
+        exact.add("Ilya, river", "Ilya swam across the river at dawn.", id="swim")
+        assert server.recall("swimming in a river at dawn", top_k=1)[0].id == "swim"
+    finally:
+        exact.close()
+        server.close()
+
+
+def _snapshot(url: str) -> tuple[int, bytes] | None:
+    with psycopg.connect(url) as conn:
+        got = conn.execute("SELECT seq, data FROM rememory.index_snapshots WHERE namespace = 'default'").fetchone()
+        return (int(got[0]), bytes(got[1])) if got else None
+
+
+def test_a_fresh_replica_starts_from_the_snapshot_in_the_database(new_postgres_url, embedder) -> None:
+    from rememory.index.config import RankingConfig
+
+    url = new_postgres_url()
+    small = RankingConfig(ann_threshold=3)  # namespaces from 3 episodes keep a snapshot
+    a = Memory(url, embedder=embedder, ranking=small)
+    try:
+        episodes = [{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)]
+        episodes[1]["id"] = "forgotten-episode-x7"
+        a.add_many(episodes)
+        a.recall("cooking dinner")  # syncs, and keeps a snapshot in the database
+        seq, data = _snapshot(url)
+        assert b"forgotten-episode-x7" in data
+        a.forget("forgotten-episode-x7")
+        assert _snapshot(url) is None  # dropped with the episode, in the same transaction
+        a.recall("cooking dinner")
+        seq2, data2 = _snapshot(url)
+        assert seq2 > seq and b"forgotten-episode-x7" not in data2  # rewritten without it
+        a.add("Ilya, river", "Ilya swam across the river at dawn.", id="swim")  # newer than the snapshot
+        b = Memory(url, embedder=embedder, ranking=small, read_only=True)
+        try:
+            assert b.recall("swimming in a river at dawn", top_k=1)[0].id == "swim"  # caught up from the change log
+            assert b._indexes["default"].snapshot_size == len(STORY)  # it started from the snapshot, not the rows
+            got = [[(h.id, round(h.score, 6)) for h in b.recall(q, top_k=3)] for q in QUERIES]
+            assert got == [[(h.id, round(h.score, 6)) for h in a.recall(q, top_k=3)] for q in QUERIES]
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def test_a_snapshot_older_than_a_deletion_is_refused(new_postgres_url) -> None:
+    store = PostgresStore(new_postgres_url())
+    try:
+        store.delete("default", ["nothing"])  # the namespace exists, nothing deleted
+        seq = store.changes("default", None).seq
+        assert store.save_index_snapshot("default", seq, b"snapshot as of seq")
+        assert store.load_index_snapshot("default").data == b"snapshot as of seq"
+        with psycopg.connect(store.url, autocommit=True) as conn:  # a deletion committed after `seq`
+            conn.execute("INSERT INTO rememory.deletions(namespace, episode, seq, at) VALUES ('default', 1, %s, 0)",
+                         (seq + 1,))  # fmt: skip
+        assert not store.save_index_snapshot("default", seq, b"stale")
+        assert store.load_index_snapshot("default").data == b"snapshot as of seq"
+    finally:
+        store.close()

@@ -7,9 +7,10 @@ import logging
 import os
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .archive import ArchiveProgress, ExportReport, ImportReport
 from .cells.engine import MlpCellEngine
@@ -30,6 +31,9 @@ from .records import Episode, RecallHit, ReembedReport, StoreStats, TrainProgres
 from .store import open_store
 from .store.base import check_duplicate, mismatch
 from .store.records import NewEpisode, Row, StagedKey
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -445,7 +449,9 @@ class Memory:
                 if self._snapshot_dir is not None:
                     emb = self._embedder
                     idx = snapshot.load(self._snapshot_dir, namespace, emb.dim, self.ranking, emb.id)
-                idx = idx or NamespaceIndex(self._embedder.dim, self.ranking)
+                else:
+                    idx = self._stored_snapshot(namespace)
+                idx = idx or NamespaceIndex(self._embedder.dim, self.ranking, self._nearest(namespace))
                 idx.snapshot_size = idx.lex.n
                 self._indexes[namespace] = idx
             if idx.generation != gen:
@@ -455,7 +461,7 @@ class Memory:
                         f"The store at {self.location} now uses the embedder {bound[0]!r} (it was reembedded); this "
                         f"process still holds {self._embedder.id!r}. Reopen the store (restart the server) to use it."
                     )
-                for bad in idx.sync(self._store.namespace_rowids(namespace), self._store.index_rows):
+                for bad in idx.apply(self._store.changes(namespace, idx.seq), self._store.index_rows):
                     logger.warning(
                         "Memory %r of namespace %r cannot be recalled: %s. Run `rememory verify`, then re-add it.",
                         bad.id, namespace, bad.damage,
@@ -463,15 +469,40 @@ class Memory:
                 idx.generation = gen
                 # Large namespaces keep a snapshot so that a new process starts fast.
                 grown = idx.lex.n - idx.snapshot_size
-                if (not self.read_only and self._snapshot_dir is not None and idx.size >= self.ranking.ann_threshold
+                if (not self.read_only and idx.size >= self.ranking.ann_threshold
                         and grown >= max(1, idx.snapshot_size // 10)):  # fmt: skip
                     self._save_snapshot(idx, namespace)
             return idx
 
+    def _stored_snapshot(self, namespace: str) -> NamespaceIndex | None:
+        """The index snapshot the store keeps for ``namespace``, as of its change number; None if none is usable."""
+        got = self._store.load_index_snapshot(namespace)
+        if got is None:
+            return None
+        try:
+            idx = snapshot.from_bytes(got.data, self._embedder.dim, self.ranking, self._nearest(namespace))
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            logger.warning("The recall snapshot of namespace %r in %s is unreadable (%s: %s); rebuilding the index "
+                           "from the store.", namespace, self.location, type(exc).__name__, exc)  # fmt: skip
+            return None
+        idx.seq = got.seq
+        return idx
+
+    def _nearest(self, namespace: str) -> Callable[[np.ndarray, int, bool], builtins.list[int]] | None:
+        """The store's key search for ``namespace``'s index, where the store has one."""
+        if not self._store.server_ann:
+            return None
+        store = self._store
+        return lambda q, k, context: store.nearest(namespace, q, k, context=context)
+
     def _save_snapshot(self, idx: NamespaceIndex, namespace: str) -> None:
         # Under the snapshot lock, and only if every episode in it is still stored: a forget that
         # committed meanwhile must not be written back to disk (forget drops snapshots under this lock).
-        assert self._snapshot_dir is not None
+        if self._snapshot_dir is None:  # the store keeps it, and refuses one that a deletion made stale
+            assert idx.seq is not None
+            if self._store.save_index_snapshot(namespace, idx.seq, snapshot.to_bytes(idx)):
+                idx.snapshot_size = idx.lex.n
+            return
         with snapshot.locked(self._snapshot_dir):
             if set(idx.slot_of) <= set(self._store.namespace_rowids(namespace).tolist()):
                 snapshot.save(idx, self._snapshot_dir, namespace, self._embedder.id)

@@ -1,9 +1,9 @@
 """The recall index of one namespace: lexical and dense indexes kept in step with the store.
 
-The store is the source of truth. Before answering, the index compares the namespace's
-row ids with the ones it holds: new rows are appended (their hashed tokens and int8 keys
-come from SQLite, no cell is decoded), and rows gone from the store become tombstones,
-so a forgotten episode can never be recalled again, whichever process forgot it.
+The store is the source of truth. Before answering, the index asks the store what changed in
+the namespace since the change number it last applied: new rows are appended (their hashed
+tokens and int8 keys come from the store, no cell is decoded), and deleted rows become
+tombstones, so a forgotten episode can never be recalled again, whichever process forgot it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..store.records import IndexRow
+from ..store.records import Changes, IndexRow
 from .config import RankingConfig
 from .dense import DenseIndex
 from .lexical import LexicalIndex, _cover, _window_sum
@@ -29,20 +29,39 @@ class Scored:
 class NamespaceIndex:
     """Hybrid BM25 + dense recall over one namespace."""
 
-    def __init__(self, dim: int, cfg: RankingConfig) -> None:
+    def __init__(
+        self, dim: int, cfg: RankingConfig, nearest: Callable[[np.ndarray, int, bool], list[int]] | None = None
+    ) -> None:
         self.dim = dim
         self.cfg = cfg
+        # The store's own key search, if it has one: (unit query, k, context keys?) -> row ids.
+        # Past ann_threshold, dense candidates come from it and no HNSW graph is built in memory.
+        self.nearest = nearest
         self.slot_of: dict[int, int] = {}  # store rowid -> slot
         self.ids: list[str] = []  # slot -> episode id
         self.lex = LexicalIndex()
         self.own = DenseIndex(dim, ann=False)
         self.ctx = DenseIndex(dim, ann=False)
         self.generation = -1
+        self.seq: int | None = None  # the store's change number applied last (None: never synced)
         self.snapshot_size = 0  # slots covered by the last snapshot written or read
 
     @property
     def size(self) -> int:
         return int(self.lex.alive.sum())
+
+    def apply(self, changes: Changes, fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
+        """Apply the store's ``changes`` (O(changes) unless they are ``complete``); as :meth:`sync` otherwise."""
+        if changes.complete:
+            damaged = self.sync(np.asarray(changes.added, dtype=np.int64), fetch)
+        else:
+            for rowid in changes.removed:
+                slot = self.slot_of.pop(rowid, None)
+                if slot is not None:
+                    self._tombstone(slot)
+            damaged = self._append([r for r in changes.added if r not in self.slot_of], fetch)
+        self.seq = changes.seq
+        return damaged
 
     def sync(self, rowids: np.ndarray, fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
         """Bring the index to exactly ``rowids``; ``fetch(new_rowids)`` returns their index rows.
@@ -53,7 +72,9 @@ class NamespaceIndex:
         current = set(rowids.tolist())
         for rowid in [r for r in self.slot_of if r not in current]:
             self._tombstone(self.slot_of.pop(rowid))
-        new = [r for r in rowids.tolist() if r not in self.slot_of]
+        return self._append([r for r in rowids.tolist() if r not in self.slot_of], fetch)
+
+    def _append(self, new: list[int], fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
         damaged: list[IndexRow] = []
         if new:
             rows = fetch(new)
@@ -71,10 +92,26 @@ class NamespaceIndex:
                 if row.damage:
                     self._tombstone(base + i)
                     damaged.append(row)
-        if not self.own.ann and self.size > self.cfg.ann_threshold:
-            self.own = _to_ann(self.own)
-            self.ctx = _to_ann(self.ctx)
+        self.convert_if_large()
         return damaged
+
+    def convert_if_large(self) -> None:
+        """Past ``ann_threshold``, dense candidates come from an HNSW index (once, when it crosses)."""
+        if not self.own.ann and self.size > self.cfg.ann_threshold:
+            self.own = _to_ann(self.own, self._remote(context=False))
+            self.ctx = _to_ann(self.ctx, self._remote(context=True))
+
+    def _remote(self, *, context: bool) -> Callable[[np.ndarray, int], np.ndarray] | None:
+        nearest = self.nearest
+        if nearest is None:
+            return None
+
+        def slots(q: np.ndarray, k: int) -> np.ndarray:
+            # Rows committed since the last sync are not indexed yet: the next recall has them.
+            found = [self.slot_of.get(r) for r in nearest(q, k, context)]
+            return np.array([s for s in found if s is not None], dtype=np.int64)
+
+        return slots
 
     def _tombstone(self, slot: int) -> None:
         self.lex.remove(slot)
@@ -177,8 +214,8 @@ def _window_mean(near: np.ndarray, vals: np.ndarray, lex: LexicalIndex, at: np.n
     return total / np.maximum(count, 1)
 
 
-def _to_ann(dense: DenseIndex) -> DenseIndex:
-    """Rebuild a grown namespace's keys as an HNSW index (once, when it crosses the threshold)."""
-    ann = DenseIndex(dense.dim, ann=True)
+def _to_ann(dense: DenseIndex, remote: Callable[[np.ndarray, int], np.ndarray] | None) -> DenseIndex:
+    """Rebuild a grown namespace's keys as an HNSW index, or hand its search to the store (once, at the threshold)."""
+    ann = DenseIndex(dense.dim, ann=True, remote=remote)
     ann.add_unit(dense)
     return ann

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -98,17 +99,8 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str, embedder: str = "
     private_dir(directory)
     stem = _stem(directory, namespace)
     version = uuid.uuid4().hex[:12]
-    lex = idx.lex
-    lex._merge()
-    rowids = np.full(lex.n, -1, dtype=np.int64)
-    for rowid, slot in idx.slot_of.items():
-        rowids[slot] = rowid
-    live = lex.alive
-    keep = live[lex._doc]  # postings of live slots only: a forgotten episode's tokens never reach the disk
-    big: dict[str, np.ndarray] = {"tok": lex._tok[keep], "doc": lex._doc[keep], "tf": lex._tf[keep]}
-    for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
-        big[f"{name}_q8"] = np.where(live[:, None], dense._q8, 0).astype(np.int8)
-        big[f"{name}_scale"] = np.where(live, dense._scale, 0).astype(dense._scale.dtype)
+    big, rowids = _live_arrays(idx)
+    lex, live = idx.lex, idx.lex.alive
     for name, arr in big.items():
         _atomic(_part(stem, version, f"{name}.npy"), functools.partial(_save_array, arr))
     if idx.own.ann:
@@ -142,6 +134,70 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str, embedder: str = "
             old.unlink(missing_ok=True)
         except OSError:  # still mapped where that forbids deletion (Windows): the next save retries
             continue
+
+
+def _live_arrays(idx: NamespaceIndex) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The large arrays of ``idx`` holding live slots' data only (dead slots' postings dropped, keys zeroed),
+    and the rowid of each slot (-1 for none)."""
+    lex = idx.lex
+    lex._merge()
+    rowids = np.full(lex.n, -1, dtype=np.int64)
+    for rowid, slot in idx.slot_of.items():
+        rowids[slot] = rowid
+    live = lex.alive
+    keep = live[lex._doc]  # postings of live slots only: a forgotten episode's tokens are never written
+    big: dict[str, np.ndarray] = {"tok": lex._tok[keep], "doc": lex._doc[keep], "tf": lex._tf[keep]}
+    for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
+        big[f"{name}_q8"] = np.where(live[:, None], dense._q8, 0).astype(np.int8)
+        big[f"{name}_scale"] = np.where(live, dense._scale, 0).astype(dense._scale.dtype)
+    return big, rowids
+
+
+def to_bytes(idx: NamespaceIndex) -> bytes:
+    """``idx`` as one ``.npz`` (no pickle, no HNSW graph), for a store that keeps snapshots itself.
+
+    Only live slots' data goes in, as in :func:`save`; postings are narrowed to 32 bits.
+    """
+    big, rowids = _live_arrays(idx)
+    big["doc"] = big["doc"].astype(np.int32)
+    big["tf"] = big["tf"].astype(np.float32)
+    live = idx.lex.alive
+    ids = [i if live[s] else "" for s, i in enumerate(idx.ids)]
+    arrays = {
+        **big, "format": np.array([FORMAT]), "dim": np.array([idx.dim]), "rowids": rowids,
+        "ids": np.frombuffer("\n".join(ids).encode("utf-8"), dtype=np.uint8), "alive": live, "dl": idx.lex.dl,
+        "own_alive": idx.own.alive, "ctx_alive": idx.ctx.alive,
+    }  # fmt: skip
+    buf = io.BytesIO()
+    np.savez(buf, **cast(dict[str, Any], arrays))
+    return buf.getvalue()
+
+
+def from_bytes(
+    data: bytes, dim: int, cfg: RankingConfig, nearest: Callable[[np.ndarray, int, bool], list[int]] | None
+) -> NamespaceIndex:
+    """The index :func:`to_bytes` wrote; ``ValueError`` (or ``KeyError``, ``zipfile.BadZipFile``) if it is unusable."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    if int(a["format"][0]) != FORMAT or int(a["dim"][0]) != dim:
+        raise ValueError(f"it has format {int(a['format'][0])} and {int(a['dim'][0])} dimensions")
+    idx = NamespaceIndex(dim, cfg, nearest)
+    ids = bytes(a["ids"]).decode("utf-8")
+    idx.ids = ids.split("\n") if ids else []
+    idx.slot_of = {int(r): s for s, r in enumerate(a["rowids"]) if r >= 0 and a["alive"][s]}
+    lex = LexicalIndex()
+    lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"], a["dl"]
+    lex._tok, lex._doc, lex._tf = a["tok"], a["doc"].astype(np.int64), a["tf"].astype(np.float64)
+    idx.lex = lex
+    for name in ("own", "ctx"):
+        dense = DenseIndex(dim, ann=False)
+        dense.n = len(a[f"{name}_alive"])
+        dense._q8, dense._scale, dense.alive = a[f"{name}_q8"], a[f"{name}_scale"], a[f"{name}_alive"]
+        setattr(idx, name, dense)
+    if len(idx.ids) != lex.n or idx.own._q8.shape != (lex.n, dim):
+        raise ValueError(f"it lists {len(idx.ids)} ids and {len(idx.own._q8)} keys for {lex.n} slots")
+    idx.convert_if_large()
+    return idx
 
 
 def _live_graph(dense: DenseIndex) -> Any:

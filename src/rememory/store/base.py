@@ -18,13 +18,14 @@ from ..engine import Artifact
 from ..episodes import stored_time
 from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError
 from ..records import Episode
-from .records import Damage, IndexRow, NewEpisode, Row, SizeReport, StagedKey
+from .records import Changes, Damage, IndexRow, NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
 
 
 class MemoryStore(Protocol):
     """Episodes' metadata, recall keys and engine artifacts, safe for several threads (and processes)."""
 
     read_only: bool
+    server_ann: bool  # whether ``nearest`` searches keys in the backend (then indexes keep no HNSW graph)
 
     @property
     def location(self) -> str:
@@ -78,7 +79,29 @@ class MemoryStore(Protocol):
     def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]: ...
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]: ...
     def namespace_rowids(self, namespace: str) -> np.ndarray: ...
+    def changes(self, namespace: str, since: int | None) -> Changes:
+        """What changed in ``namespace`` after its change number ``since`` (None: all of it), in O(changes).
+
+        Every write advances a per-namespace change number in the write's own transaction,
+        ordered so that no change numbered at most ``Changes.seq`` can commit later. When the
+        store can no longer list the deletions since ``since``, it answers ``complete``.
+        """
+        ...
+
     def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]: ...
+    def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
+        """Row ids of about the ``k`` own keys (or context keys) of ``namespace`` nearest to unit vector ``q``.
+
+        Only where ``server_ann``; large namespaces take their dense candidates from it.
+        """
+        ...
+    # --- recall-index snapshots kept in the store itself (only where ``snapshot_dir`` is None) ---
+    def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None: ...
+    def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
+        """Keep ``data``, the namespace's index as of change ``seq``, unless a deletion came after ``seq``
+        (then it would hold a forgotten episode: returns False, nothing written). Deletes drop it."""
+        ...
+
     def damaged(self, namespace: str | None = None) -> list[Damage]: ...
     def count(self, namespace: str | None = None) -> int: ...
     def size_report(self, namespace: str | None = None) -> SizeReport: ...

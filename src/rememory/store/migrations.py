@@ -114,7 +114,27 @@ _M004_STAGED_KEYS = (
     )""",
 )
 
-MIGRATIONS: list[Migration] = [_M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS, _M004_STAGED_KEYS]
+# A change sequence per namespace, so recall indexes sync only what changed (see store.sql.changes):
+# each row keeps the change that stored it, and deletions are logged for a while.
+_M005_CHANGES = (
+    "ALTER TABLE episodes ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX episodes_namespace_seq ON episodes(namespace, seq)",
+    """CREATE TABLE namespaces (
+        namespace TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,              -- the namespace's last change
+        pruned INTEGER NOT NULL DEFAULT 0  -- deletions up to this change may be gone from the log
+    )""",
+    """CREATE TABLE deletions (
+        namespace TEXT NOT NULL,
+        episode INTEGER NOT NULL,  -- the deleted row's rowid (nothing of its content)
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL        -- unix seconds, for pruning
+    )""",
+    "CREATE INDEX deletions_namespace_seq ON deletions(namespace, seq)",
+    "CREATE INDEX deletions_namespace_at ON deletions(namespace, at)",
+)
+
+MIGRATIONS: list[Migration] = [_M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS, _M004_STAGED_KEYS, _M005_CHANGES]
 
 
 def _apply(db: sqlite3.Connection, migration: Migration) -> None:

@@ -55,6 +55,24 @@ class IndexRow:
 
 
 @dataclass(frozen=True)
+class Changes:
+    """What changed in one namespace since a recall index last synced (see ``MemoryStore.changes``)."""
+
+    seq: int  # the namespace's change sequence these changes bring an index up to
+    added: list[int]  # row ids stored since, ascending
+    removed: list[int]  # row ids deleted since (an index drops the ones it holds)
+    complete: bool  # True: ``added`` lists the whole namespace; an index drops every row it does not list
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    """A namespace's recall index as one blob (rememory.index.snapshot.to_bytes), as of change ``seq``."""
+
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Damage:
     """A stored episode whose metadata is unusable, found without decoding it."""
 

@@ -33,7 +33,18 @@ from . import shards
 from .base import check_duplicate, mismatch
 from .migrations import MIGRATIONS, check_version, migrate
 from .records import NewEpisode, Row, SizeReport, StagedKey
-from .sql import ROW_COLS, SWAP_KEYS_SQL, UNSTAGED_SQL, SQLReads, damaged_metadata, engine_config, row
+from .sql import (
+    DELETION_LOG_S,
+    ROW_COLS,
+    SWAP_KEYS_SQL,
+    UNSTAGED_SQL,
+    SQLReads,
+    damaged_metadata,
+    engine_config,
+    log_deletions,
+    next_seq,
+    row,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +75,7 @@ class Store(SQLReads):
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self.read_only = read_only
+        self.deletion_log_s: float = DELETION_LOG_S
         self._lock = threading.RLock()
         db_path = self.path / DB_NAME
         if self.path.exists() and not self.path.is_dir():
@@ -297,6 +309,7 @@ class Store(SQLReads):
                 db.execute("INSERT OR IGNORE INTO embedders(name, dim) VALUES (?, ?)", (emb_id, dim))
                 emb_ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", (emb_id, dim)).fetchone()[0]
                 shard_id = db.execute("INSERT INTO shards(file, created_at) VALUES (?, ?)", (file, now)).lastrowid
+                seqs = {ns: next_seq(db.execute, ns) for ns in sorted({it.episode.namespace for it in items})}
                 for item, art, sp in zip(items, artifacts, spans):
                     ep = item.episode
                     got = db.execute(
@@ -307,19 +320,21 @@ class Store(SQLReads):
                         continue
                     if old is not None:
                         db.execute("DELETE FROM episodes WHERE rowid = ?", (old.rowid,))
+                        log_deletions(db.execute, ep.namespace, [old.rowid], seqs[ep.namespace],
+                                      keep_s=self.deletion_log_s)  # fmt: skip
                         stale_shards.add(int(got[-1]))
                     db.execute(
                         "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest,"
                         " digest_format, key, key_scale, embedder, engine, cell, shard, spans, tokens, ctx_key,"
-                        " ctx_key_scale)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " ctx_key_scale, seq)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest,
                             item.digest_format,
                             item.key.astype(np.int8).tobytes(), item.key_scale, emb_ref, art.engine,
                             json.dumps(art.config, separators=(",", ":")), shard_id, shards.encode_spans(sp),
                             item.tokens.astype("<u4").tobytes(), item.ctx_key.astype(np.int8).tobytes(),
-                            item.ctx_key_scale,
+                            item.ctx_key_scale, seqs[ep.namespace],
                         ),
                     )  # fmt: skip
                     inserted.append(ep.id)
@@ -352,6 +367,7 @@ class Store(SQLReads):
         """
         removed: list[str] = []
         touched: set[int] = set()
+        gone: list[int] = []
         with self._write() as db:
             for id_ in ids:
                 row = db.execute(
@@ -360,7 +376,10 @@ class Store(SQLReads):
                 if row is not None:
                     db.execute("DELETE FROM episodes WHERE rowid = ?", (row[0],))
                     removed.append(id_)
+                    gone.append(int(row[0]))
                     touched.add(int(row[1]))
+            if gone:
+                log_deletions(db.execute, namespace, gone, next_seq(db.execute, namespace), keep_s=self.deletion_log_s)
         for sid in touched:
             self._scrub(sid)
         if removed:
