@@ -10,10 +10,12 @@ from __future__ import annotations
 import multiprocessing as mp
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import psycopg
 import pytest
 
 from rememory import Memory
+from rememory.embed import Embedder
 from rememory.errors import StoreError
 from rememory.server.auth import KeyStore
 from rememory.store.postgres import MIGRATIONS, PostgresStore, redact
@@ -228,3 +230,51 @@ def test_a_snapshot_older_than_a_deletion_is_refused(new_postgres_url) -> None:
         assert store.load_index_snapshot("default").data == b"snapshot as of seq"
     finally:
         store.close()
+
+
+class _Letters(Embedder):
+    """A small real embedder of another dimension: letter counts, for a reembed that changes the dimension."""
+
+    id = "test/letter-counts"
+    dim = 26
+
+    def embed_batch(self, texts):
+        out = np.zeros((len(texts), 26), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                if "a" <= ch <= "z":
+                    out[i, ord(ch) - 97] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def test_reembed_to_another_dimension_rebuilds_the_vector_indexes_and_drops_snapshots(new_postgres_url, embedder):
+    from rememory.index.config import RankingConfig
+
+    url = new_postgres_url()
+    small = RankingConfig(ann_threshold=1)  # pgvector's HNSW answers, and a snapshot is kept, from 2 rows
+    mem = Memory(url, embedder=embedder, ranking=small)
+    mem.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
+    mem.recall("a walk over the bridge", top_k=2)
+    assert _snapshot(url) is not None
+    mem.reembed(_Letters())
+    mem.close()
+    assert _snapshot(url) is None  # made from the old keys
+    with psycopg.connect(url) as conn:
+        defs = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname LIKE '%hnsw'")]
+    assert len(defs) == 2 and all("halfvec(26)" in d for d in defs)
+    with psycopg.connect(url) as conn:  # and recall's statement is one they answer
+        from rememory.store.postgres import nearest_sql
+
+        conn.execute("SET search_path = rememory, public")
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET enable_sort = off")
+        plan = conn.execute("EXPLAIN " + nearest_sql(False, 26), ("default", "[" + ",".join(["0.2"] * 26) + "]", 3))
+        assert "episodes_embedding_hnsw" in "\n".join(r[0] for r in plan)
+    again = Memory(url, embedder=_Letters(), ranking=small)  # HNSW over the 26-d keys
+    try:
+        exact = Memory(url, embedder=_Letters())
+        want = [h.id for h in exact.recall(STORY[2][1], top_k=3)]
+        exact.close()
+        assert [h.id for h in again.recall(STORY[2][1], top_k=3)] == want and want[0] == "s2"
+    finally:
+        again.close()

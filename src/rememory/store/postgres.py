@@ -267,7 +267,7 @@ def _vector_indexes(conn: Any, dim: int) -> None:
     for name, col in (("embedding", "embedding"), ("ctx_embedding", "ctx_embedding")):
         conn.execute(
             f"CREATE INDEX IF NOT EXISTS episodes_{name}_hnsw ON episodes"
-            f" USING hnsw (({col}::halfvec({int(dim)})) halfvec_cosine_ops)"
+            f" USING hnsw (({ann_expr(col, dim)}) halfvec_cosine_ops)"
         )
 
 
@@ -635,7 +635,16 @@ def nearest_sql(context: bool, dim: int) -> str:
     """The statement of :meth:`PostgresStore.nearest`: its ORDER BY is the HNSW indexes' expression."""
     col = "ctx_embedding" if context else "embedding"
     return (f"SELECT rowid FROM episodes WHERE namespace = %s"
-            f" ORDER BY {col}::halfvec({int(dim)}) <=> %s::halfvec({int(dim)}) LIMIT %s")  # fmt: skip
+            f" ORDER BY {ann_expr(col, dim)} <=> %s::halfvec({int(dim)}) LIMIT %s")  # fmt: skip
+
+
+def ann_expr(col: str, dim: int) -> str:
+    """What the HNSW indexes index: the keys of the store's dimension (others, NULL, are left out).
+
+    A reembed to another dimension rewrites every key and rebuilds the indexes in one transaction:
+    building an index also reads the old row versions, which a plain cast would refuse.
+    """
+    return f"(CASE WHEN vector_dims({col}) = {int(dim)} THEN {col} END)::halfvec({int(dim)})"
 
 
 def _unit(key: bytes, scale: Any) -> np.ndarray | None:
