@@ -324,7 +324,7 @@ def test_cross_validate_report_and_reuse_checks(cv_store) -> None:
     assert cv.mean_held_out.recall[5] == pytest.approx(sum(f.held_out.recall[5] for f in cv.folds) / 3)
     assert set(cv.by_category) == {"1", "2"}
     d = json.loads(json.dumps(cv.to_dict()))
-    assert [f["pool"] for f in d["folds"]] == ["a", "b", "c"] and set(d["folds"][0]["weights"]) == set(WEIGHTS)
+    assert [f["pool"] for f in d["folds"]] == ["a", "b", "c"] and set(d["folds"][0]["weights"]) >= set(WEIGHTS)
     assert set(d) >= {"mean_held_out", "overall", "by_category", "all_pools", "median", "base"}
     stages = [e.stage for e in events]
     assert stages.count("tune") == 4 and stages.count("features") == len(CV_QUERIES) and "train" not in stages

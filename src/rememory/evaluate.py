@@ -419,6 +419,8 @@ def _run(
 # --- cross-validated tuning of the ranking weights ---
 
 TUNE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # values tried for each weight (only their ratios matter)
+# Feedback settings tried too: how many top hits feed it, and how far they move the query.
+TUNE_EXTRA: dict[str, tuple[float, ...]] = {"prf_docs": (1, 2, 3, 5, 8), "prf_mix": (0.5, 1.0, 2.0)}
 TUNE_ROUNDS = 3  # coordinate-ascent sweeps over the weights at most (it stops early once a sweep changes nothing)
 
 
@@ -486,22 +488,25 @@ def tune_weights(
     top_k: int = NDCG_K,
     grid: Sequence[float] = TUNE_GRID,
     rounds: int = TUNE_ROUNDS,
+    extra: Mapping[str, Sequence[float]] = TUNE_EXTRA,
 ) -> TuneResult:
     """Coordinate ascent over the fusion weights on cached signals, maximising mean R@5 + R@10.
 
     Each sweep tries every grid value for one weight at a time, keeping a change only if it
     strictly improves the objective; ties keep the current weights, so the result is deterministic.
+    ``extra`` names further settings to sweep with their values (the feedback's, by default).
     """
+    axes = [(name, tuple(grid)) for name in WEIGHTS] + [(name, tuple(values)) for name, values in extra.items()]
     if not cached:
         raise ConfigError("Tuning needs at least one labelled query.")
     best, best_obj, tried = base, _objective(cached, base, top_k), 1
     for _ in range(rounds):
         changed = False
-        for name in WEIGHTS:
-            for value in grid:
+        for name, values in axes:
+            for value in values:
                 if value == getattr(best, name):
                     continue
-                cand = replace(best, **{name: value})
+                cand = replace(best, **{name: type(getattr(best, name))(value)})
                 if sum(getattr(cand, n) for n in WEIGHTS) == 0:
                     continue
                 obj = _objective(cached, cand, top_k)
@@ -540,7 +545,7 @@ class CrossValidation:
 
     def to_dict(self) -> dict[str, Any]:
         def weights(cfg: RankingConfig) -> dict[str, float]:
-            return {n: getattr(cfg, n) for n in WEIGHTS}
+            return {n: getattr(cfg, n) for n in (*WEIGHTS, "prf_docs", "prf_mix")}
 
         return {
             "folds": [{"pool": f.pool, "weights": weights(f.tuned.ranking), "tuned_on": len(f.tuned.tuned_on),
@@ -576,6 +581,7 @@ def cross_validate_cached(
     top_k: int = NDCG_K,
     grid: Sequence[float] = TUNE_GRID,
     rounds: int = TUNE_ROUNDS,
+    extra: Mapping[str, Sequence[float]] = TUNE_EXTRA,
     progress: Callable[[EvalProgress], None] | None = None,
 ) -> tuple[list[Fold], TuneResult]:
     """Leave-one-pool-out over cached queries, then the weights tuned on all of them."""
@@ -586,12 +592,12 @@ def cross_validate_cached(
     for i, pool in enumerate(pools):
         train = [c for c in cached if c.pool != pool]
         test = [c for c in cached if c.pool == pool]
-        tuned = tune_weights(train, base, top_k=top_k, grid=grid, rounds=rounds)
+        tuned = tune_weights(train, base, top_k=top_k, grid=grid, rounds=rounds, extra=extra)
         results = [QueryResult(c.query, c.pool, rank_cached(c, tuned.ranking, top_k)) for c in test]
         folds.append(Fold(pool, tuned, score_results(results, ks)[0], results))
         if progress is not None:
             progress(EvalProgress("tune", i + 1, len(pools) + 1))
-    everything = tune_weights(cached, base, top_k=top_k, grid=grid, rounds=rounds)
+    everything = tune_weights(cached, base, top_k=top_k, grid=grid, rounds=rounds, extra=extra)
     if progress is not None:
         progress(EvalProgress("tune", len(pools) + 1, len(pools) + 1))
     return folds, everything
@@ -607,6 +613,7 @@ def cross_validate(
     reuse_store: bool = False,
     grid: Sequence[float] = TUNE_GRID,
     rounds: int = TUNE_ROUNDS,
+    extra: Mapping[str, Sequence[float]] = TUNE_EXTRA,
     progress: Callable[[EvalProgress], None] | None = None,
 ) -> CrossValidation:
     """Leave-one-pool-out tuning of the ranking weights over the id-prefix pools.
@@ -631,10 +638,11 @@ def cross_validate(
         if mem is not memory:
             mem.close()
     folds, everything = cross_validate_cached(cached, base, ks=ks, top_k=top_k, grid=grid, rounds=rounds,
-                                              progress=progress)  # fmt: skip
+                                              extra=extra, progress=progress)  # fmt: skip
     pooled = [r for f in folds for r in f.results]
     overall, by_category = score_results(pooled, ks)
-    median = replace(base, **{n: float(np.median([getattr(f.tuned.ranking, n) for f in folds])) for n in WEIGHTS})
+    median = replace(base, **{n: type(getattr(base, n))(np.median([getattr(f.tuned.ranking, n) for f in folds]))
+                              for n in (*WEIGHTS, *extra)})  # fmt: skip
     return CrossValidation(
         folds=folds, mean_held_out=_mean_metrics([f.held_out for f in folds]), overall=overall,
         by_category=by_category, all_pools=everything, median=median, base=base.to_dict(), episodes=len(eps),

@@ -76,7 +76,7 @@ def render_report(report: EvalReport) -> str:
 def render_cross_validation(cv: CrossValidation) -> str:
     """Held-out metrics per fold and pooled per category, and the weights each fold chose."""
     def weights(cfg: RankingConfig) -> str:
-        return " ".join(f"{n}={getattr(cfg, n):g}" for n in WEIGHTS)
+        return " ".join(f"{n}={getattr(cfg, n):g}" for n in (*WEIGHTS, "prf_docs", "prf_mix"))
 
     folds = [(f.pool, f.held_out) for f in cv.folds] + [("mean", cv.mean_held_out)]
     out = [f"Leave-one-pool-out over {len(cv.folds)} pools, {cv.overall.queries} queries, {cv.episodes} episodes "

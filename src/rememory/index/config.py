@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from ..config import dataclass_from_dict
 
-NORMS = ("minmax", "zscore", "rank")
+NORMS = ("minmax", "zscore", "rank", "max")
 # The fused signals, in the order recall sums them (each weight is a RankingConfig field).
 WEIGHTS = ("bm25_own", "bm25_ctx1", "bm25_ctx2", "bm25_ctx8", "dense_own", "dense_ctx", "dense_near", "dense_far",
            "prf")  # fmt: skip

@@ -65,7 +65,8 @@ def normalise(x: np.ndarray, how: str) -> np.ndarray:
     """``x`` mapped into [0, 1] over the candidates of one query, so that no signal's scale sets its weight.
 
     ``minmax``: (x - min) / (max - min). ``zscore``: the logistic of (x - mean) / std. ``rank``:
-    1 for the best candidate down to 0 for the worst (ties share their best rank). A constant signal is 0.
+    1 for the best candidate down to 0 for the worst (ties share their best rank). ``max``: x / max(x),
+    negatives 0, which keeps a signal's spread (kept for comparison). A constant signal is 0 (but under ``max``).
     """
     if x.size == 0:
         return x.astype(np.float64)
@@ -73,6 +74,9 @@ def normalise(x: np.ndarray, how: str) -> np.ndarray:
     if how == "minmax":
         lo, hi = float(x.min()), float(x.max())
         return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    if how == "max":  # no spread normalisation (how fusion was before): scaled by the best, negatives 0
+        hi = float(x.max())
+        return np.maximum(x, 0.0) / hi if hi > 0 else np.zeros_like(x)
     if how == "zscore":
         sd = float(x.std())
         return 1.0 / (1.0 + np.exp(-(x - x.mean()) / sd)) if sd > 0 else np.zeros_like(x)
