@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rememory import Memory
-from rememory.index.config import RankingConfig
+from rememory.index.config import WEIGHTS, RankingConfig
 
 from .conftest import REPO
 
@@ -112,3 +112,23 @@ def test_large_namespace_snapshot_round_trip(make_sqlite_memory, tmp_path, embed
     assert exact.recall("Note number 215", top_k=1)[0].id == "n215"
     assert not exact._indexes["default"].own.ann  # an ANN snapshot does not override the ranking's choice
     exact.close()
+
+
+@pytest.mark.parametrize("ann", [False, True])
+def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memory, ann) -> None:
+    mem = make_sqlite_memory(ranking=RankingConfig(ann_threshold=5 if ann else 10**9, candidates=10, rerank=8))
+    mem.add_many(EXAMPLES)
+    assert mem._index("default").own.ann is ann
+    plain = mem.recall("a concert with piano music", top_k=5)
+    hits = mem.recall("a concert with piano music", top_k=5, explain=True)
+    assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in plain]  # explaining changes no ranking
+    assert all(h.explain is None and "explain" not in h.to_dict() for h in plain)
+    for h in hits:
+        assert set(h.explain) == set(WEIGHTS)  # every signal has a weight in the defaults
+        assert all(v >= 0 for v in h.explain.values())
+        assert sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9)
+        assert h.to_dict()["explain"] == h.explain
+    # A signal switched off is not fused, so it has no share.
+    off = make_sqlite_memory(ranking=RankingConfig(prf=0.0, dense_near=0.0))
+    shares = off.recall("a concert with piano music", top_k=1, explain=True)[0].explain
+    assert "prf" not in shares and "dense_near" not in shares and "bm25_own" in shares

@@ -119,6 +119,10 @@ def test_add_recall_get_list_forget(service: Service) -> None:
         assert set(hits[0]) == {"id", "score", "keywords", "text", "time"}
         assert {h["text"] for h in hits} == set(texts)  # byte-exact
         assert next(h for h in hits if h["id"] == out["ids"][0])["time"] == "2023-08-01T10:00:00+00:00"
+        explained = c.post("/v1/recall", json={"query": "apples at grandma's dacha", "top_k": 2, "explain": True})
+        for hit, plain in zip(explained.json()["hits"], hits):
+            assert {k: hit[k] for k in plain} == plain and sum(hit["explain"].values()) == pytest.approx(hit["score"])
+        assert_error(c.post("/v1/recall", json={"query": "x", "explain": "yes"}), 422, "invalid_request")
 
         got = c.get("/v1/memories/van/1").json()  # an id with a slash
         assert got == {"id": "van/1", "keywords": "Sergey, van", "text": texts[1], "time": None, "namespace": "alice"}

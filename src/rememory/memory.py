@@ -22,7 +22,7 @@ from .episodes import validate_episode, validate_many, validate_namespace, valid
 from .errors import ConfigError, EmbedderMismatchError, IntegrityError, NotFoundError, RememoryError, StoreBusyError
 from .index import snapshot
 from .index.config import RankingConfig
-from .index.live import NamespaceIndex
+from .index.live import NamespaceIndex, RankingFeatures
 from .index.tokenize import token_hashes
 from .integrity import episode_digest
 from .limits import MAX_PAGE, MAX_TOP_K
@@ -509,13 +509,21 @@ class Memory:
                 idx.snapshot_size = idx.lex.n
 
     # `builtins.list`: inside this class `list` names the method above.
-    def recall(self, query: str, top_k: int = 3, namespace: str = "default") -> builtins.list[RecallHit]:
+    def recall(
+        self, query: str, top_k: int = 3, namespace: str = "default", *, explain: bool = False
+    ) -> builtins.list[RecallHit]:
         """The ``top_k`` episodes of ``namespace`` that best match ``query``, best first.
 
         Ranking fuses BM25 (over the episode and windows of its neighbours) with dense key
         similarity (see :class:`~rememory.index.config.RankingConfig`). ``RecallHit.score`` is
         that hybrid relevance in [0, 1]. Only the hits' cells are decoded, each checked
         against its digest.
+
+        With ``explain=True`` each hit's ``RecallHit.explain`` maps every signal in use (``bm25_own``,
+        ``bm25_ctx1``, ``bm25_ctx2``, ``bm25_ctx8``, ``dense_own``, ``dense_ctx``, ``dense_near``,
+        ``dense_far``, ``prf``) to its share of the score: its weight times its value normalised over
+        this query's candidates, divided by the sum of the weights. The shares sum to ``score``.
+        Without it, ``explain`` is ``None``.
 
         >>> [hit.id for hit in mem.recall("bridge at night", top_k=1)]
         ['e1']
@@ -532,13 +540,31 @@ class Memory:
         q = self._embedder.embed_query(query)
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
-        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k)
+        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k, explain=explain)
         # The index is a cache: every hit is checked against its store row in this namespace
         # before anything is decoded (a concurrent forget, or a tampered snapshot, yields nothing).
         rows = self._store.rows(namespace, [s.id for s in scored])
-        picked = [(rows[s.id], s.score) for s in scored if s.id in rows]
+        picked = [(rows[s.id], s) for s in scored if s.id in rows]
         got = self._reconstruct([r for r, _ in picked])
-        return [RecallHit(r.id, s, r.keywords, self._text(r, got), r.time, r.namespace) for r, s in picked]
+        return [RecallHit(r.id, s.score, r.keywords, self._text(r, got), r.time, r.namespace, s.signals)
+                for r, s in picked]  # fmt: skip
+
+    def ranking_features(self, query: str, namespace: str = "default", top_k: int = 10) -> RankingFeatures | None:
+        """Every ranking signal of ``query`` over its candidates in ``namespace`` (``None`` if it is empty).
+
+        What :meth:`recall` ranks with this memory's :class:`RankingConfig`, with the signals of weight 0
+        too: tuning (:func:`rememory.evaluate.cross_validate`) re-fuses them under other weights.
+        """
+        query = validate_query(query)
+        namespace = validate_namespace(namespace)
+        if namespace not in self._indexes and self._store.count(namespace) == 0:
+            return None
+        idx = self._index(namespace)
+        q = self._embedder.embed_query(query)
+        if q.shape[0] != idx.dim:
+            raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
+        f = idx.features(q, idx.lexical(token_hashes(query), every=True), top_k, every=True)
+        return None if f is None else RankingFeatures(f, tuple(idx.ids[s] for s in f.cand.tolist()))
 
     def verify(
         self, progress: Callable[[int, int], None] | None = None, *, namespace: str | None = None

@@ -39,9 +39,14 @@ class RecallHit:
     text: str
     time: str | None = None
     namespace: str = "default"
+    # recall(..., explain=True): each ranking signal's share of ``score`` (they sum to it); None otherwise
+    explain: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "keywords": self.keywords, "text": self.text, "time": self.time}
+        d = {"id": self.id, "score": self.score, "keywords": self.keywords, "text": self.text, "time": self.time}
+        if self.explain is not None:
+            d["explain"] = dict(self.explain)
+        return d
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,12 @@ class DenseIndex:
         """Unit key vectors of ``slots``: (len(slots), dim) float32."""
         return self._q8[slots].astype(np.float32) * self._scale[slots, None]
 
+    def rows(self, slots: np.ndarray) -> np.ndarray:
+        """Like :meth:`unit`, but the exact path hands out its own matrix when ``slots`` are all of them."""
+        if not self.ann and slots.size == self.n and (self.n == 0 or slots[-1] == self.n - 1):
+            return self._matrix()  # slots are sorted and distinct: that is exactly 0 .. n - 1
+        return self.unit(slots)
+
     def remove(self, slot: int) -> None:
         self.alive[slot] = False
         if self.ann and self.remote is None and self._hnsw is not None:

@@ -9,14 +9,17 @@ tombstones, so a forgotten episode can never be recalled again, whichever proces
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..store.records import Changes, IndexRow
-from .config import RankingConfig
+from .config import WEIGHTS, RankingConfig
 from .dense import DenseIndex
 from .lexical import LexicalIndex, _cover, _window_sum
+
+SIGNALS = WEIGHTS
+_BM25_WIDTHS = {"bm25_own": 0, "bm25_ctx1": 1, "bm25_ctx2": 2, "bm25_ctx8": 8}
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,96 @@ class Scored:
     slot: int
     id: str
     score: float  # hybrid relevance in [0, 1]
+    # With explain: each signal's share of ``score`` (weight x normalised value / total weight); they sum to it.
+    signals: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Features:
+    """One query's raw signals over its candidates: what :func:`fuse` ranks, cacheable for tuning.
+
+    ``raw[name]`` holds signal ``name`` (one of :data:`SIGNALS` but ``prf``) for every slot of
+    ``cand``; ``ctx_keys`` are the candidates' unit context keys, which pseudo-relevance feedback re-queries.
+    """
+
+    cand: np.ndarray  # (c,) slots
+    raw: dict[str, np.ndarray]  # signal -> (c,) values before normalisation
+    q: np.ndarray  # (dim,) unit query vector
+    ctx_keys: np.ndarray  # (c, dim) unit context keys of cand
+
+
+@dataclass(frozen=True)
+class RankingFeatures:
+    """:class:`Features` of one query with the episode id of every candidate (``ids[i]`` is ``cand[i]``'s)."""
+
+    features: Features
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Scores of every candidate of one query, and each signal's share of them."""
+
+    scores: np.ndarray  # (c,) hybrid relevance in [0, 1]
+    parts: dict[str, np.ndarray]  # signal -> (c,) weight x normalised value / total weight
+
+
+def normalise(x: np.ndarray, how: str) -> np.ndarray:
+    """``x`` mapped into [0, 1] over the candidates of one query, so that no signal's scale sets its weight.
+
+    ``minmax``: (x - min) / (max - min). ``zscore``: the logistic of (x - mean) / std. ``rank``:
+    1 for the best candidate down to 0 for the worst (ties share their best rank). ``max``: x / max(x),
+    negatives 0, which keeps a signal's spread (kept for comparison). A constant signal is 0 (but under ``max``).
+    """
+    if x.size == 0:
+        return x.astype(np.float64)
+    x = x.astype(np.float64)
+    if how == "minmax":
+        lo, hi = float(x.min()), float(x.max())
+        return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    if how == "max":  # no spread normalisation (how fusion was before): scaled by the best, negatives 0
+        hi = float(x.max())
+        return np.maximum(x, 0.0) / hi if hi > 0 else np.zeros_like(x)
+    if how == "zscore":
+        sd = float(x.std())
+        return 1.0 / (1.0 + np.exp(-(x - x.mean()) / sd)) if sd > 0 else np.zeros_like(x)
+    if how == "rank":
+        if x.size == 1 or float(x.max()) == float(x.min()):
+            return np.zeros_like(x)
+        below = np.searchsorted(np.sort(x), x, side="left")  # candidates strictly worse: ties share the rank
+        return below / (x.size - 1)
+    raise ValueError(f"unknown normalisation {how!r}")
+
+
+def weights_of(cfg: RankingConfig) -> dict[str, float]:
+    """The fusion weight of every signal in :data:`SIGNALS`."""
+    return {name: float(getattr(cfg, name)) for name in SIGNALS}
+
+
+def fuse(f: Features, cfg: RankingConfig, normalised: dict[str, np.ndarray] | None = None) -> Fused:
+    """Normalise every signal over the candidates and sum them with ``cfg``'s weights.
+
+    The one fusion both recall and the tuner (:mod:`rememory.tune`) run: tuned weights rank
+    exactly as they scored. ``normalised`` (the tuner's cache) is ``normalise(f.raw[name], cfg.norm)``
+    per signal, computed once. Feedback (``prf``) re-queries the context keys with the query moved
+    towards the ``prf_docs`` best candidates of the other signals, so it depends on their weights too.
+    """
+    w = weights_of(cfg)
+    total = max(sum(w.values()), 1e-12)
+    parts: dict[str, np.ndarray] = {}
+    fused = np.zeros(f.cand.size)
+    for name, values in f.raw.items():
+        if w[name]:
+            value = normalised[name] if normalised is not None else normalise(values, cfg.norm)
+            parts[name] = (w[name] / total) * value
+            fused += parts[name]
+    if w["prf"] and f.cand.size:
+        top = _best(fused, cfg.prf_docs)
+        q2 = f.q + cfg.prf_mix * f.ctx_keys[top].mean(axis=0)
+        q2 /= max(float(np.linalg.norm(q2)), 1e-12)
+        parts["prf"] = (w["prf"] / total) * normalise(f.ctx_keys @ q2, cfg.norm)
+        fused += parts["prf"]
+    return Fused(fused, parts)
 
 
 class NamespaceIndex:
@@ -118,69 +211,85 @@ class NamespaceIndex:
         self.own.remove(slot)
         self.ctx.remove(slot)
 
-    def lexical(self, q_tokens: np.ndarray) -> np.ndarray:
-        """(n,) weighted BM25 of every slot over all window widths, each width scaled by its maximum."""
+    def lexical(self, q_tokens: np.ndarray, *, every: bool = False) -> dict[int, np.ndarray]:
+        """{window width: (n,) raw BM25 of every slot} for the widths in use (all four with ``every``)."""
         lq = self.lex.query(q_tokens)
-        out = np.zeros(self.lex.n, dtype=np.float32)
-        for w, weight in self._bm25_weights().items():
-            if weight:
-                scores = lq.scores(w)
-                top = float(scores.max()) if scores.size else 0.0
-                if top > 0:
-                    out += (weight / top) * scores
-        return out
+        return {w: lq.scores(w) for name, w in _BM25_WIDTHS.items() if every or getattr(self.cfg, name)}
 
-    def _bm25_weights(self) -> dict[int, float]:
-        cfg = self.cfg
-        return {0: cfg.bm25_own, 1: cfg.bm25_ctx1, 2: cfg.bm25_ctx2, 8: cfg.bm25_ctx8}
+    def features(
+        self, q: np.ndarray, lexical: dict[int, np.ndarray], top_k: int, *, every: bool = False
+    ) -> Features | None:
+        """Raw signals for unit query ``q`` over its candidates (``None`` if nothing is alive).
 
-    def search(self, q: np.ndarray, lexical: np.ndarray, top_k: int) -> list[Scored]:
-        """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens."""
+        ``lexical`` is :meth:`lexical` of the query's tokens. Signals with weight 0 are skipped
+        unless ``every`` (the tuner wants them all). Small namespaces take every alive slot as a
+        candidate; past ``ann_threshold`` the candidates are the nearest keys of both kinds and the
+        best BM25 windows, cut to ``rerank`` by the cheap signals before the neighbour-window ones.
+        """
         cfg = self.cfg
         alive = self.lex.alive
         if not alive.any():
-            return []
-        if lexical.size < alive.size:  # rows synced in by another thread since lexical() ran
-            lexical = np.concatenate([lexical, np.zeros(alive.size - lexical.size)])
+            return None
+        n = alive.size
+        # rows synced in by another thread since lexical() ran score 0
+        lexical = {w: s if s.size >= n else np.concatenate([s, np.zeros(n - s.size, s.dtype)])
+                   for w, s in lexical.items()}  # fmt: skip
+        want = {name for name in SIGNALS if every or getattr(cfg, name)}
         if self.own.ann:
-            c = min(cfg.candidates, self.lex.n)
+            c = min(cfg.candidates, n)
             pools = [self.own.candidates(q, c), self.ctx.candidates(q, c)]
-            pools.append(np.argpartition(-lexical, min(2 * c, self.lex.n) - 1)[: 2 * c])
+            lex = np.zeros(n)
+            for s in lexical.values():
+                top = float(s.max()) if s.size else 0.0
+                if top > 0:
+                    lex += s / top
+            pools.append(np.argpartition(-lex, min(2 * c, n) - 1)[: 2 * c])
             cand = np.unique(np.concatenate(pools))
             cand = cand[alive[cand]]
         else:
             cand = np.flatnonzero(alive)
-        fused = lexical[cand].astype(np.float64)  # (c,)
-        weights = self._bm25_weights()
-        if cfg.dense_ctx:
-            fused += cfg.dense_ctx * np.maximum(self.ctx.cosine(q, cand), 0.0)
-        two_stage = self.own.ann and cfg.dense_own > 0
-        if two_stage:
-            fused += cfg.dense_own * np.maximum(self.own.cosine(q, cand), 0.0)
+        raw: dict[str, np.ndarray] = {}
+        for name, w in _BM25_WIDTHS.items():
+            if name in want:
+                raw[name] = lexical[w][cand]
+        if "dense_ctx" in want:
+            raw["dense_ctx"] = self.ctx.cosine(q, cand)
+        if self.own.ann:
+            if "dense_own" in want:
+                raw["dense_own"] = self.own.cosine(q, cand)
             keep = max(cfg.rerank, top_k)
             if cand.size > keep:  # neighbour signals read 17 keys per candidate: only for the most promising
-                sel = np.sort(np.argpartition(-fused, keep - 1)[:keep])
-                cand, fused = cand[sel], fused[sel]
-        if cfg.dense_near or cfg.dense_far or (cfg.dense_own and not two_stage):
-            far = 8 if cfg.dense_far else 2 if cfg.dense_near else 0
-            near = _cover(cand, far, self.lex.n)  # cand is sorted; its neighbours, sorted
-            own = np.maximum(self.own.cosine(q, near), 0.0) * alive[near]  # (len(near),)
-            if cfg.dense_own and not two_stage:
-                fused += cfg.dense_own * _at(near, own, cand)
-            for w, weight in ((2, cfg.dense_near), (8, cfg.dense_far)):
-                if weight:
-                    fused += weight * _window_mean(near, own, self.lex, cand, w)
-        total = sum(weights.values()) + cfg.dense_own + cfg.dense_ctx + cfg.dense_near + cfg.dense_far
-        if cfg.prf and cand.size:
-            # Pseudo-relevance feedback: the best hits' context keys sharpen the query.
-            top = cand[_best(fused, cfg.prf_docs)]
-            q2 = q + cfg.prf * self.ctx.unit(top).mean(axis=0)
-            q2 /= max(float(np.linalg.norm(q2)), 1e-12)
-            fused += cfg.prf * np.maximum(self.ctx.cosine(q2, cand), 0.0)
-            total += cfg.prf
-        order = _best(fused, top_k)
-        total = max(total, 1e-12)
-        return [Scored(int(cand[i]), self.ids[cand[i]], float(min(max(fused[i] / total, 0.0), 1.0))) for i in order]
+                cheap = replace(cfg, dense_near=0.0, dense_far=0.0, prf=0.0)
+                pre = fuse(Features(cand, raw, q, np.zeros((cand.size, self.dim), np.float32)), cheap).scores
+                sel = np.sort(np.argpartition(-pre, keep - 1)[:keep])
+                cand, raw = cand[sel], {k: v[sel] for k, v in raw.items()}
+        if "dense_near" in want or "dense_far" in want or ("dense_own" in want and not self.own.ann):
+            far = 8 if "dense_far" in want else 2 if "dense_near" in want else 0
+            near = _cover(cand, far, n)  # cand is sorted; its neighbours, sorted
+            own = self.own.cosine(q, near) * alive[near]  # (len(near),); tombstones 0, and not counted below
+            if "dense_own" in want and not self.own.ann:
+                raw["dense_own"] = _at(near, own, cand)
+            for name, w in (("dense_near", 2), ("dense_far", 8)):
+                if name in want:
+                    raw[name] = _window_mean(near, own, self.lex, cand, w)
+        keys = self.ctx.rows(cand) if "prf" in want else np.zeros((cand.size, self.dim), np.float32)
+        return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q, keys)
+
+    def search(self, q: np.ndarray, lexical: dict[int, np.ndarray], top_k: int, *, explain: bool = False
+               ) -> list[Scored]:  # fmt: skip
+        """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens.
+
+        With ``explain`` every hit carries each signal's share of its score in ``Scored.signals``.
+        """
+        f = self.features(q, lexical, top_k)
+        if f is None:
+            return []
+        fz = fuse(f, self.cfg)
+        out = []
+        for i in _best(fz.scores, top_k):
+            signals = {k: float(v[i]) for k, v in fz.parts.items()} if explain else None
+            out.append(Scored(int(f.cand[i]), self.ids[f.cand[i]], float(min(max(fz.scores[i], 0.0), 1.0)), signals))
+        return out
 
 
 def _best(scores: np.ndarray, k: int) -> np.ndarray:
@@ -189,6 +298,9 @@ def _best(scores: np.ndarray, k: int) -> np.ndarray:
         part = np.argpartition(-scores, k - 1)[:k]
         return part[np.lexsort((part, -scores[part]))]
     return np.argsort(-scores, kind="stable")
+
+
+best_positions = _best  # for the tuner, which must rank exactly as recall does
 
 
 def _at(slots: np.ndarray, vals: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -113,6 +113,7 @@ class RecallRequest(BaseModel):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to remember, in your words.")
     top_k: int = Field(default=3, ge=1, le=MAX_TOP_K, strict=True, description=TOP_K_DOC)
     namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
+    explain: bool = Field(default=False, strict=True, description="Add each hit's per-signal score shares.")
 
 
 class RecallResponse(BaseModel):
@@ -220,10 +221,12 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
             await _wait(job, wait)
         return JobOut(**job.to_dict())
 
-    @router.post("/recall", response_model=RecallResponse, responses=_errors(403, 500), tags=["recall"])
+    @router.post("/recall", response_model=RecallResponse, response_model_exclude_unset=True,
+                 responses=_errors(403, 500), tags=["recall"])  # fmt: skip
     def recall(body: RecallRequest, who: TenantArg) -> RecallResponse:
         """The episodes closest in meaning to the query, best first, with their exact texts."""
-        hits = memory.recall(body.query, top_k=body.top_k, namespace=who.namespace(body.namespace))
+        hits = memory.recall(body.query, top_k=body.top_k, namespace=who.namespace(body.namespace),
+                             explain=body.explain)  # fmt: skip
         return RecallResponse(query=body.query, hits=[Hit.of(h) for h in hits])
 
     @router.get("/memories", response_model=EpisodePage, responses=_errors(403, 500), tags=["memories"])
