@@ -253,9 +253,9 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
         return AddResponse(ids=job.ids, job_id=job.id, job=JobOut(**job.to_dict()))
 
     @router.get("/jobs/{job_id}", response_model=JobOut, responses=_errors(404), tags=["memories"])
-    async def get_job(job_id: str, who: TenantArg, wait: Wait = 0) -> JobOut:
-        """A training job's status and progress."""
-        job = jobs.get(job_id, namespace=who.namespace(None))
+    async def get_job(job_id: str, who: TenantArg, wait: Wait = 0, namespace: NamespaceQuery = None) -> JobOut:
+        """A training or verify job's status and progress."""
+        job = jobs.get(job_id, namespace=who.namespace(namespace))
         if job is None:
             raise ApiError(404, f"No job {job_id!r} in this namespace (finished jobs are kept for a while only).")
         if wait:

@@ -156,7 +156,7 @@ function drawTimeline(node, days) {
   svg.setAttribute("role", "img");
   const total = counts.reduce((a, b) => a + b, 0);
   svg.setAttribute("aria-label", `${total} episodes added over ${span} days, at most ${most} a day`);
-  const bw = (W - 2 * pad) / span;
+  const bw = Math.min((W - 2 * pad) / span, 40); // a few days still look like bars, not a wall
   counts.forEach((n, i) => {
     const h = most ? ((H - 2 * pad) * n) / most : 0;
     const r = document.createElementNS(ns, "rect");
