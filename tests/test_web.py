@@ -145,10 +145,11 @@ def test_sign_in_add_recall_explain_forget(served, page) -> None:  # type: ignor
     add_one(page, server.url, "tea, garden", "Green tea in the garden at noon, with the neighbours' cat.")
 
     go(page, "Recall")
-    page.get_by_label("Query").fill("walking over the bridge with Ilya")
+    page.get_by_label("Query").fill("Илья, мост и река")
     page.get_by_label("Top k").fill("2")
     page.get_by_role("button", name="Recall").click()
-    first = page.locator("#hits > li").first
+    expect(page.locator("#recall-status")).to_have_text("2 hits, best first.")
+    first = page.locator("#hits > li").filter(has=page.get_by_role("link", name=ep_id))
     expect(first.locator("pre")).to_have_text(text)
     assert float(first.locator(".score").inner_text()) > 0
     if "explain" in RecallRequest.model_fields:

@@ -256,12 +256,21 @@ function browse() {
 
 // --- the recall playground ---
 
-function explanation(hit) {
+// The largest signal share among all hits: one scale for every bar, so that hits compare at a glance.
+function largestShare(hits) {
+  let most = 1e-12;
+  for (const hit of hits) {
+    if (!hit.explain || typeof hit.explain !== "object") continue;
+    for (const v of Object.values(hit.explain)) most = Math.max(most, Math.abs(Number(v) || 0));
+  }
+  return most;
+}
+
+function explanation(hit, most) {
   const signals = hit.explain;
   if (!signals || typeof signals !== "object") return null;
   const names = Object.keys(signals);
   if (!names.length) return null;
-  const most = Math.max(...names.map((n) => Math.abs(Number(signals[n]) || 0)), 1e-12);
   const table = el("table", null, "explain");
   table.appendChild(el("caption", "Why it ranked here: each signal's part of the score"));
   for (const name of names) {
@@ -298,6 +307,7 @@ function recall() {
     const list = $("hits");
     clear(list);
     $("recall-status").textContent = out.hits.length ? `${out.hits.length} hits, best first.` : "Nothing recalled.";
+    const most = largestShare(out.hits);
     for (const hit of out.hits) {
       const li = el("li", null, "hit card");
       const head = el("div", null, "row");
@@ -307,7 +317,7 @@ function recall() {
       if (hit.time) head.appendChild(el("span", hit.time, "muted"));
       li.appendChild(head);
       li.appendChild(el("pre", hit.text, "text"));
-      const why = explanation(hit);
+      const why = explanation(hit, most);
       if (why) li.appendChild(why);
       list.appendChild(li);
     }
