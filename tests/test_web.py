@@ -11,12 +11,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from rememory.server import KeyStore
 from rememory.server.rest import RecallRequest
+from rememory.server.web import VIEWS
 
 pytestmark = pytest.mark.model
 
@@ -94,6 +96,8 @@ def page(browser):  # type: ignore[no-untyped-def]
 
     page.on("dialog", on_dialog)
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.urls = []
+    page.on("request", lambda request: page.urls.append(request.url))
     yield page
     context.close()
 
@@ -180,6 +184,11 @@ def test_sign_in_add_recall_explain_forget(served, page) -> None:  # type: ignor
     with server.client(key["alice"]) as c:
         assert c.get(f"/v1/memories/{ep_id}").status_code == 404
     assert page.errors == []
+    # The page used only its own views and files and the public REST API; the key went in no URL, no cookie.
+    paths = {urlsplit(u).path for u in page.urls}
+    assert all(p in VIEWS or p.startswith(("/static/", "/v1/")) for p in paths), paths
+    assert {"/v1/browse", "/v1/recall", "/v1/memories"} <= paths
+    assert not any(key["alice"] in u for u in page.urls) and page.context.cookies() == []
 
 
 def test_a_second_key_sees_none_of_the_first_keys_episodes(served, page) -> None:  # type: ignore[no-untyped-def]
@@ -265,6 +274,15 @@ def test_no_auth_needs_no_sign_in(tmp_path: Path, browser) -> None:  # type: ign
         page.goto(server.url + "/stats")
         expect(page.locator("#stats")).to_contain_text("Episodes")
         assert page.locator("#sign-in").is_hidden()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # nothing sticks out
+        # The keyboard alone: the query field has focus on the Recall view, Enter submits, Tab reaches the nav.
+        page.goto(server.url + "/recall")
+        expect(page.locator("#query")).to_be_focused()
+        page.keyboard.type("anything at all")
+        page.keyboard.press("Enter")
+        expect(page.locator("#recall-status")).to_have_text("Nothing recalled.")
+        page.keyboard.press("Shift+Tab")  # back to the last link of the navigation
+        assert page.evaluate("document.activeElement.textContent") == "Stats"
         context.close()
     finally:
         server.stop()

@@ -111,6 +111,8 @@ async function start() {
   const view = VIEWS[body.dataset.view];
   if (view) view(); // its handlers are in place before anything can be clicked
   $("main").hidden = false;
+  const first = document.querySelector("main [data-focus]");
+  if (first) first.focus();
   if (needsKey) {
     $("sign-out").hidden = false;
     const stats = await api("GET", "/v1/stats").catch(() => null);
@@ -322,7 +324,6 @@ function recall() {
       list.appendChild(li);
     }
   });
-  $("query").focus();
 }
 
 // --- one episode ---
