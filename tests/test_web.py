@@ -96,6 +96,8 @@ def page(browser):  # type: ignore[no-untyped-def]
 
     page.on("dialog", on_dialog)
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    # A Content-Security-Policy violation is reported on the console; so are failed loads.
+    page.on("console", lambda msg: page.errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     page.urls = []
     page.on("request", lambda request: page.urls.append(request.url))
     yield page
