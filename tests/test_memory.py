@@ -504,3 +504,43 @@ def test_reembed_discards_snapshots_and_a_snapshot_of_other_keys_is_never_loaded
     assert not list(snaps.glob("*.npz"))
     assert mem.recall("bridge at night", top_k=1)[0].id == "bridge"
     assert snapshot.load(snaps, "default", 384, cfg, st_embedder.id) is not None  # rebuilt with the new keys
+
+
+def test_browse_inspect_and_timeline(make_memory, store_at) -> None:
+    """What a viewer reads: pages newest first with sizes and a filter, one episode with its neighbours,
+    counts by day; a damaged memory is listed with its damage, not raised (on every backend)."""
+    from datetime import datetime, timezone
+
+    mem = make_memory()
+    texts = [f"Episode {i}: Ёжик номер {i} crossed the bridge." for i in range(5)]
+    mem.add_many([{"keywords": f"k{i}", "text": t, "id": f"e{i}"} for i, t in enumerate(texts)], namespace="v")
+    mem.add("other", "Another namespace's bridge.", id="x", namespace="w")
+
+    page = mem.browse("v", limit=2)
+    assert [e.id for e in page.items] == ["e4", "e3"] and page.total == 5 and page.next_offset == 2
+    assert page.items[0].text == texts[4] and page.items[0].verified
+    assert page.items[0].text_bytes == len(texts[4].encode()) and page.items[0].cell_bytes > 0
+    tail = mem.browse("v", limit=2, offset=4)
+    assert [e.id for e in tail.items] == ["e0"] and tail.next_offset is None
+    assert mem.browse("v", offset=9).items == []
+    found = mem.browse("v", contains="ЁЖИК НОМЕР 3")
+    assert [e.id for e in found.items] == ["e3"] and found.total == 1
+    assert [e.id for e in mem.browse("v", contains="bridge", limit=3, offset=3).items] == ["e1", "e0"]
+
+    d = mem.inspect("e2", namespace="v", neighbours=1)
+    assert d.episode.text == texts[2] and [e.id for e in d.before] == ["e1"] and [e.id for e in d.after] == ["e3"]
+    assert [e.id for e in mem.inspect("e0", namespace="v").after] == ["e1", "e2"]
+    with pytest.raises(NotFoundError, match="'x'"):
+        mem.inspect("x", namespace="v")
+    with pytest.raises(ConfigError, match="neighbours"):
+        mem.inspect("e0", namespace="v", neighbours=11)
+
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert [(d.day, d.episodes) for d in mem.timeline("v")] == [(today, 5)]
+    assert mem.timeline("empty") == []
+    assert mem.stats("v").engine == "mlp-cell/1"
+
+    corrupt_weights(store_at("store"), "v", "e3")
+    damaged = {e.id: e for e in mem.browse("v").items}["e3"]
+    assert not damaged.verified and damaged.text is None and "e3" in (damaged.damage or "")
+    assert all(e.verified for e in mem.browse("v").items if e.id != "e3")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import os
 import threading
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .archive import ArchiveProgress, ExportReport, ImportReport
@@ -27,7 +30,19 @@ from .index.tokenize import token_hashes
 from .integrity import episode_digest
 from .limits import MAX_PAGE, MAX_TOP_K
 from .quant import quantize_int8
-from .records import Episode, RecallHit, ReembedReport, StoreStats, TrainProgress, VerifyFailure, VerifyReport
+from .records import (
+    DayCount,
+    Episode,
+    EpisodeDetail,
+    EpisodePage,
+    EpisodeView,
+    RecallHit,
+    ReembedReport,
+    StoreStats,
+    TrainProgress,
+    VerifyFailure,
+    VerifyReport,
+)
 from .store import open_store
 from .store.base import check_duplicate, mismatch
 from .store.records import NewEpisode, Row, StagedKey
@@ -370,17 +385,29 @@ class Memory:
     def _reconstruct(self, rows: Sequence[Row]) -> dict[int, bytes | IntegrityError]:
         """Each row's exact text by rowid, or the :class:`IntegrityError` that says why it is unreadable."""
         arts = self._store.load_artifacts(rows)
-        out: dict[int, bytes | IntegrityError] = {}
+        return {r.rowid: self._decode_loaded(r, arts[r.rowid]) for r in rows}
+
+    def _decode_loaded(self, r: Row, art: Artifact | IntegrityError) -> bytes | IntegrityError:
+        if isinstance(art, IntegrityError):
+            return IntegrityError(
+                f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {art}. Run `rememory verify` "
+                "to list every affected memory, then re-add them.",
+                ids=[r.id],
+            )
+        return self._decode_checked(r, art)
+
+    def _views(self, rows: Sequence[Row]) -> builtins.list[EpisodeView]:
+        """Each row as a viewer shows it: decoded and checked against its digest, damage named, not raised."""
+        arts = self._store.load_artifacts(rows)
+        out = []
         for r in rows:
             art = arts[r.rowid]
-            if isinstance(art, IntegrityError):
-                out[r.rowid] = IntegrityError(
-                    f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {art}. Run `rememory verify` "
-                    "to list every affected memory, then re-add them.",
-                    ids=[r.id],
-                )
-                continue
-            out[r.rowid] = self._decode_checked(r, art)
+            data = self._decode_loaded(r, art)
+            # What the memory costs to keep: its weight streams and its config (as stored, compact JSON).
+            config = {} if isinstance(art, IntegrityError) else art.config
+            cell = 0 if isinstance(art, IntegrityError) else art.nbytes + len(json.dumps(config, separators=(",", ":")))
+            text, damage = (None, str(data)) if isinstance(data, IntegrityError) else (data.decode("utf-8"), None)
+            out.append(EpisodeView(r.id, r.namespace, r.keywords, r.time, r.created_at, r.n_bytes, cell, text, damage))
         return out
 
     def _decode_checked(self, r: Row, art: Artifact) -> bytes | IntegrityError:
@@ -435,6 +462,66 @@ class Memory:
         rows = self._store.list_rows(validate_namespace(namespace), limit=limit, offset=offset)
         got = self._reconstruct(rows)
         return [Episode(r.id, r.keywords, self._text(r, got), r.time, r.namespace) for r in rows]
+
+    def browse(
+        self, namespace: str = "default", *, limit: int = 20, offset: int = 0, contains: str | None = None
+    ) -> EpisodePage:
+        """A page of a namespace's episodes for a viewer: newest first, each with its sizes, and checked.
+
+        Each episode is decoded and checked against its digest (``verified``); a damaged one is listed
+        with ``damage`` instead of failing the page. ``contains`` keeps the episodes whose id, keywords,
+        time or text contain it (any case); it decodes every episode of the namespace, so for a large
+        one prefer :meth:`recall`.
+
+        >>> [v.id for v in mem.browse(contains="BRIDGE").items]
+        ['e1']
+        """
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset >= 0, got limit={limit}, offset={offset}.")
+        namespace = validate_namespace(namespace)
+        if not contains:
+            total = self._store.count(namespace)
+            n = max(0, min(limit, total - offset))
+            rows = self._store.list_rows(namespace, limit=n, offset=total - offset - n)[::-1] if n else []
+            items = self._views(rows)
+        else:
+            needle = contains.casefold()
+            newest_first = [r for batch in self._store.iter_rows(namespace, batch=500) for r in batch][::-1]
+            found: builtins.list[EpisodeView] = []
+            for i in range(0, len(newest_first), 200):
+                for v in self._views(newest_first[i : i + 200]):
+                    if any(needle in f.casefold() for f in (v.id, v.keywords, v.time or "", v.text or "")):
+                        found.append(v)
+            total = len(found)
+            items = found[offset : offset + limit]
+        nxt = offset + len(items) if items and offset + len(items) < total else None
+        return EpisodePage(items=items, total=total, offset=offset, next_offset=nxt)
+
+    def inspect(self, id: str, *, namespace: str = "default", neighbours: int = 2) -> EpisodeDetail:
+        """One episode for a viewer, with up to ``neighbours`` episodes stored just before and after it.
+
+        >>> mem.inspect("e1").episode.verified
+        True
+        """
+        if isinstance(neighbours, bool) or not isinstance(neighbours, int) or not 0 <= neighbours <= 10:
+            raise ConfigError(f"neighbours must be a whole number from 0 to 10, got {neighbours!r}.")
+        r = self._row(id, namespace)
+        if r is not None:
+            pos = int((self._store.namespace_rowids(r.namespace) < r.rowid).sum())
+            lo = max(0, pos - neighbours)
+            rows = self._store.list_rows(r.namespace, limit=pos - lo + 1 + neighbours, offset=lo)
+            for k, got in enumerate(rows):
+                if got.rowid == r.rowid:  # else forgotten meanwhile
+                    views = self._views(rows)
+                    return EpisodeDetail(views[k], views[:k], views[k + 1 :])
+        raise NotFoundError(f"No memory with id {id!r} in namespace {namespace!r}. Check the id and the namespace.")
+
+    def timeline(self, namespace: str = "default") -> builtins.list[DayCount]:
+        """How many episodes of ``namespace`` were stored on each UTC day, oldest first (days with none left out)."""
+        counts: Counter[str] = Counter()
+        for rows in self._store.iter_rows(validate_namespace(namespace), batch=1000):
+            counts.update(datetime.fromtimestamp(r.created_at, timezone.utc).date().isoformat() for r in rows)
+        return [DayCount(day, n) for day, n in sorted(counts.items())]
 
     def count(self, namespace: str | None = None) -> int:
         """Number of episodes in ``namespace`` (all namespaces if ``None``)."""
@@ -596,7 +683,7 @@ class Memory:
         emb, dim = bound if bound is not None else (self._embedder.id, 0)
         return StoreStats(
             episodes=rep.episodes, text_bytes=rep.text_bytes, cell_bytes=rep.cell_bytes,
-            store_bytes=rep.store_bytes, embedder=emb, dim=dim, namespaces=rep.namespaces,
+            store_bytes=rep.store_bytes, embedder=emb, dim=dim, namespaces=rep.namespaces, engine=self._engine.name,
         )  # fmt: skip
 
     # --- export and import (rememory.archive) ---

@@ -58,6 +58,7 @@ class Stats(BaseModel):
     cell_bytes: int = Field(description="Size of their memory cells (weights and metadata), in bytes.")
     store_bytes: int = Field(description="Bytes on disk (0 for one namespace: the files are shared).")
     embedder: str = Field(description="The embedding model that makes the recall keys.")
+    engine: str = Field(description="The memory engine that new episodes are trained with.")
     dim: int = Field(description="The size of its vectors.")
     namespaces: dict[str, int] = Field(description="Episodes per namespace.")
     cell_bytes_per_text_byte: float
