@@ -497,12 +497,16 @@ def tune_weights(
     on the shipped defaults; a weight that is 0 in ``base`` stays 0 (to tune without a signal).
     Each sweep tries every grid value for one weight at a time, keeping a change only if it
     strictly improves the objective; ties keep the current weights, so the result is deterministic.
-    ``extra`` names further settings to sweep with their values (the feedback's, by default).
+    ``extra`` names further settings to sweep with their values (none by default: see TUNE_EXTRA).
     """
-    axes = [(name, tuple(grid)) for name in WEIGHTS] + [(name, tuple(values)) for name, values in extra.items()]
+    on = [name for name in WEIGHTS if getattr(base, name)]
+    if not on:
+        raise ConfigError("Every ranking weight is 0: tuning needs at least one signal switched on.")
+    axes = [(name, tuple(grid)) for name in on] + [(name, tuple(values)) for name, values in extra.items()]
     if not cached:
         raise ConfigError("Tuning needs at least one labelled query.")
-    best, best_obj, tried = base, _objective(cached, base, top_k), 1
+    best = replace(base, **{name: 1.0 for name in on})
+    best_obj, tried = _objective(cached, best, top_k), 1
     for _ in range(rounds):
         changed = False
         for name, values in axes:
