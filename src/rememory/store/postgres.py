@@ -112,11 +112,10 @@ def _m003_context_embeddings(conn: Any) -> None:
         if not got:
             return
         last = int(got[-1][0])
+        units = [(r, _unit(bytes(k), sc)) for r, k, sc in got]
         with conn.cursor() as cur:
-            cur.executemany(
-                "UPDATE episodes SET ctx_embedding = %s::halfvec WHERE rowid = %s",
-                [(_vector_text(_unit(bytes(k), sc)), r) for r, k, sc in got if _unit(bytes(k), sc) is not None],
-            )
+            cur.executemany("UPDATE episodes SET ctx_embedding = %s::halfvec WHERE rowid = %s",
+                            [(_vector_text(u), r) for r, u in units if u is not None])  # fmt: skip
 
 
 # Recall-index snapshots, so a fresh replica loads one blob and catches up from the change log
