@@ -130,7 +130,7 @@ _M004_INDEX_SNAPSHOTS = (
 
 Migration = Sequence[str] | Callable[[Any], None]
 MIGRATIONS: list[Migration] = [_M001_INITIAL, _M002_CHANGES, _m003_context_embeddings, _M004_INDEX_SNAPSHOTS]
-ANN_EF_SEARCH = 200  # HNSW candidates list: at least the candidates recall asks for (pgvector's limit is 1000)
+ANN_EF_SEARCH = 200  # HNSW candidate list; with iterative scans, a larger LIMIT scans on until it is met
 
 
 def redact(url: str) -> str:
@@ -263,6 +263,8 @@ class PostgresStore(SQLReads):
         def configure(conn: Any) -> None:
             conn.execute(f"SET search_path TO {SCHEMA}, public")
             conn.execute(f"SET lock_timeout = {int(busy_timeout * 1000)}")
+            conn.execute("SET hnsw.iterative_scan = relaxed_order")  # see nearest()
+            conn.execute(f"SET hnsw.ef_search = {ANN_EF_SEARCH}")
             if read_only:
                 conn.execute("SET default_transaction_read_only = on")
 
@@ -428,11 +430,8 @@ class PostgresStore(SQLReads):
         ``hnsw.iterative_scan`` keeps scanning the graph until ``k`` rows of the namespace are
         found (pgvector 0.8), so one namespace among many still gets its ``k`` candidates.
         """
-        dim = int(q.shape[0])
-        with self._conn() as conn, conn.transaction():
-            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(ANN_EF_SEARCH, int(k)), 1000)}")
-            got = conn.execute(nearest_sql(context, dim), (namespace, _vector_text(q), int(k))).fetchall()
+        # hnsw.iterative_scan and hnsw.ef_search are set once per connection (see __init__): one round trip.
+        got = self._read(nearest_sql(context, int(q.shape[0])), (namespace, _vector_text(q), int(k)))
         return [int(t[0]) for t in got]
 
     def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None:
