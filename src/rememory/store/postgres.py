@@ -4,9 +4,16 @@ Everything lives in the database, in the schema ``rememory``: episodes' metadata
 keys (and a pgvector ``halfvec`` copy of each key for server-side vector search), hashed tokens,
 the engines' artifacts (``weights`` bytea, one row per episode), the API keys and a
 ``generation`` counter that every write advances in its own transaction. A replica compares
-the generation before each recall and syncs its in-memory index from the rows, so an episode
-committed on one replica is recalled on every other one at its next request, and a forgotten
-one never comes back.
+the generation before each recall and, when it moved, asks for the namespace's changes since
+the change number its index holds (``namespaces.seq``, advanced under that row's lock by every
+write to the namespace; each row keeps the number that stored it, and ``deletions`` logs what
+went), so an episode committed on one replica is recalled on every other one at its next
+request, a forgotten one never comes back, and a sync costs O(changes), not O(namespace).
+
+Namespaces past ``RankingConfig.ann_threshold`` take their dense candidates from pgvector's
+HNSW indexes over both keys (``nearest``), and their index is kept as one blob in
+``index_snapshots`` (dropped by any deletion in the namespace), so a fresh replica loads it and
+catches up from the change log instead of reading every row.
 
 Migrations run in order when a store opens, inside one transaction that holds an advisory
 lock, so two servers starting at once cannot race.
