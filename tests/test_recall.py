@@ -116,7 +116,9 @@ def test_large_namespace_snapshot_round_trip(make_sqlite_memory, tmp_path, embed
 
 @pytest.mark.parametrize("ann", [False, True])
 def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memory, ann) -> None:
-    mem = make_sqlite_memory(ranking=RankingConfig(ann_threshold=5 if ann else 10**9, candidates=10, rerank=8))
+    # Neighbour signals at full weight (the examples are unrelated events, which would switch them off).
+    cfg = RankingConfig(ann_threshold=5 if ann else 10**9, candidates=10, rerank=8, scale_neighbours=False)
+    mem = make_sqlite_memory(ranking=cfg)
     mem.add_many(EXAMPLES)
     assert mem._index("default").own.ann is ann
     plain = mem.recall("a concert with piano music", top_k=5)
@@ -132,3 +134,77 @@ def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memor
     off = make_sqlite_memory(ranking=RankingConfig(prf=0.0, dense_near=0.0))
     shares = off.recall("a concert with piano music", top_k=1, explain=True)[0].explain
     assert "prf" not in shares and "dense_near" not in shares and "bm25_own" in shares
+
+
+# A conversation that drifts over four topics, six turns each: neighbours share a topic, far turns do not.
+CHAT = [{"id": f"c{i}", "keywords": t.split(":")[0], "text": t} for i, t in enumerate([
+    "Anna: Shall we go camping by Lake Seliger in July?",
+    "Boris: Yes! I can borrow my brother's tent for the lake trip.",
+    "Anna: Great, I'll bring sleeping bags and the camping stove.",
+    "Boris: We should book the campsite by the lake before June.",
+    "Anna: Pack mosquito spray, the lake is full of them in July.",
+    "Boris: The campsite rents kayaks, no need to carry ours.",
+    "Anna: By the way, how is your new job at the bank going?",
+    "Boris: The bank job is hard, my manager wants reports every morning.",
+    "Anna: Do you at least like your colleagues at the bank?",
+    "Boris: Two of them are nice, we eat lunch together near the office.",
+    "Anna: Maybe ask your manager for fewer morning reports.",
+    "Boris: I will, after my probation period at the bank ends.",
+    "Anna: My cat Murka has been sneezing all week, I'm worried.",
+    "Boris: Take Murka to the vet, sneezing cats can have a cold.",
+    "Anna: The vet said it is a mild infection and gave her drops.",
+    "Boris: Poor Murka. Does she let you put the drops in her eyes?",
+    "Anna: She hides under the sofa every time I take the drops out.",
+    "Boris: Our cat did that too, wrap her in a towel first.",
+    "Anna: Have you started reading the novel I lent you?",
+    "Boris: The detective novel? I'm halfway, the inspector is brilliant.",
+    "Anna: Don't guess the murderer yet, the ending of the book is a surprise.",
+    "Boris: I suspect the gardener, he lied about the night of the murder.",
+    "Anna: Keep reading, the last chapter of the novel changes everything.",
+    "Boris: I'll finish the book on the train tomorrow.",
+])]  # fmt: skip
+NEIGHBOUR = ("bm25_ctx1", "bm25_ctx2", "bm25_ctx8", "dense_ctx", "dense_near", "dense_far", "prf")
+
+
+def _factor(mem: Memory, namespace: str = "default") -> float:
+    return mem._index(namespace).coherence.factor(mem.ranking)  # _index syncs the index with the store
+
+
+def test_coherence_is_low_for_unrelated_episodes_and_high_for_a_conversation(trained) -> None:
+    trained.add_many(CHAT, namespace="chat")
+    assert _factor(trained) < 0.2  # the examples: separate events
+    assert _factor(trained, "chat") > 0.5
+
+
+def test_unrelated_neighbours_do_not_outrank_the_match(trained) -> None:
+    # Cross-language paraphrases: with the neighbour signals at full weight, an episode stored next to
+    # others of the query's language won each of these (the examples are grouped by language).
+    for query, want in [("прогулка по мосту ночью с Ильёй", "bridge-night"),
+                        ("база данных упала ночью", "server-outage"),
+                        ("physics exam about Maxwell equations", "ru-exam"),
+                        ("playing chess with grandfather", "ru-grandpa"),
+                        ("train ride to Vladivostok", "ru-train")]:  # fmt: skip
+        hits = trained.recall(query, top_k=3, explain=True)
+        assert hits[0].id == want, (query, [h.id for h in hits])
+        assert all(h.explain.get(name, 0.0) == 0.0 for h in hits for name in NEIGHBOUR)
+        assert all(sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9) for h in hits)
+
+
+def test_coherence_is_deterministic_and_follows_add_and_forget(make_memory) -> None:
+    whole = make_memory("whole")
+    whole.add_many(EXAMPLES)
+    parts = make_memory("parts")
+    parts.add_many(EXAMPLES[:8])
+    first = parts._index("default").coherence  # synced: the rest is appended incrementally
+    parts.add_many(EXAMPLES[8:])
+    assert _factor(parts) == pytest.approx(_factor(whole), abs=1e-9)
+    assert parts._index("default").coherence != first
+    a, b = whole._index("default").coherence, parts._index("default").coherence
+    assert (a.adjacent, a.baseline, a.pairs) == pytest.approx((b.adjacent, b.baseline, b.pairs), abs=1e-9)
+    # Appending a conversation raises it; forgetting it again brings it back exactly.
+    parts.add_many(CHAT)
+    assert parts._index("default").coherence.gain > a.gain + 0.02
+    for ep in CHAT:
+        parts.forget(ep["id"])
+    c = parts._index("default").coherence
+    assert (c.adjacent, c.baseline, c.pairs) == pytest.approx((a.adjacent, a.baseline, a.pairs), abs=1e-9)
