@@ -505,7 +505,8 @@ def tune_weights(
     axes = [(name, tuple(grid)) for name in on] + [(name, tuple(values)) for name, values in extra.items()]
     if not cached:
         raise ConfigError("Tuning needs at least one labelled query.")
-    best = replace(base, **{name: 1.0 for name in on})
+    equal: dict[str, Any] = {name: 1.0 for name in on}
+    best = replace(base, **equal)
     best_obj, tried = _objective(cached, best, top_k), 1
     for _ in range(rounds):
         changed = False
