@@ -504,3 +504,22 @@ def test_reembed_discards_snapshots_and_a_snapshot_of_other_keys_is_never_loaded
     assert not list(snaps.glob("*.npz"))
     assert mem.recall("bridge at night", top_k=1)[0].id == "bridge"
     assert snapshot.load(snaps, "default", 384, cfg, st_embedder.id) is not None  # rebuilt with the new keys
+
+
+def test_namespaces_below_the_ann_threshold_are_snapshotted_too(make_sqlite_memory, tmp_path, monkeypatch) -> None:
+    import rememory.memory
+
+    # A new process maps a snapshot instead of rebuilding the index from every row (cold start).
+    monkeypatch.setattr(rememory.memory, "SNAPSHOT_MIN_EPISODES", 3)
+    mem = make_sqlite_memory()
+    assert mem.ranking.ann_threshold > len(EPISODES) >= 3
+    mem.add_many(EPISODES)
+    mem.recall("bridge at night", top_k=1)
+    snaps = tmp_path / "store" / "index"
+    files = {p.name: p.stat().st_mtime_ns for p in snaps.iterdir()}
+    assert any(name.endswith(".npz") for name in files)
+    mem.close()
+    again = make_sqlite_memory()
+    assert again.recall("the van with a stuck window", top_k=1)[0].id == "van"
+    # Loaded, not rebuilt: a rebuilt index would have been saved again, as a new version.
+    assert {p.name: p.stat().st_mtime_ns for p in snaps.iterdir()} == files
