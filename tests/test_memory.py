@@ -12,6 +12,7 @@ from rememory import (
     DuplicateIdError,
     EmbedderMismatchError,
     IntegrityError,
+    InvalidEpisodeError,
     Memory,
     NotFoundError,
 )
@@ -523,3 +524,14 @@ def test_namespaces_below_the_ann_threshold_are_snapshotted_too(make_sqlite_memo
     assert again.recall("the van with a stuck window", top_k=1)[0].id == "van"
     # Loaded, not rebuilt: a rebuilt index would have been saved again, as a new version.
     assert {p.name: p.stat().st_mtime_ns for p in snaps.iterdir()} == files
+
+
+def test_preload_loads_the_index_before_the_first_recall(make_memory) -> None:
+    mem = make_memory()
+    mem.preload("empty")  # nothing stored there: nothing to load, no error
+    mem.add_many(EPISODES)
+    other = make_memory()
+    other.preload("default")
+    assert "default" in other._indexes and other._indexes["default"].size == len(EPISODES)
+    with pytest.raises(InvalidEpisodeError, match="namespace"):
+        other.preload("")

@@ -481,6 +481,18 @@ class Memory:
                 snapshot.save(idx, self._snapshot_dir, namespace, self._embedder.id)
                 idx.snapshot_size = idx.lex.n
 
+    def preload(self, namespace: str = "default") -> None:
+        """Load the embedder and ``namespace``'s recall index now, so that the first recall answers at once.
+
+        A server calls it as it starts (``rememory mcp`` does, while it imports the MCP SDK).
+
+        >>> mem.preload("default")
+        """
+        namespace = validate_namespace(namespace)
+        self._embedder.embed_query("warm up")
+        if self._store.count(namespace):
+            self._index(namespace)
+
     # `builtins.list`: inside this class `list` names the method above.
     def recall(self, query: str, top_k: int = 3, namespace: str = "default") -> builtins.list[RecallHit]:
         """The ``top_k`` episodes of ``namespace`` that best match ``query``, best first.
