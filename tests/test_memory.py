@@ -12,6 +12,7 @@ from rememory import (
     DuplicateIdError,
     EmbedderMismatchError,
     IntegrityError,
+    InvalidEpisodeError,
     Memory,
     NotFoundError,
 )
@@ -544,3 +545,33 @@ def test_browse_inspect_and_timeline(make_memory, store_at) -> None:
     damaged = {e.id: e for e in mem.browse("v").items}["e3"]
     assert not damaged.verified and damaged.text is None and "e3" in (damaged.damage or "")
     assert all(e.verified for e in mem.browse("v").items if e.id != "e3")
+
+
+def test_namespaces_below_the_ann_threshold_are_snapshotted_too(make_sqlite_memory, tmp_path, monkeypatch) -> None:
+    import rememory.memory
+
+    # A new process maps a snapshot instead of rebuilding the index from every row (cold start).
+    monkeypatch.setattr(rememory.memory, "SNAPSHOT_MIN_EPISODES", 3)
+    mem = make_sqlite_memory()
+    assert mem.ranking.ann_threshold > len(EPISODES) >= 3
+    mem.add_many(EPISODES)
+    mem.recall("bridge at night", top_k=1)
+    snaps = tmp_path / "store" / "index"
+    files = {p.name: p.stat().st_mtime_ns for p in snaps.iterdir()}
+    assert any(name.endswith(".npz") for name in files)
+    mem.close()
+    again = make_sqlite_memory()
+    assert again.recall("the van with a stuck window", top_k=1)[0].id == "van"
+    # Loaded, not rebuilt: a rebuilt index would have been saved again, as a new version.
+    assert {p.name: p.stat().st_mtime_ns for p in snaps.iterdir()} == files
+
+
+def test_preload_loads_the_index_before_the_first_recall(make_memory) -> None:
+    mem = make_memory()
+    mem.preload("empty")  # nothing stored there: nothing to load, no error
+    mem.add_many(EPISODES)
+    other = make_memory()
+    other.preload("default")
+    assert "default" in other._indexes and other._indexes["default"].size == len(EPISODES)
+    with pytest.raises(InvalidEpisodeError, match="namespace"):
+        other.preload("")

@@ -9,11 +9,13 @@ import ipaddress
 import logging
 import socket
 import sys
+import threading
 from typing import Any
 
 import click
 
 from ..episodes import validate_namespace
+from ..errors import RememoryError
 from .common import namespace_option, open_memory
 
 DEFAULT_PORT = 8765
@@ -177,15 +179,44 @@ def mcp_command(ctx: click.Context, namespace: str) -> None:
     require_server_extras()
     validate_namespace(namespace)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format=_LOG_FORMAT)
-    import anyio
-
-    from ..server.mcp import build_mcp_server, fixed_namespace
-    from ..server.stdio import serve_stdio
-
     # stdout is the JSON-RPC stream: anything a library prints while the model loads goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         memory = open_memory(ctx)
+        try:
+            server = _build_while_preloading(memory, namespace)
+        except BaseException:
+            memory.close()
+            raise
     try:
-        anyio.run(serve_stdio, build_mcp_server(memory, fixed_namespace(namespace)))
+        import anyio
+
+        from ..server.stdio import serve_stdio
+
+        anyio.run(serve_stdio, server)
     finally:
         memory.close()
+
+
+def _build_while_preloading(memory: Any, namespace: str) -> Any:
+    """The MCP server, built while another thread loads the model and the recall index.
+
+    Importing the MCP SDK takes most of a second of one core (pydantic models of every protocol
+    version); the model and the index load on the other core meanwhile, for the first answer.
+    """
+    failed: list[BaseException] = []
+
+    def preload() -> None:
+        try:
+            memory.preload(namespace)
+        except RememoryError as exc:  # raised below, in the command's thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=preload, name="rememory-preload", daemon=True)
+    worker.start()
+    from ..server.mcp import build_mcp_server, fixed_namespace
+
+    server = build_mcp_server(memory, fixed_namespace(namespace))
+    worker.join()
+    if failed:
+        raise failed[0]
+    return server
