@@ -9,7 +9,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
+from datetime import date, datetime, timezone
 from typing import Any
+
+import numpy as np
 
 from .archive import ArchiveProgress, ExportReport, ImportReport
 from .cells.engine import MlpCellEngine
@@ -21,7 +24,7 @@ from .episodes import validate_episode, validate_many, validate_namespace, valid
 from .errors import ConfigError, IntegrityError, NotFoundError, RememoryError
 from .index import snapshot
 from .index.config import RankingConfig
-from .index.live import NamespaceIndex
+from .index.live import NamespaceIndex, TimeSignal
 from .index.tokenize import token_hashes
 from .integrity import episode_digest
 from .limits import MAX_PAGE, MAX_TOP_K
@@ -30,6 +33,7 @@ from .records import Episode, RecallHit, StoreStats, TrainProgress, VerifyFailur
 from .store import open_store
 from .store.base import check_duplicate, mismatch
 from .store.records import NewEpisode, Row
+from .timeparse import TimeRange, episode_time, filter_range, query_range
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,7 @@ class Memory:
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
         self._indexes: dict[str, NamespaceIndex] = {}
+        self._slot_times: dict[str, np.ndarray] = {}  # namespace -> (slots,) epoch seconds, NaN: no time
         self._snapshot_dir = self._store.snapshot_dir
         self._index_lock = threading.Lock()
 
@@ -359,7 +364,15 @@ class Memory:
                 idx.snapshot_size = idx.lex.n
 
     # `builtins.list`: inside this class `list` names the method above.
-    def recall(self, query: str, top_k: int = 3, namespace: str = "default") -> builtins.list[RecallHit]:
+    def recall(
+        self,
+        query: str,
+        top_k: int = 3,
+        namespace: str = "default",
+        *,
+        since: str | datetime | date | None = None,
+        until: str | datetime | date | None = None,
+    ) -> builtins.list[RecallHit]:
         """The ``top_k`` episodes of ``namespace`` that best match ``query``, best first.
 
         Ranking fuses BM25 (over the episode and windows of its neighbours) with dense key
@@ -367,12 +380,20 @@ class Memory:
         that hybrid relevance in [0, 1]. Only the hits' cells are decoded, each checked
         against its digest.
 
+        An episode's time is its ``time``, or else a date written in its keywords
+        (:func:`rememory.timeparse.episode_time`). ``since`` and ``until`` (ISO 8601 strings or
+        datetimes, both inclusive; a date alone as ``until`` includes that day) keep only the
+        episodes whose time falls between them, inside the ranking, so ``top_k`` hits come back
+        when that many match; episodes with no time are left out whenever either is given. A
+        query that names a time ("in May 2023", "last week") ranks the episodes of that time higher.
+
         >>> [hit.id for hit in mem.recall("bridge at night", top_k=1)]
         ['e1']
         """
         query = validate_query(query)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
             raise ConfigError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}.")
+        window = filter_range(since, until)
         namespace = validate_namespace(namespace)
         if namespace not in self._indexes and self._store.count(namespace) == 0:
             return []  # answers without loading the model
@@ -382,13 +403,46 @@ class Memory:
         q = self._embedder.embed_query(query)
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
-        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k)
+        when = self._time_signal(idx, namespace, query, window)
+        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k, when)
         # The index is a cache: every hit is checked against its store row in this namespace
         # before anything is decoded (a concurrent forget, or a tampered snapshot, yields nothing).
         rows = self._store.rows(namespace, [s.id for s in scored])
         picked = [(rows[s.id], s.score) for s in scored if s.id in rows]
         got = self._reconstruct([r for r, _ in picked])
         return [RecallHit(r.id, s, r.keywords, self._text(r, got), r.time, r.namespace) for r, s in picked]
+
+    def _time_signal(
+        self, idx: NamespaceIndex, namespace: str, query: str, window: TimeRange | None
+    ) -> TimeSignal | None:
+        """The since/until mask and the query's time-range boost, or None when neither applies."""
+        named = query_range(query, datetime.now(timezone.utc)) if self.ranking.time_match else None
+        if window is None and named is None:
+            return None
+        times = self._times(idx, namespace)
+        return TimeSignal(allowed=_within(times, window), in_range=_within(times, named))
+
+    def _times(self, idx: NamespaceIndex, namespace: str) -> np.ndarray:
+        """(slots,) each slot's episode time in epoch seconds (NaN: none), read once per slot.
+
+        Derived when first needed, not stored: existing stores need no migration, and recall of
+        queries that name no time never parses a date.
+        """
+        with self._index_lock:
+            have = self._slot_times.get(namespace, np.zeros(0))
+            n = len(idx.ids)
+            if have.size < n:
+                new_ids = idx.ids[have.size : n]
+                rows = self._store.rows(namespace, [i for i in new_ids if i])
+                add = np.full(n - have.size, np.nan)
+                for k, id_ in enumerate(new_ids):
+                    r = rows.get(id_)
+                    t = episode_time(r.time, r.keywords) if r is not None else None
+                    if t is not None:
+                        add[k] = t.replace(tzinfo=timezone.utc).timestamp()
+                have = np.concatenate([have, add])
+                self._slot_times[namespace] = have
+            return have
 
     def verify(
         self, progress: Callable[[int, int], None] | None = None, *, namespace: str | None = None
@@ -466,3 +520,15 @@ class Memory:
         return import_archive(self._store, path, embedder_id=self._embedder.id,
                               max_text_bytes=self._max_text_bytes, progress=progress)  # fmt: skip
 
+
+def _within(times: np.ndarray, rng: TimeRange | None) -> np.ndarray | None:
+    """Which slots' times fall in ``rng`` (a slot with no time never does), or None without a range."""
+    if rng is None:
+        return None
+    with np.errstate(invalid="ignore"):
+        ok = ~np.isnan(times)
+        if rng.start is not None:
+            ok &= times >= rng.start.replace(tzinfo=timezone.utc).timestamp()
+        if rng.end is not None:
+            ok &= times < rng.end.replace(tzinfo=timezone.utc).timestamp()
+    return ok

@@ -26,6 +26,7 @@ class RankingConfig:
     dense_far: float = 1.0  # mean cosine of the own keys within 8 neighbours
     prf: float = 1.0  # pseudo-relevance feedback: re-query the context keys with the top hits mixed in
     prf_docs: int = 3  # how many top hits feed the feedback
+    time_match: float = 2.0  # episodes whose time falls in the range a query names ("in May 2023", "last week")
     ann_threshold: int = 20000  # namespaces larger than this search dense keys with an ANN index
     candidates: int = 200  # hits taken from each index before fusion, when the ANN index is used
     rerank: int = 100  # ANN path: fused candidates that also get the neighbour-window dense signals

@@ -97,11 +97,17 @@ class NamespaceIndex:
         cfg = self.cfg
         return {0: cfg.bm25_own, 1: cfg.bm25_ctx1, 2: cfg.bm25_ctx2, 8: cfg.bm25_ctx8}
 
-    def search(self, q: np.ndarray, lexical: np.ndarray, top_k: int) -> list[Scored]:
-        """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens."""
+    def search(
+        self, q: np.ndarray, lexical: np.ndarray, top_k: int, time: TimeSignal | None = None
+    ) -> list[Scored]:
+        """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens.
+
+        ``time`` restricts the candidates to its ``allowed`` slots and boosts its ``in_range`` ones.
+        """
         cfg = self.cfg
         alive = self.lex.alive
-        if not alive.any():
+        allowed = alive if time is None or time.allowed is None else alive & _fit(time.allowed, alive.size)
+        if not allowed.any():
             return []
         if lexical.size < alive.size:  # rows synced in by another thread since lexical() ran
             lexical = np.concatenate([lexical, np.zeros(alive.size - lexical.size)])
@@ -110,11 +116,16 @@ class NamespaceIndex:
             pools = [self.own.candidates(q, c), self.ctx.candidates(q, c)]
             pools.append(np.argpartition(-lexical, min(2 * c, self.lex.n) - 1)[: 2 * c])
             cand = np.unique(np.concatenate(pools))
-            cand = cand[alive[cand]]
+            cand = cand[allowed[cand]]
+            if cand.size < top_k:  # a narrow time filter: its slots are few, score them all
+                cand = np.flatnonzero(allowed)
         else:
-            cand = np.flatnonzero(alive)
+            cand = np.flatnonzero(allowed)
         fused = lexical[cand].astype(np.float64)  # (c,)
         weights = self._bm25_weights()
+        boost = time_boost(cfg, time, cand, alive.size)
+        if boost is not None:
+            fused += boost
         if cfg.dense_ctx:
             fused += cfg.dense_ctx * np.maximum(self.ctx.cosine(q, cand), 0.0)
         two_stage = self.own.ann and cfg.dense_own > 0
@@ -134,6 +145,7 @@ class NamespaceIndex:
                 if weight:
                     fused += weight * _window_mean(near, own, self.lex, cand, w)
         total = sum(weights.values()) + cfg.dense_own + cfg.dense_ctx + cfg.dense_near + cfg.dense_far
+        total += cfg.time_match if boost is not None else 0.0
         if cfg.prf and cand.size:
             # Pseudo-relevance feedback: the best hits' context keys sharpen the query.
             top = cand[_best(fused, cfg.prf_docs)]
@@ -144,6 +156,27 @@ class NamespaceIndex:
         order = _best(fused, top_k)
         total = max(total, 1e-12)
         return [Scored(int(cand[i]), self.ids[cand[i]], float(min(max(fused[i] / total, 0.0), 1.0))) for i in order]
+
+
+@dataclass(frozen=True)
+class TimeSignal:
+    """A query's time, per slot: ``allowed`` masks a since/until filter, ``in_range`` marks the slots
+    whose time falls in the range the query names (either may be None)."""
+
+    allowed: np.ndarray | None = None  # (n,) bool
+    in_range: np.ndarray | None = None  # (n,) bool
+
+
+def time_boost(cfg: RankingConfig, time: TimeSignal | None, cand: np.ndarray, n: int) -> np.ndarray | None:
+    """``cfg.time_match`` for the candidates inside the query's time range, or None when it names none."""
+    if time is None or time.in_range is None or not cfg.time_match:
+        return None
+    return cfg.time_match * _fit(time.in_range, n)[cand].astype(np.float64)
+
+
+def _fit(mask: np.ndarray, n: int) -> np.ndarray:
+    """``mask`` over ``n`` slots: slots synced in after it was made are False."""
+    return mask[:n] if mask.size >= n else np.concatenate([mask, np.zeros(n - mask.size, dtype=bool)])
 
 
 def _best(scores: np.ndarray, k: int) -> np.ndarray:
