@@ -1,11 +1,13 @@
 """Recall ranking behaviour and index consistency, with the real model and a real store."""
 
 import json
+from datetime import datetime
 
 import numpy as np
 import pytest
 
 from rememory import Memory
+from rememory.errors import ConfigError
 from rememory.index.config import RankingConfig
 
 from .conftest import REPO
@@ -112,3 +114,50 @@ def test_large_namespace_snapshot_round_trip(make_sqlite_memory, tmp_path, embed
     assert exact.recall("Note number 215", top_k=1)[0].id == "n215"
     assert not exact._indexes["default"].own.ann  # an ANN snapshot does not override the ranking's choice
     exact.close()
+
+
+GARDEN = [
+    {"id": "may-a", "keywords": "Ira, dacha", "text": "Planted tomatoes at the dacha with Ira.", "time": "2023-05-03"},
+    {"id": "may-b", "keywords": "Ira, dacha, 1:56 pm on 8 May, 2023", "text": "Planted cucumbers at the dacha."},
+    {"id": "may-c", "keywords": "Ira, dacha, 20 мая 2023", "text": "Посадили картошку на даче с Ирой."},
+    {"id": "may-d", "keywords": "market", "text": "Bought seedlings at the market.", "time": "2023-05-31T23:30:00"},
+    {"id": "june", "keywords": "Ira, dacha", "text": "Planted tomatoes at the dacha with Ira.", "time": "2023-06-01"},
+    {"id": "old", "keywords": "Ira, dacha, 8 May, 2022", "text": "Planted tomatoes at the dacha, the first time."},
+    {"id": "none-1", "keywords": "Ira, dacha", "text": "Planting tomatoes at the dacha with Ira again."},
+    {"id": "none-2", "keywords": "dacha", "text": "Tomatoes and cucumbers planted at the dacha."},
+]  # fmt: skip
+IN_MAY = {"may-a", "may-b", "may-c", "may-d"}
+
+
+@pytest.mark.parametrize("ann", [False, True])
+def test_since_until_filter_within_the_ranking(make_memory, ann: bool) -> None:
+    mem = make_memory(ranking=RankingConfig(ann_threshold=3, candidates=2) if ann else RankingConfig())
+    mem.add_many(GARDEN)
+    # The best matches overall are out of range or undated; the filter still fills top_k from May's episodes
+    # (dated by their `time` or by a date in their keywords, in any language), including the weakest match.
+    hits = mem.recall("planting tomatoes at the dacha with Ira", top_k=4, since="2023-05-01", until="2023-05-31")
+    assert {h.id for h in hits} == IN_MAY
+    assert hits[0].id == "may-a"
+    assert [h.id for h in mem.recall("tomatoes", top_k=10, since="2023-06-01")] == ["june"]
+    before = {h.id for h in mem.recall("tomatoes", top_k=10, until=datetime(2023, 5, 8, 13, 56))}
+    assert before == {"old", "may-a", "may-b"}  # an exact until is inclusive; undated episodes are left out
+    assert mem.recall("tomatoes", top_k=3, since="2030-01-01") == []
+
+
+def test_a_query_naming_a_time_ranks_that_time_first(make_memory) -> None:
+    mem = make_memory()
+    mem.add_many(GARDEN)
+    assert mem.recall("planting tomatoes with Ira in June 2023", top_k=1)[0].id == "june"
+    assert mem.recall("Что мы сажали на даче с Ирой в мае 2022 года?", top_k=1)[0].id == "old"
+    off = make_memory(ranking=RankingConfig(time_match=0.0))  # the same store, without the time signal
+    assert off.recall("planting tomatoes with Ira in June 2023", top_k=1)[0].id != "june"
+
+
+def test_bad_since_or_until_is_a_config_error(make_memory) -> None:
+    mem = make_memory()
+    mem.add_many(GARDEN[:2])
+    with pytest.raises(ConfigError, match=r"since='May 2023'.*ISO 8601.*2023-05-01"):
+        mem.recall("tomatoes", since="May 2023")
+    with pytest.raises(ConfigError, match="swap"):
+        mem.recall("tomatoes", since="2023-06-01", until="2023-05-01")
+    assert len(mem) == 2
