@@ -27,7 +27,9 @@ def bounds(r: TimeRange | None) -> tuple[datetime | None, datetime | None] | Non
         (None, "Melanie, 10:37 am on 27 June, 2023", datetime(2023, 6, 27, 10, 37)),
         (None, "Ира, дача, 8 мая 2023", datetime(2023, 5, 8)),
         (None, "Oma, Garten, 3. Juni 2022", datetime(2022, 6, 3)),
+        (None, "Anna, room 12, 8 May, 2023, cake", datetime(2023, 5, 8)),  # a date among other numbers
         (None, "Ilya, bridge, night", None),  # no date in the keywords
+        (None, "Ilya, room 101, 3 cats", None),  # numbers that are no date
         (None, "May, march, Sat", None),  # month and day names are not dates by themselves
         ("2024-09-14T21:40:00+02:00", "8 May, 2023", datetime(2024, 9, 14, 19, 40)),  # the field wins, in UTC
         ("2024-09-14T21:40:00", "", datetime(2024, 9, 14, 21, 40)),  # naive: taken as UTC
