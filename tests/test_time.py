@@ -30,6 +30,8 @@ def bounds(r: TimeRange | None) -> tuple[datetime | None, datetime | None] | Non
         (None, "Anna, room 12, 8 May, 2023, cake", datetime(2023, 5, 8)),  # a date among other numbers
         (None, "Ilya, bridge, night", None),  # no date in the keywords
         (None, "Ilya, room 101, 3 cats", None),  # numbers that are no date
+        (None, "Ilya, 8 May", None),  # no year: not guessed
+        (None, "Ilya, party on 8 May 2023 at the lake", datetime(2023, 5, 8)),  # a date inside other words
         (None, "May, march, Sat", None),  # month and day names are not dates by themselves
         ("2024-09-14T21:40:00+02:00", "8 May, 2023", datetime(2024, 9, 14, 19, 40)),  # the field wins, in UTC
         ("2024-09-14T21:40:00", "", datetime(2024, 9, 14, 21, 40)),  # naive: taken as UTC

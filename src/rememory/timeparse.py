@@ -95,18 +95,19 @@ def episode_time(time_field: str | None, keywords: str) -> datetime | None:
 
 
 def keywords_time(keywords: str) -> datetime | None:
-    """The first date (with a digit in it) that ``dateparser``'s ``search_dates`` finds in ``keywords``.
+    """The first dated phrase with a year in ``keywords``, read with ``dateparser``.
 
-    Keywords are comma-separated words; only the runs of parts that hold a digit are searched
-    ("Caroline, 1:56 pm on 8 May, 2023" searches "1:56 pm on 8 May, 2023"), each run once per
+    Keywords are comma-separated words; only the runs of parts that hold a digit are read
+    ("Caroline, 1:56 pm on 8 May, 2023" reads "1:56 pm on 8 May, 2023"), each run once per
     process: the episodes of one day share it, and a sync of a large namespace may ask thousands.
+    A date without a year is not used: the year it would get is a guess.
     """
     run: list[str] = []
     for part in [*keywords.split(","), ""]:  # the empty part closes the last run
         if _DIGIT_RE.search(part):
-            run.append(part)
+            run.append(part.strip())
         elif run:
-            found = _search(",".join(run).strip())
+            found = _run_time(tuple(run))
             if found is not None:
                 return found
             run = []
@@ -114,14 +115,31 @@ def keywords_time(keywords: str) -> datetime | None:
 
 
 @functools.lru_cache(maxsize=65536)
-def _search(text: str) -> datetime | None:
+def _run_time(parts: tuple[str, ...]) -> datetime | None:
+    """The date that consecutive keyword parts name: the longest few parts that parse whole as a date
+    with a year ("8 May, 2023" in "room 12, 8 May, 2023"), else one that ``search_dates`` finds in a part."""
+    for size in range(min(len(parts), 3), 0, -1):
+        for i in range(len(parts) - size + 1):
+            text = ", ".join(parts[i : i + size])
+            if _YEAR_RE.search(text) or _NUMERIC_DATE_RE.search(text):
+                when = _keyword_parser(tuple(_languages(text))).get_date_data(text).date_obj
+                if when is not None:
+                    return to_utc(when)
     from dateparser.search import search_dates
 
-    found = search_dates(text, languages=_languages(text), settings=_settings(datetime(2000, 1, 1)))
-    for span, when in found or ():
-        if _DIGIT_RE.search(span) and _dated(span):
-            return to_utc(when)
+    for part in parts:  # a date inside other words: "party on 8 May 2023"
+        settings = _settings(datetime(2000, 1, 1))
+        for span, when in search_dates(part, languages=_languages(part), settings=settings) or ():
+            if _YEAR_RE.search(span) or _NUMERIC_DATE_RE.search(span):
+                return to_utc(when)
     return None
+
+
+@functools.lru_cache(maxsize=4)
+def _keyword_parser(languages: tuple[str, ...]) -> Any:
+    from dateparser.date import DateDataParser
+
+    return DateDataParser(languages=list(languages), settings=_settings(datetime(2000, 1, 1)))
 
 
 def _languages(text: str) -> list[str]:
