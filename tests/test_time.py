@@ -94,6 +94,7 @@ def test_relative_ranges_follow_the_reference_now() -> None:
         "How many days did the trip take?",
         "Мая подарила мне книгу",  # a name that is also a month
         "Кто приходил в гости?",
+        "What happened in the year 9999?",  # past the calendar's end: no range, not an error
     ],
 )
 def test_questions_without_a_date_name_no_range(query: str) -> None:
@@ -122,12 +123,14 @@ def test_filter_range_bounds() -> None:
     start, end = bounds(filter_range(None, "2023-05-31T10:00:00+02:00"))  # type: ignore[misc]
     assert start is None and end is not None and datetime(2023, 5, 31, 8) < end < datetime(2023, 5, 31, 8, 0, 1)
     assert filter_range(None, None) is None
+    assert bounds(filter_range("0001-01-01", "9999-12-31")) == (datetime(1, 1, 1), None)  # the calendar's ends
 
 
 @pytest.mark.parametrize(
     ("since", "until", "named"),
     [("last tuesday", None, "since='last tuesday'"), (None, "31/05/2023", "until='31/05/2023'"),
-     (20230501, None, "int 20230501"), ("2023-06-01", "2023-05-01", "since=2023-06-01 is not before")],
+     (20230501, None, "int 20230501"), ("0001-01-01T00:00+01:00", None, "since='0001-01-01T00:00+01:00'"),
+     ("2023-06-01", "2023-05-01", "since=2023-06-01 is not before")],
 )  # fmt: skip
 def test_bad_bounds_are_config_errors_naming_the_value(since: object, until: object, named: str) -> None:
     with pytest.raises(ConfigError, match=r"ISO 8601|swap") as exc:

@@ -225,8 +225,14 @@ def _parse(span: str, now: datetime) -> tuple[datetime, datetime, str] | None:
     data = _parser(now).get_date_data(span)
     if data.date_obj is None:
         return None
-    d = to_utc(data.date_obj).date()
     period = data.period if data.period in _PERIODS else "day"  # a time of day: the day it falls on
+    try:
+        return _period_range(to_utc(data.date_obj).date(), period)
+    except (ValueError, OverflowError):  # "year 9999": a range past the calendar's end names no time we hold
+        return None
+
+
+def _period_range(d: date, period: str) -> tuple[datetime, datetime, str]:
     if period == "year":
         start = date(d.year, 1, 1)
         end = date(d.year + 1, 1, 1)
@@ -252,12 +258,11 @@ def _bound(value: str | datetime | date, name: str) -> tuple[datetime, bool]:
                           f"got {type(value).__name__} {value!r}.")  # fmt: skip
     text = value.strip()
     try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
+        return to_utc(datetime.fromisoformat(text)), len(text) == 10
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 1 or 9999
         raise ConfigError(
             f"{name}={value!r} is not an ISO 8601 date or time; write it like 2023-05-01 or 2023-05-01T13:56:00+02:00."
         ) from None
-    return to_utc(t), len(text) == 10
 
 
 def filter_range(since: str | datetime | date | None, until: str | datetime | date | None) -> TimeRange | None:
@@ -273,7 +278,10 @@ def filter_range(since: str | datetime | date | None, until: str | datetime | da
     stop = None
     if until is not None:
         t, whole_day = _bound(until, "until")
-        stop = t + (timedelta(days=1) if whole_day else timedelta(microseconds=1))
+        try:
+            stop = t + (timedelta(days=1) if whole_day else timedelta(microseconds=1))
+        except OverflowError:  # until 9999-12-31: nothing is later
+            stop = None
     if start is None and stop is None:
         return None
     if start is not None and stop is not None and start >= stop:
