@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_STORE ?= .rememory-demo
 PHRASE ?= walking on a bridge with Ilya
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean chromium
 
 $(BIN)/rememory: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ demo: $(BIN)/rememory
 	$(BIN)/rememory --store $(DEMO_STORE) recall "$(PHRASE)" --top-k 3
 	$(BIN)/rememory --store $(DEMO_STORE) stats
 
-test: $(BIN)/rememory
+# The web page's browser tests (tests/test_web.py) drive Debian's chromium through Playwright, launched
+# with --no-sandbox (CI runs as root). Installed with apt only when missing; Playwright's own download is not used.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: $(BIN)/rememory chromium
 	$(BIN)/ruff check src tests bench scripts train_memory.py
 	$(BIN)/python -m mypy
 	# The public contract: the package root, the Memory facade, its records and its errors.

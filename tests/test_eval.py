@@ -18,14 +18,21 @@ from rememory.cli.main import cli
 from rememory.evaluate import (
     EvalQuery,
     QueryResult,
+    cache_features,
+    cross_validate,
+    cross_validate_cached,
     evaluate,
     load_queries_file,
     ndcg_at_k,
+    pool_of,
+    rank_cached,
     recall_at_k,
     reciprocal_rank,
     score_rankings,
     score_results,
+    validate_queries,
 )
+from rememory.index.config import WEIGHTS, RankingConfig
 
 from .conftest import REPO
 
@@ -246,3 +253,101 @@ def test_evaluate_one_namespace_finds_across_pools_and_needs_a_fresh_store(make_
     assert report.overall.recall[1] == pytest.approx(0.9) and report.overall.mrr == 1.0
     assert events[-1].stage == "recall" and (events[-1].done, events[-1].total) == (5, 5)
     assert any(e.stage == "train" for e in events)
+
+
+# --- cross-validated tuning (leave one pool out), with the real model and a real store ---
+
+# A third pool, so that every fold tunes on two pools.
+EPISODES_C = [
+    {"id": "c/1", "keywords": "Ravi, 1 July 2023", "text": "Ravi: I planted tomatoes and basil on the balcony."},
+    {"id": "c/2", "keywords": "Mia, 1 July 2023", "text": "Mia: The chess tournament in Prague lasted five rounds."},
+    {"id": "c/3", "keywords": "Ravi, 2 July 2023", "text": "Ravi: My kayak flipped over on the rapids last weekend."},
+    {"id": "c/4", "keywords": "Mia, 2 July 2023", "text": "Mia: I knitted a green scarf for my brother."},
+]  # fmt: skip
+QUERIES_C = [
+    {"id": "c/q0", "query": "Who grows basil on a balcony?", "relevant": ["c/1"], "category": 1},
+    {"id": "c/q1", "query": "Where was the chess tournament held?", "relevant": ["c/2"], "category": 2},
+]
+CV_EPISODES, CV_QUERIES = EPISODES + EPISODES_C, QUERIES + QUERIES_C
+SMALL_GRID = {"grid": (0.0, 1.0, 4.0), "rounds": 1}
+
+
+@pytest.fixture
+def cv_store(make_sqlite_memory):
+    """A store holding the three pools, trained once (evaluate with the default ranking fills it)."""
+    mem = make_sqlite_memory()
+    evaluate(mem, CV_EPISODES, CV_QUERIES, pool_by_id_prefix=True)
+    return mem
+
+
+def _cached(mem, queries):
+    qs = validate_queries(queries)
+    return cache_features(mem, qs, [pool_of(q.id) for q in qs], 10)
+
+
+@pytest.mark.model
+def test_cross_validation_never_tunes_a_fold_on_its_own_pool(cv_store) -> None:
+    folds, everything = cross_validate_cached(_cached(cv_store, CV_QUERIES), RankingConfig(), **SMALL_GRID)
+    assert [f.pool for f in folds] == ["a", "b", "c"]  # each pool held out exactly once
+    ids = {q["id"] for q in CV_QUERIES}
+    for f in folds:
+        own = {q["id"] for q in CV_QUERIES if q["id"].startswith(f.pool + "/")}
+        assert {r.query.id for r in f.results} == own  # scored on its own pool only
+        assert set(f.tuned.tuned_on) == ids - own  # tuned on the other pools' queries only
+    assert set(everything.tuned_on) == ids
+    # Relabelling pool a's queries changes what fold a scores, never the weights fold a chose.
+    wrong = [{**q, "relevant": ["a/4"]} if q["id"].startswith("a/") else q for q in CV_QUERIES]
+    again, _ = cross_validate_cached(_cached(cv_store, wrong), RankingConfig(), **SMALL_GRID)
+    assert again[0].tuned == folds[0].tuned
+    assert again[0].held_out != folds[0].held_out
+
+
+@pytest.mark.model
+def test_tuned_weights_rank_through_recall_exactly_as_the_tuner_predicted(cv_store, make_sqlite_memory) -> None:
+    cached = _cached(cv_store, CV_QUERIES)
+    _, everything = cross_validate_cached(cached, RankingConfig(), **SMALL_GRID)
+    odd = RankingConfig(bm25_own=4.0, bm25_ctx8=0.0, dense_own=0.25, dense_ctx=0.0, prf=4.0, prf_docs=1,
+                        norm="rank")  # fmt: skip
+    for cfg in (everything.ranking, odd):
+        predicted = [QueryResult(c.query, c.pool, rank_cached(c, cfg, 10)) for c in cached]
+        mem = make_sqlite_memory(ranking=cfg)  # the same store, recalled with these weights
+        report = evaluate(mem, CV_EPISODES, CV_QUERIES, pool_by_id_prefix=True, reuse_store=True)
+        assert [r.ranked for r in report.results] == [r.ranked for r in predicted]
+        assert (report.overall, report.by_category) == score_results(predicted)
+
+
+@pytest.mark.model
+def test_cross_validate_report_and_reuse_checks(cv_store) -> None:
+    events = []
+    cv = cross_validate(cv_store, CV_EPISODES, CV_QUERIES, reuse_store=True, progress=events.append, **SMALL_GRID)
+    assert len(cv.folds) == 3 and cv.overall.queries == len(CV_QUERIES) and cv.episodes == len(CV_EPISODES)
+    assert cv.mean_held_out.recall[5] == pytest.approx(sum(f.held_out.recall[5] for f in cv.folds) / 3)
+    assert set(cv.by_category) == {"1", "2"}
+    d = json.loads(json.dumps(cv.to_dict()))
+    assert [f["pool"] for f in d["folds"]] == ["a", "b", "c"] and set(d["folds"][0]["weights"]) >= set(WEIGHTS)
+    assert set(d) >= {"mean_held_out", "overall", "by_category", "all_pools", "median", "base"}
+    stages = [e.stage for e in events]
+    assert stages.count("tune") == 4 and stages.count("features") == len(CV_QUERIES) and "train" not in stages
+    with pytest.raises(ConfigError, match=r"holds 4 episodes, not the 3 of the evaluation set"):
+        cross_validate(cv_store, CV_EPISODES[:-1], CV_QUERIES[:-1], reuse_store=True)
+    with pytest.raises(ConfigError, match="at least 2 pools"):
+        cross_validate(cv_store, EPISODES_C, QUERIES_C, reuse_store=True)
+
+
+@pytest.mark.model
+def test_eval_command_cross_validates_a_kept_store(tmp_path: Path) -> None:
+    eps, qs = tmp_path / "e.json", tmp_path / "q.json"
+    eps.write_text(json.dumps(CV_EPISODES))
+    qs.write_text(json.dumps(CV_QUERIES))
+    keep = tmp_path / "kept"
+    base = [str(BIN), "eval", "--episodes", str(eps), "--queries", str(qs), "--pool-by-id-prefix"]
+    res = subprocess.run([*base, "--keep-store", str(keep)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([*base, "--cross-validate", "--reuse-store", str(keep)], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Held out, per fold" in res.stdout and "all pools: bm25_own=" in res.stdout
+    assert "train" not in res.stderr  # nothing retrained
+    res = subprocess.run([*base, "--reuse-store", str(keep), "--keep-store", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+    assert res.returncode != 0 and "give one of them" in res.stderr

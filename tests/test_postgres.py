@@ -10,13 +10,15 @@ from __future__ import annotations
 import multiprocessing as mp
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import psycopg
 import pytest
 
 from rememory import Memory
+from rememory.embed import Embedder
 from rememory.errors import StoreError
 from rememory.server.auth import KeyStore
-from rememory.store.postgres import PostgresStore, redact
+from rememory.store.postgres import MIGRATIONS, PostgresStore, redact
 
 pytestmark = pytest.mark.model
 
@@ -75,7 +77,8 @@ def test_concurrent_first_opens_migrate_once(new_postgres_url) -> None:
         p.join(120)
     assert [q.get(timeout=5) for _ in procs] == ["ok"] * 3
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT value FROM rememory.meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+        version = conn.execute("SELECT value FROM rememory.meta WHERE key = 'schema_version'").fetchone()[0]
+    assert version == str(len(MIGRATIONS))
 
 
 def test_a_newer_schema_is_refused(new_postgres_url) -> None:
@@ -139,3 +142,139 @@ def test_a_refused_open_leaves_no_connection_behind(new_postgres_url, embedder) 
             "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db,)
         ).fetchone()[0]
     assert others == 0
+
+
+STORY = [
+    ("Ilya, bridge", "We walked with Ilya across the bridge at night."),
+    ("Sergey, van", "Sergey brought an old van with a stuck window."),
+    ("tea, noon", "Green tea at noon in the garden, with Masha."),
+    ("rain, station", "It rained at the station and the train was late."),
+    ("Lena, violin", "Lena played the violin at the concert on Friday."),
+    ("soup, kitchen", "We cooked a beet soup in the small kitchen."),
+    ("map, forest", "The old map led us through the pine forest."),
+    ("cat, roof", "The cat sat on the roof all morning."),
+]
+QUERIES = ["a walk over the bridge", "music concert", "cooking dinner", "waiting for a train", "a lost pet"]
+
+
+def test_large_namespaces_take_dense_candidates_from_pgvector(new_postgres_url, embedder) -> None:
+    from rememory.index.config import RankingConfig
+
+    url = new_postgres_url()
+    exact = Memory(url, embedder=embedder)  # the default threshold: every key compared in memory
+    server = Memory(url, embedder=embedder, ranking=RankingConfig(ann_threshold=1))  # pgvector's HNSW from 2 rows
+    try:
+        exact.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
+        for q in QUERIES:
+            want = [(h.id, round(h.score, 6)) for h in exact.recall(q, top_k=4)]
+            assert [(h.id, round(h.score, 6)) for h in server.recall(q, top_k=4)] == want
+        dense = server._indexes["default"].own
+        assert dense.ann and dense.remote is not None and dense._hnsw is None  # no graph was built in memory
+        exact.forget("s0")
+        assert "s0" not in [h.id for h in server.recall("a walk over the bridge", top_k=8)]
+        exact.add("Ilya, river", "Ilya swam across the river at dawn.", id="swim")
+        assert server.recall("swimming in a river at dawn", top_k=1)[0].id == "swim"
+    finally:
+        exact.close()
+        server.close()
+
+
+def _snapshot(url: str) -> tuple[int, bytes] | None:
+    with psycopg.connect(url) as conn:
+        got = conn.execute("SELECT seq, data FROM rememory.index_snapshots WHERE namespace = 'default'").fetchone()
+        return (int(got[0]), bytes(got[1])) if got else None
+
+
+def test_a_fresh_replica_starts_from_the_snapshot_in_the_database(new_postgres_url, embedder) -> None:
+    from rememory.index.config import RankingConfig
+
+    url = new_postgres_url()
+    small = RankingConfig(ann_threshold=3)  # namespaces from 3 episodes keep a snapshot
+    a = Memory(url, embedder=embedder, ranking=small)
+    try:
+        episodes = [{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)]
+        episodes[1]["id"] = "forgotten-episode-x7"
+        a.add_many(episodes)
+        a.recall("cooking dinner")  # syncs, and keeps a snapshot in the database
+        seq, data = _snapshot(url)
+        assert b"forgotten-episode-x7" in data
+        a.forget("forgotten-episode-x7")
+        assert _snapshot(url) is None  # dropped with the episode, in the same transaction
+        a.recall("cooking dinner")
+        seq2, data2 = _snapshot(url)
+        assert seq2 > seq and b"forgotten-episode-x7" not in data2  # rewritten without it
+        a.add("Ilya, river", "Ilya swam across the river at dawn.", id="swim")  # newer than the snapshot
+        b = Memory(url, embedder=embedder, ranking=small, read_only=True)
+        try:
+            assert b.recall("swimming in a river at dawn", top_k=1)[0].id == "swim"  # caught up from the change log
+            assert b._indexes["default"].snapshot_size == len(STORY)  # it started from the snapshot, not the rows
+            got = [[(h.id, round(h.score, 6)) for h in b.recall(q, top_k=3)] for q in QUERIES]
+            assert got == [[(h.id, round(h.score, 6)) for h in a.recall(q, top_k=3)] for q in QUERIES]
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def test_a_snapshot_older_than_a_deletion_is_refused(new_postgres_url) -> None:
+    store = PostgresStore(new_postgres_url())
+    try:
+        store.delete("default", ["nothing"])  # the namespace exists, nothing deleted
+        seq = store.changes("default", None).seq
+        assert store.save_index_snapshot("default", seq, b"snapshot as of seq")
+        assert store.load_index_snapshot("default").data == b"snapshot as of seq"
+        with psycopg.connect(store.url, autocommit=True) as conn:  # a deletion committed after `seq`
+            conn.execute("INSERT INTO rememory.deletions(namespace, episode, seq, at) VALUES ('default', 1, %s, 0)",
+                         (seq + 1,))  # fmt: skip
+        assert not store.save_index_snapshot("default", seq, b"stale")
+        assert store.load_index_snapshot("default").data == b"snapshot as of seq"
+    finally:
+        store.close()
+
+
+class _Letters(Embedder):
+    """A small real embedder of another dimension: letter counts, for a reembed that changes the dimension."""
+
+    id = "test/letter-counts"
+    dim = 26
+
+    def embed_batch(self, texts):
+        out = np.zeros((len(texts), 26), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                if "a" <= ch <= "z":
+                    out[i, ord(ch) - 97] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def test_reembed_to_another_dimension_rebuilds_the_vector_indexes_and_drops_snapshots(new_postgres_url, embedder):
+    from rememory.index.config import RankingConfig
+
+    url = new_postgres_url()
+    small = RankingConfig(ann_threshold=1)  # pgvector's HNSW answers, and a snapshot is kept, from 2 rows
+    mem = Memory(url, embedder=embedder, ranking=small)
+    mem.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
+    mem.recall("a walk over the bridge", top_k=2)
+    assert _snapshot(url) is not None
+    mem.reembed(_Letters())
+    mem.close()
+    assert _snapshot(url) is None  # made from the old keys
+    with psycopg.connect(url) as conn:
+        defs = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname LIKE '%hnsw'")]
+    assert len(defs) == 2 and all("halfvec(26)" in d for d in defs)
+    with psycopg.connect(url) as conn:  # and recall's statement is one they answer
+        from rememory.store.postgres import nearest_sql
+
+        conn.execute("SET search_path = rememory, public")
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET enable_sort = off")
+        plan = conn.execute("EXPLAIN " + nearest_sql(False, 26), ("default", "[" + ",".join(["0.2"] * 26) + "]", 3))
+        assert "episodes_embedding_hnsw" in "\n".join(r[0] for r in plan)
+    again = Memory(url, embedder=_Letters(), ranking=small)  # HNSW over the 26-d keys
+    try:
+        exact = Memory(url, embedder=_Letters())
+        want = [h.id for h in exact.recall(STORY[2][1], top_k=3)]
+        exact.close()
+        assert [h.id for h in again.recall(STORY[2][1], top_k=3)] == want and want[0] == "s2"
+    finally:
+        again.close()

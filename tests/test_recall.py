@@ -8,7 +8,7 @@ import pytest
 
 from rememory import Memory
 from rememory.errors import ConfigError
-from rememory.index.config import RankingConfig
+from rememory.index.config import WEIGHTS, RankingConfig
 
 from .conftest import REPO
 
@@ -161,3 +161,24 @@ def test_bad_since_or_until_is_a_config_error(make_memory) -> None:
     with pytest.raises(ConfigError, match="swap"):
         mem.recall("tomatoes", since="2023-06-01", until="2023-05-01")
     assert len(mem) == 2
+
+
+@pytest.mark.parametrize("ann", [False, True])
+def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memory, ann) -> None:
+    mem = make_sqlite_memory(ranking=RankingConfig(ann_threshold=5 if ann else 10**9, candidates=10, rerank=8))
+    mem.add_many(EXAMPLES)
+    assert mem._index("default").own.ann is ann
+    plain = mem.recall("a concert with piano music", top_k=5)
+    hits = mem.recall("a concert with piano music", top_k=5, explain=True)
+    assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in plain]  # explaining changes no ranking
+    assert all(h.explain is None and "explain" not in h.to_dict() for h in plain)
+    for h in hits:
+        # every signal has a weight in the defaults; time_match is fused only for a query that names a time
+        assert set(h.explain) == set(WEIGHTS) - {"time_match"}
+        assert all(v >= 0 for v in h.explain.values())
+        assert sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9)
+        assert h.to_dict()["explain"] == h.explain
+    # A signal switched off is not fused, so it has no share.
+    off = make_sqlite_memory(ranking=RankingConfig(prf=0.0, dense_near=0.0))
+    shares = off.recall("a concert with piano music", top_k=1, explain=True)[0].explain
+    assert "prf" not in shares and "dense_near" not in shares and "bm25_own" in shares

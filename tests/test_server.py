@@ -119,6 +119,10 @@ def test_add_recall_get_list_forget(service: Service) -> None:
         assert set(hits[0]) == {"id", "score", "keywords", "text", "time"}
         assert {h["text"] for h in hits} == set(texts)  # byte-exact
         assert next(h for h in hits if h["id"] == out["ids"][0])["time"] == "2023-08-01T10:00:00+00:00"
+        explained = c.post("/v1/recall", json={"query": "apples at grandma's dacha", "top_k": 2, "explain": True})
+        for hit, plain in zip(explained.json()["hits"], hits):
+            assert {k: hit[k] for k in plain} == plain and sum(hit["explain"].values()) == pytest.approx(hit["score"])
+        assert_error(c.post("/v1/recall", json={"query": "x", "explain": "yes"}), 422, "invalid_request")
 
         got = c.get("/v1/memories/van/1").json()  # an id with a slash
         assert got == {"id": "van/1", "keywords": "Sergey, van", "text": texts[1], "time": None, "namespace": "alice"}
@@ -189,10 +193,21 @@ def test_tenant_isolation_on_every_route(service: Service) -> None:
             ("GET", "/v1/jobs/{job_id}"): lambda: assert_error(bob.get(f"/v1/jobs/{job}"), 404),
             ("GET", "/v1/stats"): lambda: no_trace(bob.get("/v1/stats")),
             ("POST", "/v1/verify"): lambda: no_trace(bob.post("/v1/verify")),
+            ("GET", "/v1/browse"): lambda: no_trace(bob.get("/v1/browse", params={"limit": 100})),
+            ("GET", "/v1/browse/{episode_id}"): lambda: assert_error(bob.get("/v1/browse/alice-secret"), 404),
+            ("GET", "/v1/timeline"): lambda: no_trace(bob.get("/v1/timeline")),
+            ("POST", "/v1/verify/jobs"): lambda: bobs_verify_job(),
             # Ids are per namespace: Bob's add with Alice's id answers as for any new id (no probing, no
             # blocking), and stores his own episode; hers is intact (checked below).
             ("POST", "/v1/memories"): lambda: same_id_is_new(),
         }
+
+        def bobs_verify_job() -> None:
+            job = bob.post("/v1/verify/jobs").json()
+            job = bob.get(f"/v1/jobs/{job['id']}", params={"wait": 60}).json()
+            no_trace(bob.get(f"/v1/jobs/{job['id']}"))
+            assert job["verify"]["checked"] == bob.get("/v1/stats").json()["episodes"], job
+            assert_error(alice.get(f"/v1/jobs/{job['id']}"), 404)
 
         def same_id_is_new() -> None:
             job = add(bob, {"keywords": "x", "text": "overwrite", "id": "alice-secret"})["job"]
@@ -215,6 +230,10 @@ def test_tenant_isolation_on_every_route(service: Service) -> None:
             bob.post("/v1/memories", json={"keywords": "x", "text": "y", "namespace": "alice"}),
             bob.get("/v1/stats", params={"namespace": "alice"}),
             bob.post("/v1/verify", params={"namespace": "alice"}),
+            bob.get("/v1/browse", params={"namespace": "alice"}),
+            bob.get("/v1/browse/alice-secret", params={"namespace": "alice"}),
+            bob.get("/v1/timeline", params={"namespace": "alice"}),
+            bob.post("/v1/verify/jobs", params={"namespace": "alice"}),
         ):
             assert_error(res, 403, "forbidden")
             no_trace(res)
@@ -241,6 +260,55 @@ def test_one_tenants_damage_stays_its_own(service: Service) -> None:
             assert_error(alice.get("/v1/memories/to-damage"), 500, "integrity_error")
         finally:
             alice.delete("/v1/memories/to-damage")
+
+
+def test_browse_inspect_timeline_and_verify_job(tmp_path: Path, embedder) -> None:
+    """What the web page reads: pages newest first with sizes and a filter, an episode with its neighbours,
+    counts by day, and verify as a job; a damaged episode is listed as such, not a failed page."""
+    import sqlite3
+    from datetime import datetime, timezone
+
+    texts = {"e1": "We walked across the BRIDGE at night.", "e2": "Чай в саду в полдень.",
+             "e3": "A van with a stuck window."}
+    eps = [{"keywords": f"kw{i}", "text": t, "id": i} for i, t in texts.items()]
+    with Memory(tmp_path / "store", embedder=embedder) as memory, LiveServer(create_app(memory, auth=False)) as url:
+        c = httpx.Client(base_url=url, timeout=120, params={"namespace": "web"})
+        add(c, *eps, namespace="web")
+        page = c.get("/v1/browse", params={"limit": 2}).json()
+        assert [v["id"] for v in page["items"]] == ["e3", "e2"] and page["total"] == 3 and page["next_offset"] == 2
+        e2 = page["items"][1]
+        assert e2["text"] == texts["e2"] and e2["verified"] and e2["damage"] is None
+        assert e2["text_bytes"] == len(texts["e2"].encode()) and e2["cell_bytes"] > 0
+        assert abs(e2["added_at"] - time.time()) < 3600
+        last = c.get("/v1/browse", params={"limit": 2, "offset": 2}).json()
+        assert [v["id"] for v in last["items"]] == ["e1"] and last["next_offset"] is None
+        for needle, ids in (("bridge", ["e1"]), ("САДУ", ["e2"]), ("KWe3", ["e3"]), ("e", ["e3", "e2", "e1"])):
+            found = c.get("/v1/browse", params={"contains": needle}).json()
+            assert [v["id"] for v in found["items"]] == ids and found["total"] == len(ids), needle
+
+        detail = c.get("/v1/browse/e2", params={"neighbours": 1}).json()
+        assert detail["episode"]["text"] == texts["e2"]
+        assert [v["id"] for v in detail["before"]] == ["e1"] and [v["id"] for v in detail["after"]] == ["e3"]
+        first = c.get("/v1/browse/e1").json()
+        assert first["before"] == [] and [v["id"] for v in first["after"]] == ["e2", "e3"]
+        assert_error(c.get("/v1/browse/e9"), 404, "not_found")
+
+        today = datetime.now(timezone.utc).date().isoformat()
+        assert c.get("/v1/timeline").json() == {"days": [{"day": today, "episodes": 3}]}
+        assert c.get("/v1/stats").json()["engine"] == "mlp-cell/1"
+
+        db = sqlite3.connect(memory.path / "rememory.db", isolation_level=None)
+        db.execute("UPDATE episodes SET cell = '{' WHERE id = 'e2'")
+        db.close()
+        damaged = c.get("/v1/browse").json()["items"][1]
+        assert damaged["id"] == "e2" and not damaged["verified"] and damaged["text"] is None
+        assert "e2" in damaged["damage"]
+        started = c.post("/v1/verify/jobs")
+        assert started.status_code == 202 and started.json()["kind"] == "verify", started.text
+        job = c.get(started.headers["Location"], params={"wait": 60}).json()
+        assert job["status"] == "succeeded", job
+        assert job["progress"]["episodes_done"] == job["progress"]["episodes_total"] == 3
+        assert job["verify"]["checked"] == 3 and not job["verify"]["ok"] and list(job["verify"]["failed"]) == ["e2"]
 
 
 def test_auth_required(service: Service) -> None:

@@ -45,7 +45,7 @@ def test_no_server_errors(live: tuple[str, str], mode: GenerationMode) -> None:
     url, key = live
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 12
 
     for operation in operations:
 

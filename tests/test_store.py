@@ -409,3 +409,157 @@ def test_forget_with_its_shard_missing_warns_and_still_deletes(tmp_path: Path, c
     with caplog.at_level("WARNING", logger="rememory"):
         assert store.delete("default", ["id0-one"]) == ["id0-one"]
     assert "is missing" in caplog.text and "rememory verify" in caplog.text
+
+
+# --- the change sequence: recall indexes sync only what changed (issue 11), on both backends ---
+
+
+def _named(ids: list[str], ns: str) -> tuple[list[NewEpisode], list]:
+    items, arts = _items([f"text of {i}" for i in ids], ns)
+    out = []
+    for it, id_ in zip(items, ids):
+        ep = dataclasses.replace(it.episode, id=id_)
+        out.append(dataclasses.replace(it, episode=ep, digest=episode_digest(ns, id_, ep.text.encode())))
+    return out, arts
+
+
+def _rowid(store, ns: str, id_: str) -> int:
+    return store.rows(ns, [id_])[id_].rowid
+
+
+def test_changes_list_only_what_changed_since(store_at) -> None:
+    from rememory.store import open_store
+
+    store = open_store(store_at())
+    try:
+        store.commit_batch(*_named(["a1", "a2", "a3"], "a"), EMB, replace=False)
+        store.commit_batch(*_named(["b1"], "b"), EMB, replace=False)
+        first = store.changes("a", None)
+        assert first.complete and first.added == sorted(store.namespace_rowids("a").tolist()) and len(first.added) == 3
+        assert store.changes("a", first.seq) == dataclasses.replace(first, added=[], complete=False)
+        store.commit_batch(*_named(["a4", "a5"], "a"), EMB, replace=False)
+        gone = _rowid(store, "a", "a2")
+        store.delete("a", ["a2"])
+        store.commit_batch(*_named(["b2"], "b"), EMB, replace=False)  # another namespace: not a change of "a"
+        later = store.changes("a", first.seq)
+        assert not later.complete and later.seq > first.seq
+        assert later.added == [_rowid(store, "a", "a4"), _rowid(store, "a", "a5")] and later.removed == [gone]
+        old = _rowid(store, "a", "a1")
+        items, arts = _named(["a1"], "a")
+        items = [dataclasses.replace(it, episode=dataclasses.replace(it.episode, keywords="new kw")) for it in items]
+        store.commit_batch(items, arts, EMB, replace=True)  # a replaced episode is a deletion and an addition
+        last = store.changes("a", later.seq)
+        assert (last.added, last.removed) == ([_rowid(store, "a", "a1")], [old])
+        assert store.changes("a", last.seq).added == [] and store.changes("a", last.seq).removed == []
+        assert store.changes("nobody", None).added == store.changes("nobody", 0).added == []
+    finally:
+        store.close()
+
+
+def test_a_pruned_deletion_log_answers_the_whole_namespace(store_at) -> None:
+    from rememory.store import open_store
+
+    store = open_store(store_at())
+    try:
+        store.commit_batch(*_named(["x", "y", "z"], "a"), EMB, replace=False)
+        seen = store.changes("a", None)
+        store.deletion_log_s = 0  # every write prunes the log entries written before it
+        x = _rowid(store, "a", "x")
+        store.delete("a", ["x"])
+        assert store.changes("a", seen.seq).removed == [x]
+        store.delete("a", ["y"])  # prunes x's entry: an index synced before it can no longer learn of x
+        got = store.changes("a", seen.seq)
+        assert got.complete and got.added == [_rowid(store, "a", "z")] and got.removed == []
+        # an index that synced after the pruned entry still gets the incremental answer
+        assert not store.changes("a", got.seq).complete
+        # a change number ahead of the store (say, one restored from a backup) is answered in full
+        assert store.changes("a", got.seq + 5).complete
+    finally:
+        store.close()
+
+
+def _waiting_on_locks(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return int(conn.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()[0])  # fmt: skip
+
+
+def test_a_change_that_commits_late_is_never_skipped(new_postgres_url) -> None:
+    """Two real concurrent transactions on one namespace: the one that took the lower change number
+    commits last. A reader that synced in between must still get it afterwards."""
+    import threading
+
+    import psycopg
+
+    from rememory.store.postgres import PostgresStore
+
+    url = new_postgres_url()
+    store = PostgresStore(url)
+    blocker = psycopg.connect(url)  # a transaction left open: it holds the unique key ("x", "late")
+    try:
+        store.commit_batch(*_named(["seed"], "x"), EMB, replace=False)
+        seen = store.changes("x", None)
+        blocker.execute(
+            "INSERT INTO rememory.episodes(id, namespace, keywords, time, created_at, n_bytes, digest, digest_format,"
+            " key, key_scale, embedding, ctx_key, ctx_key_scale, tokens, embedder, engine, cell, weights, spans)"
+            " SELECT 'late', namespace, keywords, time, created_at, n_bytes, digest, digest_format, key, key_scale,"
+            " embedding, ctx_key, ctx_key_scale, tokens, embedder, engine, cell, weights, spans"
+            " FROM rememory.episodes WHERE id = 'seed'"
+        )
+        errors: list[BaseException] = []
+
+        def add(ids: list[str]) -> None:
+            try:
+                store.commit_batch(*_named(ids, "x"), EMB, replace=False)
+            except BaseException as exc:  # re-raised by the test below
+                errors.append(exc)
+
+        late = threading.Thread(target=add, args=(["late"],))  # takes its change number, then waits on the key
+        late.start()
+        while _waiting_on_locks(url) < 1:
+            late.join(0.05)
+        early = threading.Thread(target=add, args=(["early"],))  # would take a higher number and commit first
+        early.start()
+        while early.is_alive() and _waiting_on_locks(url) < 2:
+            early.join(0.05)
+        between = store.changes("x", seen.seq)  # a replica syncs while "late" is still open
+        blocker.rollback()  # now "late" commits, then "early"
+        late.join()
+        early.join()
+        assert not errors, errors
+        after = store.changes("x", between.seq)
+        synced = (set(seen.added) | set(between.added) | set(after.added)) - set(between.removed) - set(after.removed)
+        assert synced == set(store.namespace_rowids("x").tolist()) and len(synced) == 3
+    finally:
+        blocker.close()
+        store.close()
+
+
+def test_postgres_nearest_keys_come_from_hnsw_within_the_namespace(new_postgres_url) -> None:
+    import psycopg
+
+    from rememory.store.postgres import PostgresStore, nearest_sql
+
+    url = new_postgres_url()
+    store = PostgresStore(url)
+    try:
+        store.bind_embedder(*EMB)
+        for ns in ("a", "b"):  # the same keys in both: only the asked namespace may answer
+            store.commit_batch(*_named([f"e{i}" for i in range(40)], ns), EMB, replace=False)
+        q = np.random.default_rng(7).normal(size=EMB[1]).astype(np.float32)
+        q /= np.linalg.norm(q)
+        rows = store.index_rows(store.namespace_rowids("a").tolist())
+        for context in (False, True):
+            keys = np.stack([(r.ctx_key if context else r.key).astype(np.float32) * r.key_scale for r in rows])
+            exact = [rows[i].rowid for i in np.argsort(-(keys @ q) / np.linalg.norm(keys, axis=1))[:5]]
+            assert set(store.nearest("a", q, 5, context=context)) == set(exact)
+            with psycopg.connect(url, autocommit=True) as conn:  # the statement can use the HNSW index
+                conn.execute("SET search_path TO rememory, public")
+                conn.execute("SET enable_seqscan = off; SET enable_sort = off")  # as for a large namespace
+                plan = conn.execute(f"EXPLAIN {nearest_sql(context, EMB[1])}", ("a", str(q.tolist()), 5)).fetchall()
+            assert f"episodes_{'ctx_' if context else ''}embedding_hnsw" in " ".join(str(t[0]) for t in plan)
+    finally:
+        store.close()

@@ -15,13 +15,17 @@ import math
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from .cells.train import TrainProgress
 from .config import resolve_max_text_bytes
 from .episodes import load_episodes_file, validate_many
-from .errors import ConfigError, InvalidEpisodeError
+from .errors import ConfigError, InvalidEpisodeError, NotFoundError
+from .index.config import WEIGHTS, RankingConfig
+from .index.live import RankingFeatures, best_positions, fuse, normalise
 from .memory import Memory
 from .records import Episode
 
@@ -216,7 +220,8 @@ def _plan(
 
 @dataclass(frozen=True)
 class EvalProgress:
-    """A progress event. ``stage`` "train": ``done``/``total`` are text bytes; "recall": queries."""
+    """A progress event. ``stage`` "train": ``done``/``total`` are text bytes; "recall" and "features":
+    queries; "tune": folds (the last one tunes on all pools)."""
 
     stage: str
     done: int
@@ -296,6 +301,7 @@ def evaluate(
     pool_by_id_prefix: bool,
     ks: Sequence[int] = DEFAULT_KS,
     top_k: int | None = None,
+    reuse_store: bool = False,
     progress: Callable[[EvalProgress], None] | None = None,
 ) -> EvalReport:
     """Train ``episodes``, recall every query and score the rankings.
@@ -304,6 +310,8 @@ def evaluate(
     query searches only the pool of its own id; otherwise everything shares one namespace.
     ``memory`` is a store to fill (left open) or a factory called once inputs are checked
     (the store it makes is closed at the end). The namespaces must not hold other episodes.
+    With ``reuse_store`` nothing is trained: the store must already hold exactly these episodes
+    (one kept by an earlier evaluation), and only recall runs.
     ``top_k`` (default max(ks, 10)) is how many hits each query retrieves.
     """
     ks = tuple(sorted(set(ks)))
@@ -319,23 +327,17 @@ def evaluate(
 
     mem = memory if isinstance(memory, Memory) else memory()
     try:
-        return _run(mem, groups, qs, spaces, ks, top_k, pool_by_id_prefix, len(eps), progress)
+        return _run(mem, groups, qs, spaces, ks, top_k, pool_by_id_prefix, len(eps), progress, reuse_store)
     finally:
         if mem is not memory:
             mem.close()
 
 
-def _run(
-    mem: Memory,
-    groups: dict[str, list[Episode]],
-    qs: list[EvalQuery],
-    spaces: list[str],
-    ks: tuple[int, ...],
-    top_k: int,
-    pooled: bool,
-    n_episodes: int,
-    progress: Callable[[EvalProgress], None] | None,
-) -> EvalReport:
+def _fill(
+    mem: Memory, groups: dict[str, list[Episode]], reuse: bool, progress: Callable[[EvalProgress], None] | None
+) -> None:
+    """Train every pool's episodes into ``mem``; with ``reuse``, check that it already holds exactly them."""
+
     def emit(stage: str, done: int, total: int) -> None:
         if progress is not None:
             progress(EvalProgress(stage, done, total))
@@ -343,8 +345,17 @@ def _run(
     sizes = {ns: sum(len(e.text.encode("utf-8")) for e in eps) for ns, eps in groups.items()}
     total_bytes = sum(sizes.values())
     base = 0
-    start = time.perf_counter()
     for ns, eps in groups.items():
+        if reuse:
+            stored = mem.count(ns)
+            missing = [e.id for e in eps[:: max(1, len(eps) // 8)] if not _holds(mem, e.id, ns)]
+            if stored != len(eps) or missing:
+                raise ConfigError(
+                    f"Namespace {ns!r} of {mem.location} holds {stored} episodes, not the {len(eps)} of the "
+                    f"evaluation set{f' (missing e.g. {missing[:3]})' if missing else ''}: it was built from "
+                    "other episodes. Reuse a store kept by an eval of these episodes, or build a new one."
+                )
+            continue
 
         def relay(ev: TrainProgress, base: int = base) -> None:
             emit("train", base + ev.bytes_done, total_bytes)
@@ -359,6 +370,34 @@ def _run(
                 f"Namespace {ns!r} of {mem.location} holds {stored} episodes, but the evaluation set puts "
                 f"{len(eps)} there: the store is not fresh. Evaluate on a new, empty store."
             )
+
+
+def _holds(mem: Memory, id_: str, namespace: str) -> bool:
+    try:
+        mem.get(id_, namespace=namespace)
+    except NotFoundError:
+        return False
+    return True
+
+
+def _run(
+    mem: Memory,
+    groups: dict[str, list[Episode]],
+    qs: list[EvalQuery],
+    spaces: list[str],
+    ks: tuple[int, ...],
+    top_k: int,
+    pooled: bool,
+    n_episodes: int,
+    progress: Callable[[EvalProgress], None] | None,
+    reuse: bool = False,
+) -> EvalReport:
+    def emit(stage: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(EvalProgress(stage, done, total))
+
+    start = time.perf_counter()
+    _fill(mem, groups, reuse, progress)
     build_s = time.perf_counter() - start
 
     results: list[QueryResult] = []
@@ -374,4 +413,238 @@ def _run(
         overall=overall, by_category=by_category, episodes=n_episodes, top_k=top_k, pool_by_id_prefix=pooled,
         ranking=mem.ranking.to_dict(), embedder=mem.embedder.id, build_s=build_s, recall_s=recall_s,
         results=results,
+    )  # fmt: skip
+
+
+# --- cross-validated tuning of the ranking weights ---
+
+TUNE_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # values tried for each weight (only their ratios matter)
+# Feedback settings tried too: how many top hits feed it, and how far they move the query.
+TUNE_EXTRA: dict[str, tuple[float, ...]] = {"prf_docs": (1, 2, 3, 5, 8), "prf_mix": (0.5, 1.0, 2.0)}
+TUNE_ROUNDS = 3  # coordinate-ascent sweeps over the weights at most (it stops early once a sweep changes nothing)
+
+
+@dataclass(frozen=True)
+class CachedQuery:
+    """One labelled query with every ranking signal of its candidates, computed once per store."""
+
+    query: EvalQuery
+    pool: str
+    features: RankingFeatures | None  # None: the namespace was empty
+    normalised: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # norm -> signal -> values
+
+
+def cache_features(
+    mem: Memory,
+    queries: Sequence[EvalQuery],
+    spaces: Sequence[str],
+    top_k: int,
+    progress: Callable[[EvalProgress], None] | None = None,
+) -> list[CachedQuery]:
+    """Every query's raw signals (:meth:`Memory.ranking_features`), so tuning never re-runs recall."""
+    out = []
+    for i, (q, ns) in enumerate(zip(queries, spaces)):
+        out.append(CachedQuery(q, ns, mem.ranking_features(q.query, namespace=ns, top_k=top_k)))
+        if progress is not None:
+            progress(EvalProgress("features", i + 1, len(queries)))
+    return out
+
+
+def rank_cached(c: CachedQuery, cfg: RankingConfig, top_k: int) -> tuple[str, ...]:
+    """The ids recall would return for ``c`` under ``cfg``: the same :func:`fuse` over the cached signals."""
+    if c.features is None:
+        return ()
+    f = c.features.features
+    norm = c.normalised.get(cfg.norm)
+    if norm is None:
+        norm = c.normalised[cfg.norm] = {k: normalise(v, cfg.norm) for k, v in f.raw.items()}
+    scores = fuse(f, cfg, norm).scores
+    return tuple(c.features.ids[i] for i in best_positions(scores, top_k).tolist())
+
+
+def _objective(cached: Sequence[CachedQuery], cfg: RankingConfig, top_k: int) -> float:
+    """What tuning maximises: mean recall@5 plus mean recall@10."""
+    total = 0.0
+    for c in cached:
+        ranked = rank_cached(c, cfg, top_k)
+        total += recall_at_k(ranked, c.query.relevant, 5) + recall_at_k(ranked, c.query.relevant, 10)
+    return total / max(len(cached), 1)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """Weights chosen by coordinate ascent, the objective they reach, and the queries they were tuned on."""
+
+    ranking: RankingConfig
+    objective: float
+    tuned_on: tuple[str, ...]  # ids (or texts) of the queries tuning saw
+    configs_tried: int
+
+
+def tune_weights(
+    cached: Sequence[CachedQuery],
+    base: RankingConfig,
+    *,
+    top_k: int = NDCG_K,
+    grid: Sequence[float] = TUNE_GRID,
+    rounds: int = TUNE_ROUNDS,
+    extra: Mapping[str, Sequence[float]] = TUNE_EXTRA,
+) -> TuneResult:
+    """Coordinate ascent over the fusion weights on cached signals, maximising mean R@5 + R@10.
+
+    Each sweep tries every grid value for one weight at a time, keeping a change only if it
+    strictly improves the objective; ties keep the current weights, so the result is deterministic.
+    ``extra`` names further settings to sweep with their values (the feedback's, by default).
+    """
+    axes = [(name, tuple(grid)) for name in WEIGHTS] + [(name, tuple(values)) for name, values in extra.items()]
+    if not cached:
+        raise ConfigError("Tuning needs at least one labelled query.")
+    best, best_obj, tried = base, _objective(cached, base, top_k), 1
+    for _ in range(rounds):
+        changed = False
+        for name, values in axes:
+            for value in values:
+                if value == getattr(best, name):
+                    continue
+                cand = replace(best, **{name: type(getattr(best, name))(value)})
+                if sum(getattr(cand, n) for n in WEIGHTS) == 0:
+                    continue
+                obj = _objective(cached, cand, top_k)
+                tried += 1
+                if obj > best_obj + 1e-12:
+                    best, best_obj, changed = cand, obj, True
+        if not changed:
+            break
+    return TuneResult(best, best_obj, tuple(c.query.id or c.query.query for c in cached), tried)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One leave-one-pool-out fold: weights tuned on the other pools, scored on ``pool``."""
+
+    pool: str
+    tuned: TuneResult
+    held_out: Metrics
+    results: list[QueryResult]
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Leave-one-pool-out tuning: per-fold held-out metrics, and all held-out rankings pooled."""
+
+    folds: list[Fold]
+    mean_held_out: Metrics  # the mean over folds of each fold's held-out metrics
+    overall: Metrics  # every held-out ranking pooled
+    by_category: dict[str, Metrics]
+    all_pools: TuneResult  # weights tuned on every pool (in-sample)
+    median: RankingConfig  # per weight, the median of the folds' choices
+    base: dict[str, Any]
+    episodes: int
+    top_k: int
+    embedder: str
+
+    def to_dict(self) -> dict[str, Any]:
+        def weights(cfg: RankingConfig) -> dict[str, float]:
+            return {n: getattr(cfg, n) for n in (*WEIGHTS, "prf_docs", "prf_mix")}
+
+        return {
+            "folds": [{"pool": f.pool, "weights": weights(f.tuned.ranking), "tuned_on": len(f.tuned.tuned_on),
+                       "train_objective": f.tuned.objective, "held_out": f.held_out.to_dict()}
+                      for f in self.folds],
+            "mean_held_out": self.mean_held_out.to_dict(),
+            "overall": self.overall.to_dict(),
+            "by_category": {c: m.to_dict() for c, m in self.by_category.items()},
+            "all_pools": {"weights": weights(self.all_pools.ranking), "objective": self.all_pools.objective},
+            "median": weights(self.median),
+            "base": self.base,
+            "episodes": self.episodes,
+            "top_k": self.top_k,
+            "embedder": self.embedder,
+        }
+
+
+def _mean_metrics(ms: Sequence[Metrics]) -> Metrics:
+    n = len(ms)
+    return Metrics(
+        queries=sum(m.queries for m in ms),
+        recall={k: sum(m.recall[k] for m in ms) / n for k in ms[0].recall},
+        ndcg10=sum(m.ndcg10 for m in ms) / n,
+        mrr=sum(m.mrr for m in ms) / n,
+    )
+
+
+def cross_validate_cached(
+    cached: Sequence[CachedQuery],
+    base: RankingConfig,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    top_k: int = NDCG_K,
+    grid: Sequence[float] = TUNE_GRID,
+    rounds: int = TUNE_ROUNDS,
+    extra: Mapping[str, Sequence[float]] = TUNE_EXTRA,
+    progress: Callable[[EvalProgress], None] | None = None,
+) -> tuple[list[Fold], TuneResult]:
+    """Leave-one-pool-out over cached queries, then the weights tuned on all of them."""
+    pools = list(dict.fromkeys(c.pool for c in cached))
+    if len(pools) < 2:
+        raise ConfigError(f"Cross-validation needs at least 2 pools, got {pools}; pool queries by id prefix.")
+    folds = []
+    for i, pool in enumerate(pools):
+        train = [c for c in cached if c.pool != pool]
+        test = [c for c in cached if c.pool == pool]
+        tuned = tune_weights(train, base, top_k=top_k, grid=grid, rounds=rounds, extra=extra)
+        results = [QueryResult(c.query, c.pool, rank_cached(c, tuned.ranking, top_k)) for c in test]
+        folds.append(Fold(pool, tuned, score_results(results, ks)[0], results))
+        if progress is not None:
+            progress(EvalProgress("tune", i + 1, len(pools) + 1))
+    everything = tune_weights(cached, base, top_k=top_k, grid=grid, rounds=rounds, extra=extra)
+    if progress is not None:
+        progress(EvalProgress("tune", len(pools) + 1, len(pools) + 1))
+    return folds, everything
+
+
+def cross_validate(
+    memory: Memory | Callable[[], Memory],
+    episodes: Sequence[Episode | Mapping[str, Any]],
+    queries: Sequence[EvalQuery | Mapping[str, Any]],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    top_k: int | None = None,
+    reuse_store: bool = False,
+    grid: Sequence[float] = TUNE_GRID,
+    rounds: int = TUNE_ROUNDS,
+    extra: Mapping[str, Sequence[float]] = TUNE_EXTRA,
+    progress: Callable[[EvalProgress], None] | None = None,
+) -> CrossValidation:
+    """Leave-one-pool-out tuning of the ranking weights over the id-prefix pools.
+
+    The store is built once (or reused, see :func:`evaluate`); every query's signals are cached,
+    then for each pool the weights are tuned (:func:`tune_weights`, starting from the memory's
+    ranking) on the other pools' queries only and scored on that pool's. Also reports the weights
+    tuned on all pools and the per-weight median of the folds' choices.
+    """
+    ks = tuple(sorted(set(ks)))
+    top_k = max(*ks, NDCG_K) if top_k is None else top_k
+    eps = validate_many(episodes, namespace=DEFAULT_NAMESPACE, max_text_bytes=resolve_max_text_bytes(None))
+    qs = validate_queries(queries)
+    groups, spaces = _plan(eps, qs, True)
+    mem = memory if isinstance(memory, Memory) else memory()
+    try:
+        _fill(mem, groups, reuse_store, progress)
+        cached = cache_features(mem, qs, spaces, top_k, progress)
+        base = mem.ranking
+        embedder = mem.embedder.id
+    finally:
+        if mem is not memory:
+            mem.close()
+    folds, everything = cross_validate_cached(cached, base, ks=ks, top_k=top_k, grid=grid, rounds=rounds,
+                                              extra=extra, progress=progress)  # fmt: skip
+    pooled = [r for f in folds for r in f.results]
+    overall, by_category = score_results(pooled, ks)
+    median = replace(base, **{n: type(getattr(base, n))(np.median([getattr(f.tuned.ranking, n) for f in folds]))
+                              for n in (*WEIGHTS, *extra)})  # fmt: skip
+    return CrossValidation(
+        folds=folds, mean_held_out=_mean_metrics([f.held_out for f in folds]), overall=overall,
+        by_category=by_category, all_pools=everything, median=median, base=base.to_dict(), episodes=len(eps),
+        top_k=top_k, embedder=embedder,
     )  # fmt: skip

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import os
 import threading
 import time
+import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
 from datetime import date, datetime, timezone
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .archive import ArchiveProgress, ExportReport, ImportReport
 from .cells.engine import MlpCellEngine
@@ -21,19 +22,34 @@ from .config import resolve_max_text_bytes, resolve_store_path
 from .embed import Embedder, load_embedder
 from .engine import Artifact, MemoryEngine, get_engine
 from .episodes import validate_episode, validate_many, validate_namespace, validate_query
-from .errors import ConfigError, IntegrityError, NotFoundError, RememoryError
+from .errors import ConfigError, EmbedderMismatchError, IntegrityError, NotFoundError, RememoryError, StoreBusyError
 from .index import snapshot
 from .index.config import RankingConfig
-from .index.live import NamespaceIndex, TimeSignal
+from .index.live import NamespaceIndex, RankingFeatures, Span, TimeSignal
 from .index.tokenize import token_hashes
 from .integrity import episode_digest
 from .limits import MAX_PAGE, MAX_TOP_K
 from .quant import quantize_int8
-from .records import Episode, RecallHit, StoreStats, TrainProgress, VerifyFailure, VerifyReport
+from .records import (
+    DayCount,
+    Episode,
+    EpisodeDetail,
+    EpisodePage,
+    EpisodeView,
+    RecallHit,
+    ReembedReport,
+    StoreStats,
+    TrainProgress,
+    VerifyFailure,
+    VerifyReport,
+)
 from .store import open_store
 from .store.base import check_duplicate, mismatch
-from .store.records import NewEpisode, Row
-from .timeparse import TimeRange, episode_time, filter_range, query_range
+from .store.records import NewEpisode, Row, StagedKey
+from .timeparse import TimeRange, episode_seconds, filter_range, query_range
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +103,6 @@ class Memory:
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
         self._indexes: dict[str, NamespaceIndex] = {}
-        self._slot_times: dict[str, np.ndarray] = {}  # namespace -> (slots,) epoch seconds, NaN: no time
         self._snapshot_dir = self._store.snapshot_dir
         self._index_lock = threading.Lock()
 
@@ -195,7 +210,8 @@ class Memory:
                 q, scale = quantize_int8(vec)
                 cq, cscale = quantize_int8(ctx_vec)
                 tokens = token_hashes(f"{ep.keywords} {ep.text}")
-                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale))
+                when = episode_seconds(ep.time, ep.keywords)  # once, here: recall never parses keywords
+                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale, event_time=when))
             self._store.commit_batch(items, arts, (self._embedder.id, self._embedder.dim), replace=replace)
             done_cells += len(chunk)
             done_bytes += sum(len(d) for _, d, _ in chunk)
@@ -229,6 +245,118 @@ class Memory:
                 out[i] = " ".join(t for t in window if t)
         return out
 
+    def reembed(
+        self,
+        embedder: str | Embedder | None = None,
+        *,
+        namespace: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ReembedReport:
+        """Rebuild the recall keys (own and context) of every episode with ``embedder``, and make it the store's.
+
+        No cell is retrained or rewritten: each text is decoded from its cell (and checked against its digest),
+        then embedded. The new keys are staged out of recall's sight and swapped in, all at once and with the
+        store's embedder, in one transaction: an interrupted reembed leaves the store on its old embedder, and
+        rerunning it with the same embedder resumes. ``namespace`` rebuilds only that namespace's keys, with the
+        store's own embedder (a store has one embedder). ``progress(done, total)`` follows the episodes.
+
+        >>> mem.reembed("all-MiniLM-L6-v2").embedder
+        'sentence-transformers/all-MiniLM-L6-v2'
+        """
+        if self.read_only:
+            raise ConfigError(f"The store at {self.location} is open read-only; open it for writing to reembed it.")
+        new = load_embedder(embedder) if embedder is not None else self._embedder
+        target = (new.id, new.dim)  # `dim` loads the model: one that cannot load fails here, nothing changed
+        bound = self._store.embedder_info()
+        if namespace is not None:
+            namespace = validate_namespace(namespace)
+            if bound is not None and bound[0] != new.id:
+                raise ConfigError(
+                    f"The store at {self.location} uses the embedder {bound[0]!r} for every namespace; switching to "
+                    f"{new.id!r} must rebuild all of them. Drop --namespace (or namespace=) to reembed the whole store."
+                )
+        self._discard_snapshots(namespace)
+        self._store.clear_staged_keys(keep=target)  # what an interrupted reembed to another model left
+        total = self._store.count(namespace)
+        done = 0
+        if progress is not None:
+            progress(0, total)
+        for _ in range(3):  # writers may add episodes meanwhile: each pass embeds what is still missing
+            staged = self._store.staged_rowids(target)
+            names = [namespace] if namespace is not None else sorted(self._store.size_report().namespaces)
+            damaged: builtins.list[str] = []
+            for ns in names:
+                done = self._stage_namespace(ns, new, staged, damaged, done, total, progress)
+            if damaged:
+                raise IntegrityError(
+                    f"{len(damaged)} memories cannot be decoded, so their keys cannot be rebuilt (first: "
+                    f"{damaged[:5]}); the store still uses {(bound or target)[0]!r}. Run `rememory verify`, re-add or "
+                    "forget them, then rerun the reembed (the keys already made are kept).",
+                    ids=damaged,
+                )
+            if self._store.swap_staged_keys(target, namespace) == 0:
+                break
+            total = max(total, done + self._store.count(namespace) - len(self._store.staged_rowids(target)))
+        else:
+            raise StoreBusyError(
+                f"Episodes kept being added to {self.location} during the reembed, so it still uses "
+                f"{(bound or target)[0]!r}. Rerun it when writers pause: the keys already made are kept."
+            )
+        self._embedder = new
+        self._discard_snapshots(namespace)
+        with self._index_lock:
+            for ns in [namespace] if namespace is not None else builtins.list(self._indexes):
+                self._indexes.pop(ns, None)
+        return ReembedReport(embedder=new.id, previous=bound[0] if bound else None, episodes=done)
+
+    def _stage_namespace(
+        self, ns: str, new: Embedder, staged: set[int], damaged: builtins.list[str], done: int, total: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:  # fmt: skip
+        """Stage new keys for the rows of ``ns`` not in ``staged``; returns ``done`` advanced by their count.
+
+        The context key is built as at add time (``_context_texts``): the episode between its previous
+        and next episode of the namespace, each as "keywords text"; an undecodable neighbour is left out.
+        """
+        rowids = self._store.namespace_rowids(ns).tolist()
+        todo = [i for i, r in enumerate(rowids) if r not in staged]
+        for c in range(0, len(todo), self._batch_size):
+            pos = todo[c : c + self._batch_size]
+            near = sorted({j for i in pos for j in (i - 1, i, i + 1) if 0 <= j < len(rowids)})
+            rows = self._store.rows_by_rowid([rowids[j] for j in near])
+            got = self._reconstruct(builtins.list(rows.values()))
+            texts: dict[int, tuple[Row, str]] = {}
+            for j in near:
+                r = rows.get(rowids[j])
+                data = got.get(rowids[j])
+                if r is not None and isinstance(data, bytes):
+                    texts[j] = (r, data.decode("utf-8"))
+                elif r is not None and j in pos:
+                    damaged.append(r.id)
+            mine = [i for i in pos if i in texts]  # a row forgotten meanwhile is simply gone
+            own = [key_text(texts[i][0].keywords, texts[i][1]) for i in mine]
+            ctx = [" ".join(f"{texts[j][0].keywords} {texts[j][1]}" for j in (i - 1, i, i + 1) if j in texts)
+                   for i in mine]  # fmt: skip
+            keys = []
+            for i, vec, ctx_vec in zip(mine, new.embed_batch(own), new.embed_batch(ctx)):
+                q, scale = quantize_int8(vec)
+                cq, cscale = quantize_int8(ctx_vec)
+                keys.append(StagedKey(rowids[i], q, scale, cq, cscale))
+            self._store.stage_keys((new.id, new.dim), keys)
+            done += len(pos)
+            if progress is not None:
+                progress(min(done, total), total)
+        return done
+
+    def _discard_snapshots(self, namespace: str | None) -> None:
+        """Drop recall snapshots (of ``namespace``, or all): their keys are about to change."""
+        if self._snapshot_dir is None or not self._snapshot_dir.exists():
+            return
+        names = [namespace] if namespace is not None else sorted(self._store.size_report().namespaces)
+        with snapshot.locked(self._snapshot_dir):
+            for ns in names:
+                snapshot.discard(self._snapshot_dir, ns)
+
     def forget(self, id: str, *, namespace: str = "default") -> None:
         """Delete an episode and erase it from every file the store owns, before returning.
 
@@ -259,17 +387,29 @@ class Memory:
     def _reconstruct(self, rows: Sequence[Row]) -> dict[int, bytes | IntegrityError]:
         """Each row's exact text by rowid, or the :class:`IntegrityError` that says why it is unreadable."""
         arts = self._store.load_artifacts(rows)
-        out: dict[int, bytes | IntegrityError] = {}
+        return {r.rowid: self._decode_loaded(r, arts[r.rowid]) for r in rows}
+
+    def _decode_loaded(self, r: Row, art: Artifact | IntegrityError) -> bytes | IntegrityError:
+        if isinstance(art, IntegrityError):
+            return IntegrityError(
+                f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {art}. Run `rememory verify` "
+                "to list every affected memory, then re-add them.",
+                ids=[r.id],
+            )
+        return self._decode_checked(r, art)
+
+    def _views(self, rows: Sequence[Row]) -> builtins.list[EpisodeView]:
+        """Each row as a viewer shows it: decoded and checked against its digest, damage named, not raised."""
+        arts = self._store.load_artifacts(rows)
+        out = []
         for r in rows:
             art = arts[r.rowid]
-            if isinstance(art, IntegrityError):
-                out[r.rowid] = IntegrityError(
-                    f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {art}. Run `rememory verify` "
-                    "to list every affected memory, then re-add them.",
-                    ids=[r.id],
-                )
-                continue
-            out[r.rowid] = self._decode_checked(r, art)
+            data = self._decode_loaded(r, art)
+            # What the memory costs to keep: its weight streams and its config (as stored, compact JSON).
+            config = {} if isinstance(art, IntegrityError) else art.config
+            cell = 0 if isinstance(art, IntegrityError) else art.nbytes + len(json.dumps(config, separators=(",", ":")))
+            text, damage = (None, str(data)) if isinstance(data, IntegrityError) else (data.decode("utf-8"), None)
+            out.append(EpisodeView(r.id, r.namespace, r.keywords, r.time, r.created_at, r.n_bytes, cell, text, damage))
         return out
 
     def _decode_checked(self, r: Row, art: Artifact) -> bytes | IntegrityError:
@@ -325,6 +465,66 @@ class Memory:
         got = self._reconstruct(rows)
         return [Episode(r.id, r.keywords, self._text(r, got), r.time, r.namespace) for r in rows]
 
+    def browse(
+        self, namespace: str = "default", *, limit: int = 20, offset: int = 0, contains: str | None = None
+    ) -> EpisodePage:
+        """A page of a namespace's episodes for a viewer: newest first, each with its sizes, and checked.
+
+        Each episode is decoded and checked against its digest (``verified``); a damaged one is listed
+        with ``damage`` instead of failing the page. ``contains`` keeps the episodes whose id, keywords,
+        time or text contain it (any case); it decodes every episode of the namespace, so for a large
+        one prefer :meth:`recall`.
+
+        >>> [v.id for v in mem.browse(contains="BRIDGE").items]
+        ['e1']
+        """
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset >= 0, got limit={limit}, offset={offset}.")
+        namespace = validate_namespace(namespace)
+        if not contains:
+            total = self._store.count(namespace)
+            n = max(0, min(limit, total - offset))
+            rows = self._store.list_rows(namespace, limit=n, offset=total - offset - n)[::-1] if n else []
+            items = self._views(rows)
+        else:
+            needle = contains.casefold()
+            newest_first = [r for batch in self._store.iter_rows(namespace, batch=500) for r in batch][::-1]
+            found: builtins.list[EpisodeView] = []
+            for i in range(0, len(newest_first), 200):
+                for v in self._views(newest_first[i : i + 200]):
+                    if any(needle in f.casefold() for f in (v.id, v.keywords, v.time or "", v.text or "")):
+                        found.append(v)
+            total = len(found)
+            items = found[offset : offset + limit]
+        nxt = offset + len(items) if items and offset + len(items) < total else None
+        return EpisodePage(items=items, total=total, offset=offset, next_offset=nxt)
+
+    def inspect(self, id: str, *, namespace: str = "default", neighbours: int = 2) -> EpisodeDetail:
+        """One episode for a viewer, with up to ``neighbours`` episodes stored just before and after it.
+
+        >>> mem.inspect("e1").episode.verified
+        True
+        """
+        if isinstance(neighbours, bool) or not isinstance(neighbours, int) or not 0 <= neighbours <= 10:
+            raise ConfigError(f"neighbours must be a whole number from 0 to 10, got {neighbours!r}.")
+        r = self._row(id, namespace)
+        if r is not None:
+            pos = int((self._store.namespace_rowids(r.namespace) < r.rowid).sum())
+            lo = max(0, pos - neighbours)
+            rows = self._store.list_rows(r.namespace, limit=pos - lo + 1 + neighbours, offset=lo)
+            for k, got in enumerate(rows):
+                if got.rowid == r.rowid:  # else forgotten meanwhile
+                    views = self._views(rows)
+                    return EpisodeDetail(views[k], views[:k], views[k + 1 :])
+        raise NotFoundError(f"No memory with id {id!r} in namespace {namespace!r}. Check the id and the namespace.")
+
+    def timeline(self, namespace: str = "default") -> builtins.list[DayCount]:
+        """How many episodes of ``namespace`` were stored on each UTC day, oldest first (days with none left out)."""
+        counts: Counter[str] = Counter()
+        for rows in self._store.iter_rows(validate_namespace(namespace), batch=1000):
+            counts.update(datetime.fromtimestamp(r.created_at, timezone.utc).date().isoformat() for r in rows)
+        return [DayCount(day, n) for day, n in sorted(counts.items())]
+
     def count(self, namespace: str | None = None) -> int:
         """Number of episodes in ``namespace`` (all namespaces if ``None``)."""
         return self._store.count(namespace)
@@ -336,12 +536,21 @@ class Memory:
             if idx is None:
                 idx = None
                 if self._snapshot_dir is not None:
-                    idx = snapshot.load(self._snapshot_dir, namespace, self._embedder.dim, self.ranking)
-                idx = idx or NamespaceIndex(self._embedder.dim, self.ranking)
+                    emb = self._embedder
+                    idx = snapshot.load(self._snapshot_dir, namespace, emb.dim, self.ranking, emb.id)
+                else:
+                    idx = self._stored_snapshot(namespace)
+                idx = idx or NamespaceIndex(self._embedder.dim, self.ranking, self._nearest(namespace))
                 idx.snapshot_size = idx.lex.n
                 self._indexes[namespace] = idx
             if idx.generation != gen:
-                for bad in idx.sync(self._store.namespace_rowids(namespace), self._store.index_rows):
+                bound = self._store.embedder_info()
+                if bound is not None and bound[0] != self._embedder.id:  # another process ran a reembed
+                    raise EmbedderMismatchError(
+                        f"The store at {self.location} now uses the embedder {bound[0]!r} (it was reembedded); this "
+                        f"process still holds {self._embedder.id!r}. Reopen the store (restart the server) to use it."
+                    )
+                for bad in idx.apply(self._store.changes(namespace, idx.seq), self._store.index_rows):
                     logger.warning(
                         "Memory %r of namespace %r cannot be recalled: %s. Run `rememory verify`, then re-add it.",
                         bad.id, namespace, bad.damage,
@@ -349,18 +558,43 @@ class Memory:
                 idx.generation = gen
                 # Large namespaces keep a snapshot so that a new process starts fast.
                 grown = idx.lex.n - idx.snapshot_size
-                if (not self.read_only and self._snapshot_dir is not None and idx.size >= self.ranking.ann_threshold
+                if (not self.read_only and idx.size >= self.ranking.ann_threshold
                         and grown >= max(1, idx.snapshot_size // 10)):  # fmt: skip
                     self._save_snapshot(idx, namespace)
             return idx
 
+    def _stored_snapshot(self, namespace: str) -> NamespaceIndex | None:
+        """The index snapshot the store keeps for ``namespace``, as of its change number; None if none is usable."""
+        got = self._store.load_index_snapshot(namespace)
+        if got is None:
+            return None
+        try:
+            idx = snapshot.from_bytes(got.data, self._embedder.dim, self.ranking, self._nearest(namespace))
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            logger.warning("The recall snapshot of namespace %r in %s is unreadable (%s: %s); rebuilding the index "
+                           "from the store.", namespace, self.location, type(exc).__name__, exc)  # fmt: skip
+            return None
+        idx.seq = got.seq
+        return idx
+
+    def _nearest(self, namespace: str) -> Callable[[np.ndarray, int, bool], builtins.list[int]] | None:
+        """The store's key search for ``namespace``'s index, where the store has one."""
+        if not self._store.server_ann:
+            return None
+        store = self._store
+        return lambda q, k, context: store.nearest(namespace, q, k, context=context)
+
     def _save_snapshot(self, idx: NamespaceIndex, namespace: str) -> None:
         # Under the snapshot lock, and only if every episode in it is still stored: a forget that
         # committed meanwhile must not be written back to disk (forget drops snapshots under this lock).
-        assert self._snapshot_dir is not None
+        if self._snapshot_dir is None:  # the store keeps it, and refuses one that a deletion made stale
+            assert idx.seq is not None
+            if self._store.save_index_snapshot(namespace, idx.seq, snapshot.to_bytes(idx)):
+                idx.snapshot_size = idx.lex.n
+            return
         with snapshot.locked(self._snapshot_dir):
             if set(idx.slot_of) <= set(self._store.namespace_rowids(namespace).tolist()):
-                snapshot.save(idx, self._snapshot_dir, namespace)
+                snapshot.save(idx, self._snapshot_dir, namespace, self._embedder.id)
                 idx.snapshot_size = idx.lex.n
 
     # `builtins.list`: inside this class `list` names the method above.
@@ -372,6 +606,7 @@ class Memory:
         *,
         since: str | datetime | date | None = None,
         until: str | datetime | date | None = None,
+        explain: bool = False,
     ) -> builtins.list[RecallHit]:
         """The ``top_k`` episodes of ``namespace`` that best match ``query``, best first.
 
@@ -381,11 +616,18 @@ class Memory:
         against its digest.
 
         An episode's time is its ``time``, or else a date written in its keywords
-        (:func:`rememory.timeparse.episode_time`). ``since`` and ``until`` (ISO 8601 strings or
-        datetimes, both inclusive; a date alone as ``until`` includes that day) keep only the
-        episodes whose time falls between them, inside the ranking, so ``top_k`` hits come back
-        when that many match; episodes with no time are left out whenever either is given. A
-        query that names a time ("in May 2023", "last week") ranks the episodes of that time higher.
+        (:func:`rememory.timeparse.episode_time`), read once when it is added. ``since`` and ``until``
+        (ISO 8601 strings or datetimes, both inclusive; a date alone as ``until`` includes that day) keep
+        only the episodes whose time falls between them, inside the ranking, so ``top_k`` hits come back
+        when that many match; episodes with no time are left out whenever either is given. A query that
+        names a time ("in May 2023", "last week") adds the ``time_match`` signal: 1 for the episodes of
+        that time, else 0.
+
+        With ``explain=True`` each hit's ``RecallHit.explain`` maps every signal in use (``bm25_own``,
+        ``bm25_ctx1``, ``bm25_ctx2``, ``bm25_ctx8``, ``dense_own``, ``dense_ctx``, ``dense_near``,
+        ``dense_far``, ``prf``, and ``time_match`` when the query names a time) to its share of the score:
+        its weight times its value normalised over this query's candidates, divided by the sum of the
+        weights in use. The shares sum to ``score``. Without it, ``explain`` is ``None``.
 
         >>> [hit.id for hit in mem.recall("bridge at night", top_k=1)]
         ['e1']
@@ -403,46 +645,43 @@ class Memory:
         q = self._embedder.embed_query(query)
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
-        when = self._time_signal(idx, namespace, query, window)
-        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k, when)
+        when = self._time_signal(query, window)
+        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k, explain=explain, time=when)
         # The index is a cache: every hit is checked against its store row in this namespace
         # before anything is decoded (a concurrent forget, or a tampered snapshot, yields nothing).
         rows = self._store.rows(namespace, [s.id for s in scored])
-        picked = [(rows[s.id], s.score) for s in scored if s.id in rows]
+        picked = [(rows[s.id], s) for s in scored if s.id in rows]
         got = self._reconstruct([r for r, _ in picked])
-        return [RecallHit(r.id, s, r.keywords, self._text(r, got), r.time, r.namespace) for r, s in picked]
+        return [RecallHit(r.id, s.score, r.keywords, self._text(r, got), r.time, r.namespace, s.signals)
+                for r, s in picked]  # fmt: skip
 
-    def _time_signal(
-        self, idx: NamespaceIndex, namespace: str, query: str, window: TimeRange | None
-    ) -> TimeSignal | None:
-        """The since/until mask and the query's time-range boost, or None when neither applies."""
-        named = query_range(query, datetime.now(timezone.utc)) if self.ranking.time_match else None
+    def ranking_features(self, query: str, namespace: str = "default", top_k: int = 10) -> RankingFeatures | None:
+        """Every ranking signal of ``query`` over its candidates in ``namespace`` (``None`` if it is empty).
+
+        What :meth:`recall` ranks with this memory's :class:`RankingConfig`, with the signals of weight 0
+        too: tuning (:func:`rememory.evaluate.cross_validate`) re-fuses them under other weights.
+        """
+        query = validate_query(query)
+        namespace = validate_namespace(namespace)
+        if namespace not in self._indexes and self._store.count(namespace) == 0:
+            return None
+        idx = self._index(namespace)
+        q = self._embedder.embed_query(query)
+        if q.shape[0] != idx.dim:
+            raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
+        when = self._time_signal(query, None, every=True)
+        f = idx.features(q, idx.lexical(token_hashes(query), every=True), top_k, every=True, time=when)
+        return None if f is None else RankingFeatures(f, tuple(idx.ids[s] for s in f.cand.tolist()))
+
+    def _time_signal(self, query: str, window: TimeRange | None, *, every: bool = False) -> TimeSignal | None:
+        """The since/until window and the range the query names, in epoch seconds (None when neither applies).
+
+        The query is read for a time only if ``time_match`` weighs it, or ``every`` (the tuner) wants it.
+        """
+        named = query_range(query, datetime.now(timezone.utc)) if every or self.ranking.time_match else None
         if window is None and named is None:
             return None
-        times = self._times(idx, namespace)
-        return TimeSignal(allowed=_within(times, window), in_range=_within(times, named))
-
-    def _times(self, idx: NamespaceIndex, namespace: str) -> np.ndarray:
-        """(slots,) each slot's episode time in epoch seconds (NaN: none), read once per slot.
-
-        Derived when first needed, not stored: existing stores need no migration, and recall of
-        queries that name no time never parses a date.
-        """
-        with self._index_lock:
-            have = self._slot_times.get(namespace, np.zeros(0))
-            n = len(idx.ids)
-            if have.size < n:
-                new_ids = idx.ids[have.size : n]
-                rows = self._store.rows(namespace, [i for i in new_ids if i])
-                add = np.full(n - have.size, np.nan)
-                for k, id_ in enumerate(new_ids):
-                    r = rows.get(id_)
-                    t = episode_time(r.time, r.keywords) if r is not None else None
-                    if t is not None:
-                        add[k] = t.replace(tzinfo=timezone.utc).timestamp()
-                have = np.concatenate([have, add])
-                self._slot_times[namespace] = have
-            return have
+        return TimeSignal(window=_span(window), named=_span(named))
 
     def verify(
         self, progress: Callable[[int, int], None] | None = None, *, namespace: str | None = None
@@ -474,7 +713,7 @@ class Memory:
         emb, dim = bound if bound is not None else (self._embedder.id, 0)
         return StoreStats(
             episodes=rep.episodes, text_bytes=rep.text_bytes, cell_bytes=rep.cell_bytes,
-            store_bytes=rep.store_bytes, embedder=emb, dim=dim, namespaces=rep.namespaces,
+            store_bytes=rep.store_bytes, embedder=emb, dim=dim, namespaces=rep.namespaces, engine=self._engine.name,
         )  # fmt: skip
 
     # --- export and import (rememory.archive) ---
@@ -521,14 +760,8 @@ class Memory:
                               max_text_bytes=self._max_text_bytes, progress=progress)  # fmt: skip
 
 
-def _within(times: np.ndarray, rng: TimeRange | None) -> np.ndarray | None:
-    """Which slots' times fall in ``rng`` (a slot with no time never does), or None without a range."""
+def _span(rng: TimeRange | None) -> Span | None:
+    """``rng`` (naive UTC datetimes) in epoch seconds, as the index keeps episode times."""
     if rng is None:
         return None
-    with np.errstate(invalid="ignore"):
-        ok = ~np.isnan(times)
-        if rng.start is not None:
-            ok &= times >= rng.start.replace(tzinfo=timezone.utc).timestamp()
-        if rng.end is not None:
-            ok &= times < rng.end.replace(tzinfo=timezone.utc).timestamp()
-    return ok
+    return Span(*(None if t is None else t.replace(tzinfo=timezone.utc).timestamp() for t in (rng.start, rng.end)))

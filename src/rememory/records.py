@@ -39,9 +39,14 @@ class RecallHit:
     text: str
     time: str | None = None
     namespace: str = "default"
+    # recall(..., explain=True): each ranking signal's share of ``score`` (they sum to it); None otherwise
+    explain: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "keywords": self.keywords, "text": self.text, "time": self.time}
+        d = {"id": self.id, "score": self.score, "keywords": self.keywords, "text": self.text, "time": self.time}
+        if self.explain is not None:
+            d["explain"] = dict(self.explain)
+        return d
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class StoreStats:
     embedder: str
     dim: int
     namespaces: dict[str, int] = field(default_factory=dict)
+    engine: str = ""  # the memory engine that new episodes are trained with, e.g. "mlp-cell/1"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,6 +79,56 @@ class StoreStats:
         d["cell_bytes_per_text_byte"] = self.cell_bytes / tb
         d["store_bytes_per_text_byte"] = self.store_bytes / tb
         return d
+
+
+@dataclass(frozen=True)
+class EpisodeView:
+    """An episode as a viewer shows it: its metadata, sizes, and its text if its memory reconstructs it.
+
+    ``verified`` is true when the text was just reconstructed and matched its digest; a damaged
+    memory has ``text=None`` and ``damage`` says why.
+    """
+
+    id: str
+    namespace: str
+    keywords: str
+    time: str | None
+    added_at: int  # unix seconds, when it was stored
+    text_bytes: int  # the text's size in UTF-8 bytes
+    cell_bytes: int  # its memory's stored size: weights and config
+    text: str | None
+    damage: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.damage is None
+
+
+@dataclass(frozen=True)
+class EpisodePage:
+    """A page of :meth:`rememory.Memory.browse`: newest first."""
+
+    items: list[EpisodeView]
+    total: int  # episodes in the namespace that match the filter
+    offset: int
+    next_offset: int | None  # None on the last page
+
+
+@dataclass(frozen=True)
+class EpisodeDetail:
+    """One episode with its neighbours in the conversation (the episodes stored just before and after it)."""
+
+    episode: EpisodeView
+    before: list[EpisodeView]  # oldest first
+    after: list[EpisodeView]  # oldest first
+
+
+@dataclass(frozen=True)
+class DayCount:
+    """How many episodes of a namespace were stored on one UTC day."""
+
+    day: str  # YYYY-MM-DD
+    episodes: int
 
 
 @dataclass(frozen=True)
@@ -99,3 +155,12 @@ class VerifyReport:
     def failed(self) -> dict[str, str]:
         """Id -> reason. Ids are unique per namespace: for a whole-store report, use ``failures``."""
         return {f.id: f.reason for f in self.failures}
+
+
+@dataclass(frozen=True)
+class ReembedReport:
+    """Result of :meth:`rememory.Memory.reembed`: the embedder the store now uses, and the one it replaced."""
+
+    embedder: str
+    previous: str | None
+    episodes: int  # keys rebuilt by this call (a resumed reembed counts only what it embedded)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -92,6 +93,24 @@ def episode_time(time_field: str | None, keywords: str) -> datetime | None:
         except ValueError:
             pass  # a time stored before validation existed: its keywords may still date it
     return keywords_time(keywords) if _DIGIT_RE.search(keywords) else None
+
+
+def episode_seconds(time_field: str | None, keywords: str) -> float | None:
+    """:func:`episode_time` as epoch seconds (what a store keeps in ``event_time``), or None."""
+    t = episode_time(time_field, keywords)
+    return None if t is None else t.replace(tzinfo=timezone.utc).timestamp()
+
+
+def backfill_event_times(read: Callable[[int], list[Any]], write: Callable[[list[tuple[float, int]]], object]) -> None:
+    """Set the ``event_time`` of stored rows from their time and keywords, in rowid order.
+
+    ``read(last)`` returns the next batch of (rowid, time, keywords) after rowid ``last`` (empty: done);
+    ``write`` sets the (event_time, rowid) pairs it is given. Rows with no time stay NULL.
+    """
+    last = 0
+    while batch := read(last):
+        last = int(batch[-1][0])
+        write([(t, int(r)) for r, time_field, kw in batch if (t := episode_seconds(time_field, kw or "")) is not None])
 
 
 def keywords_time(keywords: str) -> datetime | None:

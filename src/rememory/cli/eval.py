@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
-from ..evaluate import EvalReport, evaluate, load_eval_episodes, load_queries_file
-from ..index.config import RankingConfig
+from ..evaluate import CrossValidation, EvalReport, Metrics, evaluate, load_eval_episodes, load_queries_file
+from ..evaluate import cross_validate as run_cross_validation
+from ..index.config import WEIGHTS, RankingConfig
 from ..memory import Memory
 from .progress import BYTES, StageBars
 
@@ -51,22 +52,41 @@ def parse_ranking(pairs: tuple[str, ...]) -> RankingConfig:
     return RankingConfig.from_dict(values)
 
 
-def render_report(report: EvalReport) -> str:
-    """The metrics as a plain-text table: one row overall, one per category."""
-    ks = sorted(report.overall.recall)
-    head = ["category", "queries", *(f"R@{k}" for k in ks), "NDCG@10", "MRR"]
-    rows = [("all", report.overall), *report.by_category.items()]
+def _table(rows: list[tuple[str, Metrics]], first: str = "category") -> list[str]:
+    ks = sorted(rows[0][1].recall)
+    head = [first, "queries", *(f"R@{k}" for k in ks), "NDCG@10", "MRR"]
     table = [head] + [
         [name, str(m.queries), *(f"{m.recall[k]:.3f}" for k in ks), f"{m.ndcg10:.3f}", f"{m.mrr:.3f}"]
         for name, m in rows
     ]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+
+
+def render_report(report: EvalReport) -> str:
+    """The metrics as a plain-text table: one row overall, one per category."""
+    lines = _table([("all", report.overall), *report.by_category.items()])
     pooling = "pooled by id prefix" if report.pool_by_id_prefix else "one namespace"
     title = (f"{report.queries} queries over {report.episodes} episodes ({pooling}, top {report.top_k} "
              f"retrieved, embedder {report.embedder})")  # fmt: skip
     timing = f"build {report.build_s:.1f} s, recall {1000 * report.recall_s / max(report.queries, 1):.1f} ms/query"
     return "\n".join([title, "", *lines, "", timing]) + "\n"
+
+
+def render_cross_validation(cv: CrossValidation) -> str:
+    """Held-out metrics per fold and pooled per category, and the weights each fold chose."""
+    def weights(cfg: RankingConfig) -> str:
+        return " ".join(f"{n}={getattr(cfg, n):g}" for n in (*WEIGHTS, "prf_docs", "prf_mix"))
+
+    folds = [(f.pool, f.held_out) for f in cv.folds] + [("mean", cv.mean_held_out)]
+    out = [f"Leave-one-pool-out over {len(cv.folds)} pools, {cv.overall.queries} queries, {cv.episodes} episodes "
+           f"(top {cv.top_k}, embedder {cv.embedder}, norm {cv.base['norm']})", "",
+           "Held out, per fold (mean: of the folds' metrics):", *_table(folds, "pool"), "",
+           "Held out, all folds' rankings pooled:", *_table([("all", cv.overall), *cv.by_category.items()]), "",
+           "Weights tuned per fold (on the other pools):"]  # fmt: skip
+    out += [f"  {f.pool}: {weights(f.tuned.ranking)}" for f in cv.folds]
+    out += [f"  median: {weights(cv.median)}", f"  all pools: {weights(cv.all_pools.ranking)}"]
+    return "\n".join(out) + "\n"
 
 
 @click.command()
@@ -108,32 +128,57 @@ def render_report(report: EvalReport) -> str:
     type=click.Path(file_okay=False),
     help="Build the store in this new or empty directory and keep it (default: a temporary one).",
 )
+@click.option(
+    "--reuse-store",
+    type=click.Path(file_okay=False, exists=True),
+    help="Recall from this store, kept by an earlier eval of the same episodes (--keep-store), without training.",
+)
+@click.option(
+    "--cross-validate",
+    is_flag=True,
+    help="Leave one id-prefix pool out: tune the ranking weights on the other pools, score the held-out one "
+    "(implies --pool-by-id-prefix; --ranking sets where tuning starts).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
 def eval_command(ctx: click.Context, episodes_file: str, queries_file: str, pool_by_id_prefix: bool,
-                 ranking: tuple[str, ...], top_k_max: int, keep_store: str | None, as_json: bool) -> None:  # fmt: skip
+                 ranking: tuple[str, ...], top_k_max: int, keep_store: str | None, reuse_store: str | None,
+                 cross_validate: bool, as_json: bool) -> None:  # fmt: skip
     """Train EPISODES into a fresh store, recall every query, and report R@k, NDCG@10 and MRR.
 
-    The store is always new (--store is ignored), so results never mix with your memories.
+    The store is always new (--store is ignored), so results never mix with your memories, unless
+    --reuse-store names one that an earlier eval of the same episodes kept.
     """
     config = parse_ranking(ranking)
+    if keep_store is not None and reuse_store is not None:
+        raise ConfigError("--keep-store builds a new store and --reuse-store reads a kept one; give one of them.")
     episodes = load_eval_episodes(episodes_file)
     queries = load_queries_file(queries_file)
     if keep_store is not None:
         kept = Path(keep_store)
         if kept.exists() and any(kept.iterdir()):
             raise ConfigError(f"--keep-store {kept} is not empty; give a new or empty directory.")
-    bars = StageBars(units={"train": BYTES}, unit="q")
+    bars = StageBars(units={"train": BYTES, "tune": {"unit": "fold"}}, unit="q")
     with tempfile.TemporaryDirectory(prefix="rememory-eval-") as tmp:
-        path = Path(keep_store) if keep_store is not None else Path(tmp) / "store"
+        path = Path(keep_store or reuse_store or Path(tmp) / "store")
+
+        def open_memory() -> Memory:
+            return Memory(path, embedder=ctx.obj["embedder"], ranking=config)
+
+        reuse = reuse_store is not None
         try:
-            report = evaluate(
-                lambda: Memory(path, embedder=ctx.obj["embedder"], ranking=config),
-                episodes, queries, pool_by_id_prefix=pool_by_id_prefix, top_k=top_k_max, progress=bars.on,
-            )  # fmt: skip
+            if cross_validate:
+                cv = run_cross_validation(open_memory, episodes, queries, top_k=top_k_max, reuse_store=reuse,
+                                          progress=bars.on)  # fmt: skip
+            else:
+                report = evaluate(open_memory, episodes, queries, pool_by_id_prefix=pool_by_id_prefix, top_k=top_k_max,
+                                  reuse_store=reuse, progress=bars.on)  # fmt: skip
         finally:
             bars.close()
-    if as_json:
+    if cross_validate:
+        click.echo(json.dumps(cv.to_dict(), ensure_ascii=False) if as_json else render_cross_validation(cv),
+                   nl=as_json)  # fmt: skip
+    elif as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
     else:
         click.echo(render_report(report), nl=False)

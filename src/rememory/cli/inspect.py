@@ -76,3 +76,20 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"embedder:    {st.embedder} ({st.dim}-d)")
     for ns, n in st.namespaces.items():
         click.echo(f"namespace:   {ns} ({n} episodes)")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def embedders(as_json: bool) -> None:
+    """The shipped embedders: the names --embedder takes, the id a store records, a line on each."""
+    from ..config import DEFAULT_EMBEDDER
+    from ..embed import SPECS
+
+    rows = [{"name": s.name, "id": s.id, "aliases": list(s.aliases), "default": s.name == DEFAULT_EMBEDDER,
+             "description": s.description} for s in SPECS]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for r in rows:
+        click.echo(f"{r['name']}{' (default)' if r['default'] else ''}: {r['description']}")
+    click.echo("Any other name or path: a sentence-transformers model (cached on this machine or a local directory).")

@@ -20,7 +20,9 @@ COMMANDS = {
     "show": "rememory.cli.inspect:show",
     "forget": "rememory.cli.inspect:forget",
     "verify": "rememory.cli.inspect:verify",
+    "reembed": "rememory.cli.reembed:reembed",
     "stats": "rememory.cli.inspect:stats",
+    "embedders": "rememory.cli.inspect:embedders",
     "eval": "rememory.cli.eval:eval_command",
     "chat": "rememory.cli.chat:chat",
     "serve": "rememory.cli.serve:serve",
@@ -63,7 +65,8 @@ class _Group(click.Group):
 @click.option(
     "--embedder",
     envvar="REMEMORY_EMBEDDER",
-    help="sentence-transformers model name or path (default: the store's, else all-MiniLM-L6-v2).",
+    help="Embedder name (multilingual-e5-small, all-MiniLM-L6-v2) or sentence-transformers model name or path "
+    "(default: the store's, else multilingual-e5-small).",
 )
 @click.version_option(package_name="rememory")
 @click.pass_context

@@ -118,7 +118,7 @@ def serve(
     allow_origins: tuple[str, ...],
     log_level: str,
 ) -> None:
-    """Serve the REST API (/v1), MCP over HTTP (/mcp) and, with --upstream, the chat proxy."""
+    """Serve the web page (/), the REST API (/v1), MCP over HTTP (/mcp) and, with --upstream, the chat proxy."""
     if no_auth and not is_loopback(host):
         raise click.UsageError(
             f"Refusing to serve without auth on {host}: anyone who can reach it could read and delete every "
@@ -150,7 +150,7 @@ def serve(
         url = f"http://{shown}:{sock.getsockname()[1]}"
         mode = "NO AUTH, local use only" if no_auth else "API keys required"
         banner = (
-            f"ReMemory listening on {url} (REST {url}/v1, MCP {url}/mcp, docs {url}/docs; {mode}). "
+            f"ReMemory listening on {url} (web page {url}/, REST {url}/v1, MCP {url}/mcp, docs {url}/docs; {mode}). "
             "Press Ctrl+C to stop."
         )
         _run_uvicorn(app, sock, log_level=log_level, banner=banner)

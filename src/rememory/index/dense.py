@@ -1,12 +1,15 @@
-"""Dense key search: exact cosine for small namespaces, a usearch HNSW index for large ones.
+"""Dense key search: exact cosine for small namespaces, an HNSW index for large ones.
 
 Keys arrive int8-quantised from the store. The exact path keeps them as a float32 matrix;
 the ANN path keeps an int8 HNSW graph plus the int8 keys for exact rescoring of candidates,
 so memory stays near 2 bytes per dimension per key and no cell weights are ever loaded.
+Where the store searches keys itself (pgvector), the ANN path asks it for candidates instead
+and builds no graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,9 +20,10 @@ from ..quant import quantize_int8
 class DenseIndex:
     """Unit-norm keys of one namespace in insertion order (slot = position)."""
 
-    def __init__(self, dim: int, *, ann: bool) -> None:
+    def __init__(self, dim: int, *, ann: bool, remote: Callable[[np.ndarray, int], np.ndarray] | None = None) -> None:
         self.dim = dim
         self.ann = ann
+        self.remote = remote  # ANN candidates from the store: (unit query, k) -> slots; then no graph here
         self.n = 0
         self.alive = np.zeros(0, dtype=bool)
         self._q8 = np.zeros((0, dim), dtype=np.int8)  # (n, dim) quantised keys
@@ -40,7 +44,7 @@ class DenseIndex:
         self._scale = np.concatenate([self._scale, unit])
         self.alive = np.concatenate([self.alive, np.ones(len(q8), dtype=bool)])
         self.n += len(q8)
-        if self.ann:
+        if self.ann and self.remote is None:
             self._writable_graph().add(slots, q8)
         else:
             self._f32 = None
@@ -57,9 +61,15 @@ class DenseIndex:
         """Unit key vectors of ``slots``: (len(slots), dim) float32."""
         return self._q8[slots].astype(np.float32) * self._scale[slots, None]
 
+    def rows(self, slots: np.ndarray) -> np.ndarray:
+        """Like :meth:`unit`, but the exact path hands out its own matrix when ``slots`` are all of them."""
+        if not self.ann and slots.size == self.n and (self.n == 0 or slots[-1] == self.n - 1):
+            return self._matrix()  # slots are sorted and distinct: that is exactly 0 .. n - 1
+        return self.unit(slots)
+
     def remove(self, slot: int) -> None:
         self.alive[slot] = False
-        if self.ann and self._hnsw is not None:
+        if self.ann and self.remote is None and self._hnsw is not None:
             self._writable_graph().remove(int(slot))
 
     def _graph(self):
@@ -103,6 +113,8 @@ class DenseIndex:
         if not self.ann:
             sims = self.cosine(q)
             return np.argpartition(-sims, k - 1)[:k]
+        if self.remote is not None:
+            return self.remote(q, k)
         q8, _ = quantize_int8(q)
         found = self._graph().search(q8, k)
         return np.asarray(found.keys, dtype=np.int64)

@@ -1,22 +1,25 @@
 """The recall index of one namespace: lexical and dense indexes kept in step with the store.
 
-The store is the source of truth. Before answering, the index compares the namespace's
-row ids with the ones it holds: new rows are appended (their hashed tokens and int8 keys
-come from SQLite, no cell is decoded), and rows gone from the store become tombstones,
-so a forgotten episode can never be recalled again, whichever process forgot it.
+The store is the source of truth. Before answering, the index asks the store what changed in
+the namespace since the change number it last applied: new rows are appended (their hashed
+tokens and int8 keys come from the store, no cell is decoded), and deleted rows become
+tombstones, so a forgotten episode can never be recalled again, whichever process forgot it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..store.records import IndexRow
-from .config import RankingConfig
+from ..store.records import Changes, IndexRow
+from .config import WEIGHTS, RankingConfig
 from .dense import DenseIndex
 from .lexical import LexicalIndex, _cover, _window_sum
+
+SIGNALS = WEIGHTS
+_BM25_WIDTHS = {"bm25_own": 0, "bm25_ctx1": 1, "bm25_ctx2": 2, "bm25_ctx8": 8}
 
 
 @dataclass(frozen=True)
@@ -24,25 +27,154 @@ class Scored:
     slot: int
     id: str
     score: float  # hybrid relevance in [0, 1]
+    # With explain: each signal's share of ``score`` (weight x normalised value / total weight); they sum to it.
+    signals: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Span:
+    """Times [start, end) in epoch seconds; ``None`` leaves that side open."""
+
+    start: float | None
+    end: float | None
+
+
+@dataclass(frozen=True)
+class TimeSignal:
+    """A query's time: ``window`` a since/until filter, ``named`` the range its words name (either may be None)."""
+
+    window: Span | None = None
+    named: Span | None = None
+
+
+@dataclass(frozen=True)
+class Features:
+    """One query's raw signals over its candidates: what :func:`fuse` ranks, cacheable for tuning.
+
+    ``raw[name]`` holds signal ``name`` (one of :data:`SIGNALS` but ``prf``) for every slot of
+    ``cand``; ``ctx_keys`` are the candidates' unit context keys, which pseudo-relevance feedback re-queries.
+    """
+
+    cand: np.ndarray  # (c,) slots
+    raw: dict[str, np.ndarray]  # signal -> (c,) values before normalisation
+    q: np.ndarray  # (dim,) unit query vector
+    ctx_keys: np.ndarray  # (c, dim) unit context keys of cand
+
+
+@dataclass(frozen=True)
+class RankingFeatures:
+    """:class:`Features` of one query with the episode id of every candidate (``ids[i]`` is ``cand[i]``'s)."""
+
+    features: Features
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Scores of every candidate of one query, and each signal's share of them."""
+
+    scores: np.ndarray  # (c,) hybrid relevance in [0, 1]
+    parts: dict[str, np.ndarray]  # signal -> (c,) weight x normalised value / total weight
+
+
+def normalise(x: np.ndarray, how: str) -> np.ndarray:
+    """``x`` mapped into [0, 1] over the candidates of one query, so that no signal's scale sets its weight.
+
+    ``minmax``: (x - min) / (max - min). ``zscore``: the logistic of (x - mean) / std. ``rank``:
+    1 for the best candidate down to 0 for the worst (ties share their best rank). ``max``: x / max(x),
+    negatives 0, which keeps a signal's spread (kept for comparison). A constant signal is 0 (but under ``max``).
+    """
+    if x.size == 0:
+        return x.astype(np.float64)
+    x = x.astype(np.float64)
+    if how == "minmax":
+        lo, hi = float(x.min()), float(x.max())
+        return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    if how == "max":  # no spread normalisation (how fusion was before): scaled by the best, negatives 0
+        hi = float(x.max())
+        return np.maximum(x, 0.0) / hi if hi > 0 else np.zeros_like(x)
+    if how == "zscore":
+        sd = float(x.std())
+        return 1.0 / (1.0 + np.exp(-(x - x.mean()) / sd)) if sd > 0 else np.zeros_like(x)
+    if how == "rank":
+        if x.size == 1 or float(x.max()) == float(x.min()):
+            return np.zeros_like(x)
+        below = np.searchsorted(np.sort(x), x, side="left")  # candidates strictly worse: ties share the rank
+        return below / (x.size - 1)
+    raise ValueError(f"unknown normalisation {how!r}")
+
+
+def weights_of(cfg: RankingConfig) -> dict[str, float]:
+    """The fusion weight of every signal in :data:`SIGNALS`."""
+    return {name: float(getattr(cfg, name)) for name in SIGNALS}
+
+
+def fuse(f: Features, cfg: RankingConfig, normalised: dict[str, np.ndarray] | None = None) -> Fused:
+    """Normalise every signal over the candidates and sum them with ``cfg``'s weights.
+
+    The one fusion both recall and the tuner (:mod:`rememory.tune`) run: tuned weights rank
+    exactly as they scored. ``normalised`` (the tuner's cache) is ``normalise(f.raw[name], cfg.norm)``
+    per signal, computed once. Feedback (``prf``) re-queries the context keys with the query moved
+    towards the ``prf_docs`` best candidates of the other signals, so it depends on their weights too.
+    """
+    w = weights_of(cfg)
+    if "time_match" not in f.raw:  # a query that names no time ranks exactly as if the signal did not exist
+        w["time_match"] = 0.0
+    total = max(sum(w.values()), 1e-12)
+    parts: dict[str, np.ndarray] = {}
+    fused = np.zeros(f.cand.size)
+    for name, values in f.raw.items():
+        if w[name]:
+            value = normalised[name] if normalised is not None else normalise(values, cfg.norm)
+            parts[name] = (w[name] / total) * value
+            fused += parts[name]
+    if w["prf"] and f.cand.size:
+        top = _best(fused, cfg.prf_docs)
+        q2 = f.q + cfg.prf_mix * f.ctx_keys[top].mean(axis=0)
+        q2 /= max(float(np.linalg.norm(q2)), 1e-12)
+        parts["prf"] = (w["prf"] / total) * normalise(f.ctx_keys @ q2, cfg.norm)
+        fused += parts["prf"]
+    return Fused(fused, parts)
 
 
 class NamespaceIndex:
     """Hybrid BM25 + dense recall over one namespace."""
 
-    def __init__(self, dim: int, cfg: RankingConfig) -> None:
+    def __init__(
+        self, dim: int, cfg: RankingConfig, nearest: Callable[[np.ndarray, int, bool], list[int]] | None = None
+    ) -> None:
         self.dim = dim
         self.cfg = cfg
+        # The store's own key search, if it has one: (unit query, k, context keys?) -> row ids.
+        # Past ann_threshold, dense candidates come from it and no HNSW graph is built in memory.
+        self.nearest = nearest
         self.slot_of: dict[int, int] = {}  # store rowid -> slot
         self.ids: list[str] = []  # slot -> episode id
+        # slot -> the episode's time (the store's event_time, epoch seconds); NaN: none, or a tombstone
+        self.times = np.zeros(0, dtype=np.float64)
         self.lex = LexicalIndex()
         self.own = DenseIndex(dim, ann=False)
         self.ctx = DenseIndex(dim, ann=False)
         self.generation = -1
+        self.seq: int | None = None  # the store's change number applied last (None: never synced)
         self.snapshot_size = 0  # slots covered by the last snapshot written or read
 
     @property
     def size(self) -> int:
         return int(self.lex.alive.sum())
+
+    def apply(self, changes: Changes, fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
+        """Apply the store's ``changes`` (O(changes) unless they are ``complete``); as :meth:`sync` otherwise."""
+        if changes.complete:
+            damaged = self.sync(np.asarray(changes.added, dtype=np.int64), fetch)
+        else:
+            for rowid in changes.removed:
+                slot = self.slot_of.pop(rowid, None)
+                if slot is not None:
+                    self._tombstone(slot)
+            damaged = self._append([r for r in changes.added if r not in self.slot_of], fetch)
+        self.seq = changes.seq
+        return damaged
 
     def sync(self, rowids: np.ndarray, fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
         """Bring the index to exactly ``rowids``; ``fetch(new_rowids)`` returns their index rows.
@@ -53,7 +185,9 @@ class NamespaceIndex:
         current = set(rowids.tolist())
         for rowid in [r for r in self.slot_of if r not in current]:
             self._tombstone(self.slot_of.pop(rowid))
-        new = [r for r in rowids.tolist() if r not in self.slot_of]
+        return self._append([r for r in rowids.tolist() if r not in self.slot_of], fetch)
+
+    def _append(self, new: list[int], fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
         damaged: list[IndexRow] = []
         if new:
             rows = fetch(new)
@@ -61,6 +195,8 @@ class NamespaceIndex:
             for i, row in enumerate(rows):
                 self.slot_of[row.rowid] = base + i
                 self.ids.append(row.id)
+            times = [np.nan if r.event_time is None else float(r.event_time) for r in rows]
+            self.times = np.concatenate([self.times, np.array(times, dtype=np.float64)])
             self.lex.add([r.tokens for r in rows])
             zero = np.zeros(self.dim, dtype=np.int8)
             for name, key, scale in (("own", "key", "key_scale"), ("ctx", "ctx_key", "ctx_key_scale")):
@@ -71,112 +207,147 @@ class NamespaceIndex:
                 if row.damage:
                     self._tombstone(base + i)
                     damaged.append(row)
-        if not self.own.ann and self.size > self.cfg.ann_threshold:
-            self.own = _to_ann(self.own)
-            self.ctx = _to_ann(self.ctx)
+        self.convert_if_large()
         return damaged
 
+    def convert_if_large(self) -> None:
+        """Past ``ann_threshold``, dense candidates come from an HNSW index (once, when it crosses)."""
+        if not self.own.ann and self.size > self.cfg.ann_threshold:
+            self.own = _to_ann(self.own, self._remote(context=False))
+            self.ctx = _to_ann(self.ctx, self._remote(context=True))
+
+    def _remote(self, *, context: bool) -> Callable[[np.ndarray, int], np.ndarray] | None:
+        nearest = self.nearest
+        if nearest is None:
+            return None
+
+        def slots(q: np.ndarray, k: int) -> np.ndarray:
+            # Rows committed since the last sync are not indexed yet: the next recall has them.
+            found = [self.slot_of.get(r) for r in nearest(q, k, context)]
+            return np.array([s for s in found if s is not None], dtype=np.int64)
+
+        return slots
+
     def _tombstone(self, slot: int) -> None:
+        self.times[slot] = np.nan
         self.lex.remove(slot)
         self.own.remove(slot)
         self.ctx.remove(slot)
 
-    def lexical(self, q_tokens: np.ndarray) -> np.ndarray:
-        """(n,) weighted BM25 of every slot over all window widths, each width scaled by its maximum."""
+    def lexical(self, q_tokens: np.ndarray, *, every: bool = False) -> dict[int, np.ndarray]:
+        """{window width: (n,) raw BM25 of every slot} for the widths in use (all four with ``every``)."""
         lq = self.lex.query(q_tokens)
-        out = np.zeros(self.lex.n, dtype=np.float32)
-        for w, weight in self._bm25_weights().items():
-            if weight:
-                scores = lq.scores(w)
-                top = float(scores.max()) if scores.size else 0.0
-                if top > 0:
-                    out += (weight / top) * scores
-        return out
+        return {w: lq.scores(w) for name, w in _BM25_WIDTHS.items() if every or getattr(self.cfg, name)}
 
-    def _bm25_weights(self) -> dict[int, float]:
-        cfg = self.cfg
-        return {0: cfg.bm25_own, 1: cfg.bm25_ctx1, 2: cfg.bm25_ctx2, 8: cfg.bm25_ctx8}
+    def within(self, span: Span) -> np.ndarray:
+        """(n,) which slots' times fall in ``span`` (a slot with no time, or a tombstone, never does)."""
+        times = _fit_times(self.times, self.lex.n)
+        with np.errstate(invalid="ignore"):  # NaN compares False: no time is never inside
+            ok = ~np.isnan(times)
+            if span.start is not None:
+                ok &= times >= span.start
+            if span.end is not None:
+                ok &= times < span.end
+        return ok
 
-    def search(
-        self, q: np.ndarray, lexical: np.ndarray, top_k: int, time: TimeSignal | None = None
-    ) -> list[Scored]:
-        """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens.
+    def features(
+        self,
+        q: np.ndarray,
+        lexical: dict[int, np.ndarray],
+        top_k: int,
+        *,
+        every: bool = False,
+        time: TimeSignal | None = None,
+    ) -> Features | None:
+        """Raw signals for unit query ``q`` over its candidates (``None`` if nothing is alive).
 
-        ``time`` restricts the candidates to its ``allowed`` slots and boosts its ``in_range`` ones.
+        ``time.window`` (a since/until filter) restricts the candidates to the slots whose time is
+        inside it; ``time.named`` (the range the query names) adds the ``time_match`` signal: 1 for
+        the candidates inside it, else 0. Without a named range the signal is absent, and
+        :func:`fuse` leaves its weight out of the sum, so such a query ranks as if it did not exist.
+
+        ``lexical`` is :meth:`lexical` of the query's tokens. Signals with weight 0 are skipped
+        unless ``every`` (the tuner wants them all). Small namespaces take every alive slot as a
+        candidate; past ``ann_threshold`` the candidates are the nearest keys of both kinds and the
+        best BM25 windows, cut to ``rerank`` by the cheap signals before the neighbour-window ones.
         """
         cfg = self.cfg
         alive = self.lex.alive
-        allowed = alive if time is None or time.allowed is None else alive & _fit(time.allowed, alive.size)
+        if not alive.any():
+            return None
+        n = alive.size
+        allowed = alive if time is None or time.window is None else alive & self.within(time.window)
         if not allowed.any():
-            return []
-        if lexical.size < alive.size:  # rows synced in by another thread since lexical() ran
-            lexical = np.concatenate([lexical, np.zeros(alive.size - lexical.size)])
+            return None
+        # rows synced in by another thread since lexical() ran score 0
+        lexical = {w: s if s.size >= n else np.concatenate([s, np.zeros(n - s.size, s.dtype)])
+                   for w, s in lexical.items()}  # fmt: skip
+        want = {name for name in SIGNALS if every or getattr(cfg, name)}
         if self.own.ann:
-            c = min(cfg.candidates, self.lex.n)
+            c = min(cfg.candidates, n)
             pools = [self.own.candidates(q, c), self.ctx.candidates(q, c)]
-            pools.append(np.argpartition(-lexical, min(2 * c, self.lex.n) - 1)[: 2 * c])
+            lex = np.zeros(n)
+            for s in lexical.values():
+                top = float(s.max()) if s.size else 0.0
+                if top > 0:
+                    lex += s / top
+            pools.append(np.argpartition(-lex, min(2 * c, n) - 1)[: 2 * c])
             cand = np.unique(np.concatenate(pools))
             cand = cand[allowed[cand]]
             if cand.size < top_k:  # a narrow time filter: its slots are few, score them all
                 cand = np.flatnonzero(allowed)
         else:
             cand = np.flatnonzero(allowed)
-        fused = lexical[cand].astype(np.float64)  # (c,)
-        weights = self._bm25_weights()
-        boost = time_boost(cfg, time, cand, alive.size)
-        if boost is not None:
-            fused += boost
-        if cfg.dense_ctx:
-            fused += cfg.dense_ctx * np.maximum(self.ctx.cosine(q, cand), 0.0)
-        two_stage = self.own.ann and cfg.dense_own > 0
-        if two_stage:
-            fused += cfg.dense_own * np.maximum(self.own.cosine(q, cand), 0.0)
+        raw: dict[str, np.ndarray] = {}
+        if time is not None and time.named is not None and "time_match" in want:
+            raw["time_match"] = self.within(time.named)[cand].astype(np.float64)
+        for name, w in _BM25_WIDTHS.items():
+            if name in want:
+                raw[name] = lexical[w][cand]
+        if "dense_ctx" in want:
+            raw["dense_ctx"] = self.ctx.cosine(q, cand)
+        if self.own.ann:
+            if "dense_own" in want:
+                raw["dense_own"] = self.own.cosine(q, cand)
             keep = max(cfg.rerank, top_k)
             if cand.size > keep:  # neighbour signals read 17 keys per candidate: only for the most promising
-                sel = np.sort(np.argpartition(-fused, keep - 1)[:keep])
-                cand, fused = cand[sel], fused[sel]
-        if cfg.dense_near or cfg.dense_far or (cfg.dense_own and not two_stage):
-            far = 8 if cfg.dense_far else 2 if cfg.dense_near else 0
-            near = _cover(cand, far, self.lex.n)  # cand is sorted; its neighbours, sorted
-            own = np.maximum(self.own.cosine(q, near), 0.0) * alive[near]  # (len(near),)
-            if cfg.dense_own and not two_stage:
-                fused += cfg.dense_own * _at(near, own, cand)
-            for w, weight in ((2, cfg.dense_near), (8, cfg.dense_far)):
-                if weight:
-                    fused += weight * _window_mean(near, own, self.lex, cand, w)
-        total = sum(weights.values()) + cfg.dense_own + cfg.dense_ctx + cfg.dense_near + cfg.dense_far
-        total += cfg.time_match if boost is not None else 0.0
-        if cfg.prf and cand.size:
-            # Pseudo-relevance feedback: the best hits' context keys sharpen the query.
-            top = cand[_best(fused, cfg.prf_docs)]
-            q2 = q + cfg.prf * self.ctx.unit(top).mean(axis=0)
-            q2 /= max(float(np.linalg.norm(q2)), 1e-12)
-            fused += cfg.prf * np.maximum(self.ctx.cosine(q2, cand), 0.0)
-            total += cfg.prf
-        order = _best(fused, top_k)
-        total = max(total, 1e-12)
-        return [Scored(int(cand[i]), self.ids[cand[i]], float(min(max(fused[i] / total, 0.0), 1.0))) for i in order]
+                cheap = replace(cfg, dense_near=0.0, dense_far=0.0, prf=0.0)
+                pre = fuse(Features(cand, raw, q, np.zeros((cand.size, self.dim), np.float32)), cheap).scores
+                sel = np.sort(np.argpartition(-pre, keep - 1)[:keep])
+                cand, raw = cand[sel], {k: v[sel] for k, v in raw.items()}
+        if "dense_near" in want or "dense_far" in want or ("dense_own" in want and not self.own.ann):
+            far = 8 if "dense_far" in want else 2 if "dense_near" in want else 0
+            near = _cover(cand, far, n)  # cand is sorted; its neighbours, sorted
+            own = self.own.cosine(q, near) * alive[near]  # (len(near),); tombstones 0, and not counted below
+            if "dense_own" in want and not self.own.ann:
+                raw["dense_own"] = _at(near, own, cand)
+            for name, w in (("dense_near", 2), ("dense_far", 8)):
+                if name in want:
+                    raw[name] = _window_mean(near, own, self.lex, cand, w)
+        keys = self.ctx.rows(cand) if "prf" in want else np.zeros((cand.size, self.dim), np.float32)
+        return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q, keys)
+
+    def search(self, q: np.ndarray, lexical: dict[int, np.ndarray], top_k: int, *, explain: bool = False,
+               time: TimeSignal | None = None) -> list[Scored]:  # fmt: skip
+        """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens.
+
+        With ``explain`` every hit carries each signal's share of its score in ``Scored.signals``.
+        ``time`` filters and boosts as in :meth:`features`.
+        """
+        f = self.features(q, lexical, top_k, time=time)
+        if f is None:
+            return []
+        fz = fuse(f, self.cfg)
+        out = []
+        for i in _best(fz.scores, top_k):
+            signals = {k: float(v[i]) for k, v in fz.parts.items()} if explain else None
+            out.append(Scored(int(f.cand[i]), self.ids[f.cand[i]], float(min(max(fz.scores[i], 0.0), 1.0)), signals))
+        return out
 
 
-@dataclass(frozen=True)
-class TimeSignal:
-    """A query's time, per slot: ``allowed`` masks a since/until filter, ``in_range`` marks the slots
-    whose time falls in the range the query names (either may be None)."""
-
-    allowed: np.ndarray | None = None  # (n,) bool
-    in_range: np.ndarray | None = None  # (n,) bool
-
-
-def time_boost(cfg: RankingConfig, time: TimeSignal | None, cand: np.ndarray, n: int) -> np.ndarray | None:
-    """``cfg.time_match`` for the candidates inside the query's time range, or None when it names none."""
-    if time is None or time.in_range is None or not cfg.time_match:
-        return None
-    return cfg.time_match * _fit(time.in_range, n)[cand].astype(np.float64)
-
-
-def _fit(mask: np.ndarray, n: int) -> np.ndarray:
-    """``mask`` over ``n`` slots: slots synced in after it was made are False."""
-    return mask[:n] if mask.size >= n else np.concatenate([mask, np.zeros(n - mask.size, dtype=bool)])
+def _fit_times(times: np.ndarray, n: int) -> np.ndarray:
+    """``times`` over ``n`` slots (a reader between the lexical and the times append sees no time)."""
+    return times[:n] if times.size >= n else np.concatenate([times, np.full(n - times.size, np.nan)])
 
 
 def _best(scores: np.ndarray, k: int) -> np.ndarray:
@@ -185,6 +356,9 @@ def _best(scores: np.ndarray, k: int) -> np.ndarray:
         part = np.argpartition(-scores, k - 1)[:k]
         return part[np.lexsort((part, -scores[part]))]
     return np.argsort(-scores, kind="stable")
+
+
+best_positions = _best  # for the tuner, which must rank exactly as recall does
 
 
 def _at(slots: np.ndarray, vals: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -210,8 +384,8 @@ def _window_mean(near: np.ndarray, vals: np.ndarray, lex: LexicalIndex, at: np.n
     return total / np.maximum(count, 1)
 
 
-def _to_ann(dense: DenseIndex) -> DenseIndex:
-    """Rebuild a grown namespace's keys as an HNSW index (once, when it crosses the threshold)."""
-    ann = DenseIndex(dense.dim, ann=True)
+def _to_ann(dense: DenseIndex, remote: Callable[[np.ndarray, int], np.ndarray] | None) -> DenseIndex:
+    """Rebuild a grown namespace's keys as an HNSW index, or hand its search to the store (once, at the threshold)."""
+    ann = DenseIndex(dense.dim, ann=True, remote=remote)
     ann.add_unit(dense)
     return ann

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -37,7 +38,7 @@ from .live import NamespaceIndex
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3  # 3: each slot's episode time; older snapshots lack it and are rebuilt from the store
 LOCK_FILE = ".lock"
 MAPPED = ("tok", "doc", "tf", "own_q8", "own_scale", "ctx_q8", "ctx_scale")  # the large arrays
 
@@ -89,7 +90,7 @@ def _save_array(arr: np.ndarray, path: str) -> None:
         np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
 
 
-def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
+def save(idx: NamespaceIndex, directory: Path, namespace: str, embedder: str = "") -> None:
     """Write ``idx`` under ``directory``: versioned array files first, then the manifest that names them.
 
     A reader opens the manifest, then the files of its version, memory-mapped: a new process
@@ -98,17 +99,8 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
     private_dir(directory)
     stem = _stem(directory, namespace)
     version = uuid.uuid4().hex[:12]
-    lex = idx.lex
-    lex._merge()
-    rowids = np.full(lex.n, -1, dtype=np.int64)
-    for rowid, slot in idx.slot_of.items():
-        rowids[slot] = rowid
-    live = lex.alive
-    keep = live[lex._doc]  # postings of live slots only: a forgotten episode's tokens never reach the disk
-    big: dict[str, np.ndarray] = {"tok": lex._tok[keep], "doc": lex._doc[keep], "tf": lex._tf[keep]}
-    for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
-        big[f"{name}_q8"] = np.where(live[:, None], dense._q8, 0).astype(np.int8)
-        big[f"{name}_scale"] = np.where(live, dense._scale, 0).astype(dense._scale.dtype)
+    big, rowids = _live_arrays(idx)
+    lex, live = idx.lex, idx.lex.alive
     for name, arr in big.items():
         _atomic(_part(stem, version, f"{name}.npy"), functools.partial(_save_array, arr))
     if idx.own.ann:
@@ -119,6 +111,7 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
     manifest = {
         "format": np.array([FORMAT]),
         "dim": np.array([idx.dim]),
+        "embedder": np.frombuffer(embedder.encode("utf-8"), dtype=np.uint8),  # the model that made the keys
         "version": np.frombuffer(version.encode("ascii"), dtype=np.uint8),
         "ann": np.array([idx.own.ann]),
         "rowids": rowids,
@@ -127,6 +120,7 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
         "dl": lex.dl,
         "own_alive": idx.own.alive,
         "ctx_alive": idx.ctx.alive,
+        "times": _live_times(idx),
     }
 
     def write_manifest(p: str) -> None:
@@ -143,6 +137,83 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str) -> None:
             continue
 
 
+def _live_arrays(idx: NamespaceIndex) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The large arrays of ``idx`` holding live slots' data only (dead slots' postings dropped, keys zeroed),
+    and the rowid of each slot (-1 for none)."""
+    lex = idx.lex
+    lex._merge()
+    rowids = np.full(lex.n, -1, dtype=np.int64)
+    for rowid, slot in idx.slot_of.items():
+        rowids[slot] = rowid
+    live = lex.alive
+    keep = live[lex._doc]  # postings of live slots only: a forgotten episode's tokens are never written
+    big: dict[str, np.ndarray] = {"tok": lex._tok[keep], "doc": lex._doc[keep], "tf": lex._tf[keep]}
+    for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
+        big[f"{name}_q8"] = np.where(live[:, None], dense._q8, 0).astype(np.int8)
+        big[f"{name}_scale"] = np.where(live, dense._scale, 0).astype(dense._scale.dtype)
+    return big, rowids
+
+
+def _live_times(idx: NamespaceIndex) -> np.ndarray:
+    """(n,) each slot's episode time in epoch seconds, NaN for none and for dead slots."""
+    return np.where(idx.lex.alive, idx.times[: idx.lex.n], np.nan)
+
+
+def _times(a: dict[str, np.ndarray], n: int) -> np.ndarray:
+    times = np.array(a["times"], dtype=np.float64)
+    if times.shape != (n,):
+        raise ValueError(f"it has {times.size} episode times for {n} slots")
+    return times
+
+
+def to_bytes(idx: NamespaceIndex) -> bytes:
+    """``idx`` as one ``.npz`` (no pickle, no HNSW graph), for a store that keeps snapshots itself.
+
+    Only live slots' data goes in, as in :func:`save`; postings are narrowed to 32 bits.
+    """
+    big, rowids = _live_arrays(idx)
+    big["doc"] = big["doc"].astype(np.int32)
+    big["tf"] = big["tf"].astype(np.float32)
+    live = idx.lex.alive
+    ids = [i if live[s] else "" for s, i in enumerate(idx.ids)]
+    arrays = {
+        **big, "format": np.array([FORMAT]), "dim": np.array([idx.dim]), "rowids": rowids,
+        "ids": np.frombuffer("\n".join(ids).encode("utf-8"), dtype=np.uint8), "alive": live, "dl": idx.lex.dl,
+        "own_alive": idx.own.alive, "ctx_alive": idx.ctx.alive, "times": _live_times(idx),
+    }  # fmt: skip
+    buf = io.BytesIO()
+    np.savez(buf, **cast(dict[str, Any], arrays))
+    return buf.getvalue()
+
+
+def from_bytes(
+    data: bytes, dim: int, cfg: RankingConfig, nearest: Callable[[np.ndarray, int, bool], list[int]] | None
+) -> NamespaceIndex:
+    """The index :func:`to_bytes` wrote; ``ValueError`` (or ``KeyError``, ``zipfile.BadZipFile``) if it is unusable."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    if int(a["format"][0]) != FORMAT or int(a["dim"][0]) != dim:
+        raise ValueError(f"it has format {int(a['format'][0])} and {int(a['dim'][0])} dimensions")
+    idx = NamespaceIndex(dim, cfg, nearest)
+    ids = bytes(a["ids"]).decode("utf-8")
+    idx.ids = ids.split("\n") if ids else []
+    idx.slot_of = {int(r): s for s, r in enumerate(a["rowids"]) if r >= 0 and a["alive"][s]}
+    lex = LexicalIndex()
+    lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"], a["dl"]
+    lex._tok, lex._doc, lex._tf = a["tok"], a["doc"].astype(np.int64), a["tf"].astype(np.float64)
+    idx.lex = lex
+    idx.times = _times(a, lex.n)
+    for name in ("own", "ctx"):
+        dense = DenseIndex(dim, ann=False)
+        dense.n = len(a[f"{name}_alive"])
+        dense._q8, dense._scale, dense.alive = a[f"{name}_q8"], a[f"{name}_scale"], a[f"{name}_alive"]
+        setattr(idx, name, dense)
+    if len(idx.ids) != lex.n or idx.own._q8.shape != (lex.n, dim):
+        raise ValueError(f"it lists {len(idx.ids)} ids and {len(idx.own._q8)} keys for {lex.n} slots")
+    idx.convert_if_large()
+    return idx
+
+
 def _live_graph(dense: DenseIndex) -> Any:
     """A new HNSW graph of ``dense``'s live slots: usearch keeps a removed vector's bytes in its file."""
     from usearch.index import Index
@@ -154,14 +225,18 @@ def _live_graph(dense: DenseIndex) -> Any:
     return graph
 
 
-def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> NamespaceIndex | None:
-    """The snapshot of ``namespace``, or None if there is none usable (then the caller rebuilds)."""
+def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig, embedder: str = "") -> NamespaceIndex | None:
+    """The snapshot of ``namespace``, or None if there is none usable (then the caller rebuilds).
+
+    A snapshot whose keys another embedder made is not usable: a reembed that stopped between switching
+    the store and discarding the snapshots must not leave recall on the old keys.
+    """
     stem = _stem(directory, namespace)
     path = stem.with_suffix(".npz")
     if not path.exists():
         return None
     try:
-        return _load(stem, path, dim, cfg)
+        return _load(stem, path, dim, cfg, embedder)
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError) as exc:
         why = f"{type(exc).__name__}: {exc}"
     # A damaged or half-replaced cache is rebuilt from the store, the source of truth; say so.
@@ -169,9 +244,11 @@ def load(directory: Path, namespace: str, dim: int, cfg: RankingConfig) -> Names
     return None
 
 
-def _load(stem: Path, path: Path, dim: int, cfg: RankingConfig) -> NamespaceIndex | None:
+def _load(stem: Path, path: Path, dim: int, cfg: RankingConfig, embedder: str) -> NamespaceIndex | None:
     with np.load(path, allow_pickle=False) as z:
         if "format" not in z.files or int(z["format"][0]) != FORMAT or int(z["dim"][0]) != dim:
+            return None
+        if "embedder" not in z.files or bytes(z["embedder"]).decode("utf-8") != embedder:
             return None
         a = {k: z[k] for k in z.files}
     version = bytes(a["version"]).decode("ascii")
@@ -185,6 +262,7 @@ def _load(stem: Path, path: Path, dim: int, cfg: RankingConfig) -> NamespaceInde
     lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"].copy(), a["dl"].copy()
     lex._tok, lex._doc, lex._tf = a["tok"], a["doc"], a["tf"]
     idx.lex = lex
+    idx.times = _times(a, lex.n)
     # The graphs serve only if this ranking wants ANN at this size (snapshots outlive settings).
     ann = bool(a["ann"][0]) and int(a["alive"].sum()) > cfg.ann_threshold
     for name in ("own", "ctx"):

@@ -8,8 +8,11 @@ and stop words, everything else the English ones (PyStemmer's Snowball stemmers)
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,9 +23,27 @@ _CYRILLIC = re.compile(r"[\u0400-\u04FF]")
 @lru_cache(maxsize=1)
 def _tools() -> tuple[object, object, frozenset[str], frozenset[str]]:
     import Stemmer
-    from bm25s.stopwords import STOPWORDS_EN, STOPWORDS_RUSSIAN
 
-    return Stemmer.Stemmer("english"), Stemmer.Stemmer("russian"), frozenset(STOPWORDS_EN), frozenset(STOPWORDS_RUSSIAN)
+    stop = _bm25s_stopwords()
+    en, ru = frozenset(stop.STOPWORDS_EN), frozenset(stop.STOPWORDS_RUSSIAN)
+    return Stemmer.Stemmer("english"), Stemmer.Stemmer("russian"), en, ru
+
+
+def _bm25s_stopwords() -> Any:
+    """bm25s's ``stopwords`` module (plain lists), run without the package's ``__init__``.
+
+    ``import bm25s.stopwords`` runs ``bm25s/__init__``, which imports scipy and tqdm: half a second
+    of a new ``rememory recall`` process spent before its first query, for two word lists.
+    """
+    spec = importlib.util.find_spec("bm25s")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("bm25s is not installed; reinstall rememory (`pip install rememory`).")
+    path = Path(next(iter(spec.submodule_search_locations))) / "stopwords.py"
+    mod_spec = importlib.util.spec_from_file_location("rememory.index._bm25s_stopwords", path)
+    assert mod_spec is not None and mod_spec.loader is not None
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
 
 
 @lru_cache(maxsize=200_000)

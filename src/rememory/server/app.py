@@ -1,5 +1,5 @@
-"""The service's one FastAPI app: REST under ``/v1``, MCP over streamable HTTP at ``/mcp``,
-and (with an upstream) the OpenAI-compatible memory proxy.
+"""The service's one FastAPI app: REST under ``/v1``, MCP over streamable HTTP at ``/mcp``, the web
+page at ``/`` (:mod:`rememory.server.web`), and (with an upstream) the OpenAI-compatible memory proxy.
 
 Requests authenticate with ``Authorization: Bearer <key>`` (keys from ``rememory keys create``);
 the key decides the namespace. Without auth (local use only) the app answers only requests
@@ -37,7 +37,8 @@ from .auth import KeyStore
 from .errors import ApiError, ErrorResponse, error_response, install_error_handlers
 from .jobs import JobRunner
 from .mcp import build_mcp_server, package_version
-from .rest import Tenant, build_rest_router
+from .rest import RecallRequest, Tenant, build_rest_router
+from .web import install_web
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(build_rest_router(memory, jobs, tenant, max_text_bytes=_episode_limit(memory)),
                        responses=_SERVER_ERRORS)  # fmt: skip
+    # The page asks for recall explanations only where the API offers them.
+    install_web(app, auth=auth, explain="explain" in RecallRequest.model_fields)
     app.router.routes.append(Route("/mcp", endpoint=_McpGate(session_manager.handle_request, keys if auth else None),
                                    include_in_schema=False))  # fmt: skip
     if upstream is not None:

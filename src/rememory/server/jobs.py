@@ -1,8 +1,9 @@
-"""Training jobs: episodes are validated when they arrive and trained on one background thread.
+"""Training and verify jobs: episodes are validated when they arrive and trained on one background thread.
 
 One worker trains one job at a time, so concurrent requests queue instead of competing for
 the CPU. A job moves ``queued`` → ``running`` → ``succeeded`` or ``failed``; its progress is
-the trainer's own :class:`~rememory.cells.train.TrainProgress`. Jobs live in memory: a
+the trainer's own :class:`~rememory.cells.train.TrainProgress`. A verify job checks a namespace's
+memories on the same thread, reporting episodes checked as its progress. Jobs live in memory: a
 restart forgets them (the episodes they stored stay stored).
 """
 
@@ -17,15 +18,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..cells.train import TrainProgress
 from ..errors import ConfigError, RememoryError, StoreBusyError
 from ..memory import Memory
-from ..records import Episode
+from ..records import Episode, TrainProgress, VerifyReport
 from .errors import TooManyJobsError, classify
 
 logger = logging.getLogger(__name__)
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
+JobKind = Literal["train", "verify"]
 
 
 @dataclass
@@ -41,12 +42,17 @@ class Job:
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     done: threading.Event = field(default_factory=threading.Event, repr=False)
+    kind: JobKind = "train"
+    checked: tuple[int, int] = (0, 0)  # a verify job's (episodes checked, episodes to check)
+    report: VerifyReport | None = None  # a verify job's outcome
 
     @property
     def ids(self) -> list[str]:
         return [e.id for e in self.episodes]
 
     def to_dict(self) -> dict[str, Any]:
+        if self.kind == "verify":
+            return self._verify_dict()
         total_bytes = sum(len(e.text.encode("utf-8")) for e in self.episodes)
         p = self.progress
         finished = self.status == "succeeded"
@@ -65,7 +71,25 @@ class Job:
             "error": self.error,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
+            "kind": self.kind,
+            "verify": None,
         }
+
+    def _verify_dict(self) -> dict[str, Any]:
+        done, total = self.checked
+        r = self.report
+        return {
+            "id": self.id,
+            "status": self.status,
+            "ids": [],
+            "progress": {"episodes_done": done, "episodes_total": total, "bytes_done": 0, "bytes_total": 0,
+                         "elapsed_s": (self.finished_at or time.time()) - self.created_at},
+            "error": self.error,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "kind": self.kind,
+            "verify": None if r is None else {"checked": r.checked, "failed": r.failed, "ok": r.ok},
+        }  # fmt: skip
 
 
 class JobRunner:
@@ -98,7 +122,14 @@ class JobRunner:
 
     def submit(self, episodes: list[Episode], *, namespace: str) -> Job:
         """Queue validated ``episodes`` for training in ``namespace``; returns the queued job."""
-        job = Job(id="job-" + secrets.token_hex(12), namespace=namespace, episodes=list(episodes))
+        return self._enqueue(Job(id="job-" + secrets.token_hex(12), namespace=namespace, episodes=list(episodes)))
+
+    def submit_verify(self, *, namespace: str) -> Job:
+        """Queue a check of every memory of ``namespace`` (:meth:`Memory.verify`); returns the queued job."""
+        return self._enqueue(Job(id="job-" + secrets.token_hex(12), namespace=namespace, episodes=[], kind="verify"))
+
+    def _enqueue(self, job: Job) -> Job:
+        namespace = job.namespace
         with self._lock:
             if self._closed:
                 raise StoreBusyError("The server is shutting down and takes no more training jobs; retry shortly.")
@@ -145,8 +176,15 @@ class JobRunner:
         def on_progress(ev: TrainProgress) -> None:
             job.progress = ev
 
+        def on_checked(done: int, total: int) -> None:
+            job.checked = (done, total)
+
         try:
-            self._memory.add_many(job.episodes, namespace=job.namespace, progress=on_progress)
+            if job.kind == "verify":
+                job.checked = (0, self._memory.count(job.namespace))
+                job.report = self._memory.verify(on_checked, namespace=job.namespace)
+            else:
+                self._memory.add_many(job.episodes, namespace=job.namespace, progress=on_progress)
         except RememoryError as exc:
             _, kind = classify(exc)
             self._finish(job, "failed", {"type": kind, "message": str(exc)})

@@ -1,4 +1,4 @@
-"""The REST API (``/v1``): add, recall, get, list, forget, stats, verify, and training jobs.
+"""The REST API (``/v1``): add, recall, get, list, browse, forget, stats, timeline, verify, and jobs.
 
 Every route works inside one namespace, the request's tenant: the API key's namespace when auth
 is on (asking for another one is a 403), else the ``namespace`` the request names, else
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..episodes import validate_many, validate_namespace
 from ..limits import MAX_BATCH, MAX_ID_CHARS, MAX_KEYWORDS_BYTES, MAX_PAGE, MAX_QUERY_CHARS, MAX_TOP_K
 from ..memory import Memory
-from ..records import Episode
+from ..records import Episode, EpisodeView
 from .auth import ApiKey
 from .errors import ApiError, ErrorResponse
 from .jobs import Job, JobRunner
@@ -91,6 +91,12 @@ class JobError(BaseModel):
     message: str
 
 
+class VerifyResponse(BaseModel):
+    checked: int = Field(description="Cells of the namespace checked.")
+    failed: dict[str, str] = Field(description="Id → why its cell did not reconstruct its exact text.")
+    ok: bool
+
+
 class JobOut(BaseModel):
     id: str = Field(description="The job id, for GET /v1/jobs/{job_id}.")
     status: str = Field(description="queued, running, succeeded or failed.")
@@ -99,6 +105,8 @@ class JobOut(BaseModel):
     error: JobError | None = Field(description="Why the job failed (null unless status is failed).")
     created_at: float = Field(description="Unix time.")
     finished_at: float | None = Field(description="Unix time, null until the job finishes.")
+    kind: str = Field(description="train (POST /v1/memories) or verify (POST /v1/verify/jobs).")
+    verify: VerifyResponse | None = Field(description="A verify job's outcome, once it has succeeded; else null.")
 
 
 class AddResponse(BaseModel):
@@ -115,6 +123,7 @@ class RecallRequest(BaseModel):
     namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
     since: str | None = Field(default=None, max_length=64, description=SINCE_DOC, examples=["2023-05-01"])
     until: str | None = Field(default=None, max_length=64, description=UNTIL_DOC, examples=["2023-05-31"])
+    explain: bool = Field(default=False, strict=True, description="Add each hit's per-signal score shares.")
 
 
 class RecallResponse(BaseModel):
@@ -138,10 +147,44 @@ class EpisodePage(BaseModel):
     next_offset: int | None = Field(description="Offset of the next page; null on the last page.")
 
 
-class VerifyResponse(BaseModel):
-    checked: int = Field(description="Cells of the namespace checked.")
-    failed: dict[str, str] = Field(description="Id → why its cell did not reconstruct its exact text.")
-    ok: bool
+class EpisodeViewOut(BaseModel):
+    id: str
+    keywords: str
+    time: str | None
+    added_at: int = Field(description="When it was stored, unix seconds.")
+    text_bytes: int = Field(description="The text's size in UTF-8 bytes.")
+    cell_bytes: int = Field(description="Its memory's stored size (weights and config), in bytes.")
+    text: str | None = Field(description="The exact text, reconstructed from its memory; null if it is damaged.")
+    verified: bool = Field(description="True: the text was just reconstructed and matched its digest.")
+    damage: str | None = Field(description="Why the memory is unreadable, if it is.")
+
+
+class BrowsePage(BaseModel):
+    items: list[EpisodeViewOut] = Field(description="Newest first.")
+    total: int = Field(description="Episodes in the namespace that match the filter.")
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last page.")
+
+
+class EpisodeDetailOut(BaseModel):
+    episode: EpisodeViewOut
+    before: list[EpisodeViewOut] = Field(description="The episodes stored just before it, oldest first.")
+    after: list[EpisodeViewOut] = Field(description="The episodes stored just after it, oldest first.")
+
+
+class DayCountOut(BaseModel):
+    day: str = Field(description="A UTC day, YYYY-MM-DD.")
+    episodes: int = Field(description="Episodes stored that day.")
+
+
+class Timeline(BaseModel):
+    days: list[DayCountOut] = Field(description="Oldest first; days with no episodes are left out.")
+
+
+def _view_out(v: EpisodeView) -> EpisodeViewOut:
+    return EpisodeViewOut(id=v.id, keywords=v.keywords, time=v.time, added_at=v.added_at, text_bytes=v.text_bytes,
+                          cell_bytes=v.cell_bytes, text=v.text, verified=v.verified, damage=v.damage)  # fmt: skip
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -213,20 +256,21 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
         return AddResponse(ids=job.ids, job_id=job.id, job=JobOut(**job.to_dict()))
 
     @router.get("/jobs/{job_id}", response_model=JobOut, responses=_errors(404), tags=["memories"])
-    async def get_job(job_id: str, who: TenantArg, wait: Wait = 0) -> JobOut:
-        """A training job's status and progress."""
-        job = jobs.get(job_id, namespace=who.namespace(None))
+    async def get_job(job_id: str, who: TenantArg, wait: Wait = 0, namespace: NamespaceQuery = None) -> JobOut:
+        """A training or verify job's status and progress."""
+        job = jobs.get(job_id, namespace=who.namespace(namespace))
         if job is None:
             raise ApiError(404, f"No job {job_id!r} in this namespace (finished jobs are kept for a while only).")
         if wait:
             await _wait(job, wait)
         return JobOut(**job.to_dict())
 
-    @router.post("/recall", response_model=RecallResponse, responses=_errors(403, 500), tags=["recall"])
+    @router.post("/recall", response_model=RecallResponse, response_model_exclude_unset=True,
+                 responses=_errors(403, 500), tags=["recall"])  # fmt: skip
     def recall(body: RecallRequest, who: TenantArg) -> RecallResponse:
         """The episodes closest in meaning to the query, best first, with their exact texts."""
         hits = memory.recall(body.query, top_k=body.top_k, namespace=who.namespace(body.namespace),
-                             since=body.since, until=body.until)  # fmt: skip
+                             since=body.since, until=body.until, explain=body.explain)  # fmt: skip
         return RecallResponse(query=body.query, hits=[Hit.of(h) for h in hits])
 
     @router.get("/memories", response_model=EpisodePage, responses=_errors(403, 500), tags=["memories"])
@@ -243,6 +287,38 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
         nxt = offset + len(items) if items and offset + len(items) < total else None
         return EpisodePage(items=[_episode_out(e) for e in items], total=total, limit=limit, offset=offset,
                            next_offset=nxt)  # fmt: skip
+
+    @router.get("/browse", response_model=BrowsePage, responses=_errors(403), tags=["memories"])
+    def browse(
+        who: TenantArg,
+        namespace: NamespaceQuery = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 20,
+        offset: Annotated[int, Query(ge=0, le=2**62, description="Episodes to skip.")] = 0,
+        contains: Annotated[
+            str | None,
+            Query(max_length=MAX_QUERY_CHARS, description="Keep episodes whose id, keywords, time or text contain "
+                  "this (any case). It decodes every episode of the namespace: for a large one, use recall."),
+        ] = None,
+    ) -> BrowsePage:
+        """A page of the namespace's episodes, newest first, with sizes; each is checked, and a damaged one is
+        listed with its damage instead of failing the page."""
+        page = memory.browse(who.namespace(namespace), limit=limit, offset=offset, contains=contains)
+        return BrowsePage(items=[_view_out(v) for v in page.items], total=page.total, limit=limit, offset=offset,
+                          next_offset=page.next_offset)  # fmt: skip
+
+    @router.get(
+        "/browse/{episode_id:path}", response_model=EpisodeDetailOut, responses=_errors(403, 404), tags=["memories"]
+    )
+    def inspect(
+        episode_id: EpisodeId,
+        who: TenantArg,
+        namespace: NamespaceQuery = None,
+        neighbours: Annotated[int, Query(ge=0, le=10, description="Episodes to show before and after it.")] = 2,
+    ) -> EpisodeDetailOut:
+        """One episode with its sizes and its neighbours in the conversation (stored just before and after)."""
+        d = memory.inspect(episode_id, namespace=who.namespace(namespace), neighbours=neighbours)
+        return EpisodeDetailOut(episode=_view_out(d.episode), before=[_view_out(v) for v in d.before],
+                                after=[_view_out(v) for v in d.after])  # fmt: skip
 
     @router.get(
         "/memories/{episode_id:path}", response_model=EpisodeOut, responses=_errors(403, 404, 500), tags=["memories"]
@@ -269,6 +345,20 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
         """Decode every cell of the namespace and check it against its digest."""
         report = memory.verify(namespace=who.namespace(namespace))
         return VerifyResponse(checked=report.checked, failed=report.failed, ok=report.ok)
+
+    @router.post("/verify/jobs", status_code=202, response_model=JobOut, responses=_errors(403), tags=["store"])
+    async def verify_job(who: TenantArg, response: Response, namespace: NamespaceQuery = None) -> JobOut:
+        """Verify the namespace in the background: GET /v1/jobs/{job_id} reports episodes checked and, at the end,
+        the outcome (the same as POST /v1/verify's)."""
+        job = jobs.submit_verify(namespace=who.namespace(namespace))
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return JobOut(**job.to_dict())
+
+    @router.get("/timeline", response_model=Timeline, responses=_errors(403), tags=["store"])
+    def timeline(who: TenantArg, namespace: NamespaceQuery = None) -> Timeline:
+        """How many episodes were stored on each UTC day."""
+        days = memory.timeline(who.namespace(namespace))
+        return Timeline(days=[DayCountOut(day=d.day, episodes=d.episodes) for d in days])
 
     return router
 

@@ -44,10 +44,16 @@ class Hit(BaseModel):
     keywords: str = Field(description="The episode's keywords.")
     text: str = Field(description="The episode's exact text, reconstructed from its memory cell.")
     time: str | None = Field(description="When it happened (ISO 8601), if it was given.")
+    explain: dict[str, float] | None = Field(
+        default=None,
+        description="Only when the request asked to explain: each ranking signal's share of the score "
+        "(bm25_own, bm25_ctx1/2/8, dense_own, dense_ctx, dense_near, dense_far, prf); the shares sum to it.",
+    )
 
     @classmethod
     def of(cls, hit: RecallHit) -> Hit:
-        return cls(id=hit.id, score=hit.score, keywords=hit.keywords, text=hit.text, time=hit.time)
+        more = {} if hit.explain is None else {"explain": hit.explain}  # left unset, hence out of the JSON
+        return cls(id=hit.id, score=hit.score, keywords=hit.keywords, text=hit.text, time=hit.time, **more)
 
 
 class Forgotten(BaseModel):
@@ -61,6 +67,7 @@ class Stats(BaseModel):
     cell_bytes: int = Field(description="Size of their memory cells (weights and metadata), in bytes.")
     store_bytes: int = Field(description="Bytes on disk (0 for one namespace: the files are shared).")
     embedder: str = Field(description="The embedding model that makes the recall keys.")
+    engine: str = Field(description="The memory engine that new episodes are trained with.")
     dim: int = Field(description="The size of its vectors.")
     namespaces: dict[str, int] = Field(description="Episodes per namespace.")
     cell_bytes_per_text_byte: float

@@ -18,13 +18,14 @@ from ..engine import Artifact
 from ..episodes import stored_time
 from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError
 from ..records import Episode
-from .records import Damage, IndexRow, NewEpisode, Row, SizeReport
+from .records import Changes, Damage, IndexRow, NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
 
 
 class MemoryStore(Protocol):
     """Episodes' metadata, recall keys and engine artifacts, safe for several threads (and processes)."""
 
     read_only: bool
+    server_ann: bool  # whether ``nearest`` searches keys in the backend (then indexes keep no HNSW graph)
 
     @property
     def location(self) -> str:
@@ -41,6 +42,19 @@ class MemoryStore(Protocol):
     # --- the embedder that made every key ---
     def embedder_info(self) -> tuple[str, int] | None: ...
     def bind_embedder(self, embedder_id: str, dim: int) -> None: ...
+
+    # --- reembed: new keys are staged, then swapped in with the embedder binding in one transaction ---
+    def stage_keys(self, embedder: tuple[str, int], keys: Sequence[StagedKey]) -> None:
+        """Stage keys made by ``embedder`` (id, dim) for rows; recall keeps using the rows' own keys."""
+        ...
+
+    def staged_rowids(self, embedder: tuple[str, int]) -> set[int]: ...
+    def clear_staged_keys(self, keep: tuple[str, int] | None = None) -> None: ...
+
+    def swap_staged_keys(self, embedder: tuple[str, int], namespace: str | None = None) -> int:
+        """Atomically make the staged keys the rows' keys and ``embedder`` the store's, if every row (of
+        ``namespace``, if given) has one; returns how many rows lack one (then nothing changed)."""
+        ...
 
     def generation(self) -> int:
         """A number that changes with every committed write (recall indexes sync when it moves)."""
@@ -60,11 +74,34 @@ class MemoryStore(Protocol):
     # --- reads ---
     def rows(self, namespace: str, ids: Sequence[str]) -> dict[str, Row]: ...
     def iter_rows(self, namespace: str | None = None, batch: int = 1000) -> Iterator[list[Row]]: ...
+    def rows_by_rowid(self, rowids: Sequence[int]) -> dict[int, Row]: ...
     def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]: ...
     def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]: ...
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]: ...
     def namespace_rowids(self, namespace: str) -> np.ndarray: ...
+    def changes(self, namespace: str, since: int | None) -> Changes:
+        """What changed in ``namespace`` after its change number ``since`` (None: all of it), in O(changes).
+
+        Every write advances a per-namespace change number in the write's own transaction,
+        ordered so that no change numbered at most ``Changes.seq`` can commit later. When the
+        store can no longer list the deletions since ``since``, it answers ``complete``.
+        """
+        ...
+
     def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]: ...
+    def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
+        """Row ids of about the ``k`` own keys (or context keys) of ``namespace`` nearest to unit vector ``q``.
+
+        Only where ``server_ann``; large namespaces take their dense candidates from it.
+        """
+        ...
+    # --- recall-index snapshots kept in the store itself (only where ``snapshot_dir`` is None) ---
+    def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None: ...
+    def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
+        """Keep ``data``, the namespace's index as of change ``seq``, unless a deletion came after ``seq``
+        (then it would hold a forgotten episode: returns False, nothing written). Deletes drop it."""
+        ...
+
     def damaged(self, namespace: str | None = None) -> list[Damage]: ...
     def count(self, namespace: str | None = None) -> int: ...
     def size_report(self, namespace: str | None = None) -> SizeReport: ...
@@ -104,7 +141,7 @@ def mismatch(path: object, have: str, have_dim: int, want: str, want_dim: int | 
     )
 
 
-def build_index_row(t: Sequence[Any], dim: int | None) -> IndexRow:
+def build_index_row(t: Sequence[Any], dim: int | None, event_time: float | None = None) -> IndexRow:
     """An :class:`IndexRow` from stored (rowid, id, key, scale, ctx_key, ctx_scale, tokens), checked against ``dim``."""
     rowid, id_, key, scale, ctx, ctx_scale, tokens = t
     damage = None
@@ -123,5 +160,6 @@ def build_index_row(t: Sequence[Any], dim: int | None) -> IndexRow:
         return IndexRow(int(rowid), str(id_), empty, 1.0, empty, 1.0, np.zeros(0, np.uint32), damage)
     return IndexRow(
         int(rowid), id_, np.frombuffer(key, dtype=np.int8), float(scale), np.frombuffer(ctx, dtype=np.int8),
-        float(ctx_scale), np.frombuffer(tokens, dtype="<u4"),
+        float(ctx_scale), np.frombuffer(tokens, dtype="<u4"), None,
+        None if event_time is None else float(event_time),
     )  # fmt: skip

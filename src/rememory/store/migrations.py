@@ -101,7 +101,60 @@ _M003_TENANT_IDS = (
     )""",
 )
 
-MIGRATIONS: list[Migration] = [_M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS]
+# Keys that `rememory reembed` made with another embedder wait here, invisible to recall, until one
+# transaction swaps them all in with the store's embedder: a store is never keyed by two models.
+_M004_STAGED_KEYS = (
+    """CREATE TABLE staged_keys (
+        rowid INTEGER PRIMARY KEY REFERENCES episodes(rowid) ON DELETE CASCADE,
+        embedder INTEGER NOT NULL REFERENCES embedders(id),
+        key BLOB NOT NULL,
+        key_scale REAL NOT NULL,
+        ctx_key BLOB NOT NULL,
+        ctx_key_scale REAL NOT NULL
+    )""",
+)
+
+# A change sequence per namespace, so recall indexes sync only what changed (see store.sql.changes):
+# each row keeps the change that stored it, and deletions are logged for a while.
+_M005_CHANGES = (
+    "ALTER TABLE episodes ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX episodes_namespace_seq ON episodes(namespace, seq)",
+    """CREATE TABLE namespaces (
+        namespace TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,              -- the namespace's last change
+        pruned INTEGER NOT NULL DEFAULT 0  -- deletions up to this change may be gone from the log
+    )""",
+    """CREATE TABLE deletions (
+        namespace TEXT NOT NULL,
+        episode INTEGER NOT NULL,  -- the deleted row's rowid (nothing of its content)
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL        -- unix seconds, for pruning
+    )""",
+    "CREATE INDEX deletions_namespace_seq ON deletions(namespace, seq)",
+    "CREATE INDEX deletions_namespace_at ON deletions(namespace, at)",
+)
+
+
+def _m006_event_time(db: sqlite3.Connection) -> None:
+    """Each episode's time (``rememory.timeparse.episode_seconds``), stored so recall never parses keywords.
+
+    Existing rows are parsed here, once, in batches: a one-time cost at the first open for writing of
+    a few milliseconds per row whose keywords hold a digit (about 34 s for 10k distinct keyword dates).
+    """
+    from ..timeparse import backfill_event_times
+
+    db.execute("ALTER TABLE episodes ADD COLUMN event_time REAL")  # epoch seconds; NULL: no time
+    backfill_event_times(
+        lambda last: db.execute(
+            "SELECT rowid, time, keywords FROM episodes WHERE rowid > ? ORDER BY rowid LIMIT 1000", (last,)
+        ).fetchall(),
+        lambda pairs: db.executemany("UPDATE episodes SET event_time = ? WHERE rowid = ?", pairs),
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    _M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS, _M004_STAGED_KEYS, _M005_CHANGES, _m006_event_time
+]  # fmt: skip
 
 
 def _apply(db: sqlite3.Connection, migration: Migration) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,19 @@ from ..engine import Artifact
 from ..errors import ConfigError, IntegrityError, StoreBusyError, StoreError
 from . import shards
 from .base import check_duplicate, mismatch
-from .records import NewEpisode, Row, SizeReport
-from .sql import ROW_COLS, SQLReads, damaged_metadata, engine_config, row
+from .records import NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
+from .sql import (
+    DELETION_LOG_S,
+    ROW_COLS,
+    SWAP_KEYS_SQL,
+    UNSTAGED_SQL,
+    SQLReads,
+    damaged_metadata,
+    engine_config,
+    log_deletions,
+    next_seq,
+    row,
+)
 
 SCHEMA = "rememory"
 _LOCK_ID = 0x72656D656D6F7279  # "rememory": the advisory lock that serialises migrations
@@ -79,7 +90,102 @@ _M001_INITIAL = (
         created_at text NOT NULL
     )""",
 )
-MIGRATIONS: list[Sequence[str]] = [_M001_INITIAL]
+# Keys that `rememory reembed` made with another embedder wait here, invisible to recall, until one
+# transaction swaps them all in with the store's embedder: a store is never keyed by two models.
+_M002_STAGED_KEYS = (
+    """CREATE TABLE staged_keys (
+        rowid bigint PRIMARY KEY REFERENCES episodes(rowid) ON DELETE CASCADE,
+        embedder integer NOT NULL REFERENCES embedders(id),
+        key bytea NOT NULL,
+        key_scale double precision NOT NULL,
+        embedding halfvec NOT NULL,
+        ctx_key bytea NOT NULL,
+        ctx_key_scale double precision NOT NULL,
+        ctx_embedding halfvec NOT NULL
+    )""",
+)
+# A change sequence per namespace, so replicas sync only what changed (see store.sql.changes).
+_M003_CHANGES = (
+    "ALTER TABLE episodes ADD COLUMN seq bigint NOT NULL DEFAULT 0",
+    "CREATE INDEX episodes_namespace_seq ON episodes(namespace, seq)",
+    """CREATE TABLE namespaces (
+        namespace text PRIMARY KEY,
+        seq bigint NOT NULL,              -- the namespace's last change; its row lock orders writers
+        pruned bigint NOT NULL DEFAULT 0  -- deletions up to this change may be gone from the log
+    )""",
+    """CREATE TABLE deletions (
+        namespace text NOT NULL,
+        episode bigint NOT NULL,  -- the deleted row's rowid (nothing of its content)
+        seq bigint NOT NULL,
+        at bigint NOT NULL        -- unix seconds, for pruning
+    )""",
+    "CREATE INDEX deletions_namespace_seq ON deletions(namespace, seq)",
+    "CREATE INDEX deletions_namespace_at ON deletions(namespace, at)",
+)
+
+
+def _m004_context_embeddings(conn: Any) -> None:
+    """The context keys get a pgvector copy too (dense candidates of large namespaces, see ``nearest``)."""
+    conn.execute("ALTER TABLE episodes ADD COLUMN ctx_embedding halfvec")
+    last = 0
+    while True:
+        got = conn.execute(
+            "SELECT rowid, COALESCE(ctx_key, key), COALESCE(ctx_key_scale, key_scale) FROM episodes"
+            " WHERE rowid > %s ORDER BY rowid LIMIT 1000",
+            (last,),
+        ).fetchall()
+        if not got:
+            return
+        last = int(got[-1][0])
+        units = [(r, _unit(bytes(k), sc)) for r, k, sc in got]
+        with conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE episodes SET ctx_embedding = %s::halfvec WHERE rowid = %s",
+                [(_vector_text(u), r) for r, u in units if u is not None],
+            )
+
+
+# Recall-index snapshots, so a fresh replica loads one blob and catches up from the change log
+# instead of rebuilding its index from every row. A deletion drops its namespace's snapshot.
+_M005_INDEX_SNAPSHOTS = (
+    """CREATE TABLE index_snapshots (
+        namespace text PRIMARY KEY,
+        seq bigint NOT NULL,  -- the namespace's change it covers
+        data bytea NOT NULL   -- rememory.index.snapshot.to_bytes: live episodes' tokens and keys only
+    )""",
+)
+
+
+
+def _m006_event_time(conn: Any) -> None:
+    """Each episode's time (``rememory.timeparse.episode_seconds``), stored so recall never parses keywords.
+
+    Existing rows are parsed here, once, in batches: a one-time cost at the first open for writing of
+    a few milliseconds per row whose keywords hold a digit (about 34 s for 10k distinct keyword dates).
+    Snapshots made before it lack the times: they are dropped, and rebuilt at the next recall.
+    """
+    from ..timeparse import backfill_event_times
+
+    conn.execute("ALTER TABLE episodes ADD COLUMN event_time double precision")  # epoch seconds; NULL: no time
+    conn.execute("DELETE FROM index_snapshots")
+
+    def write(pairs: list[tuple[float, int]]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany("UPDATE episodes SET event_time = %s WHERE rowid = %s", pairs)
+
+    backfill_event_times(
+        lambda last: conn.execute(
+            "SELECT rowid, time, keywords FROM episodes WHERE rowid > %s ORDER BY rowid LIMIT 1000", (last,)
+        ).fetchall(),
+        write,
+    )
+
+
+Migration = Sequence[str] | Callable[[Any], None]
+MIGRATIONS: list[Migration] = [
+    _M001_INITIAL, _M002_STAGED_KEYS, _M003_CHANGES, _m004_context_embeddings, _M005_INDEX_SNAPSHOTS, _m006_event_time
+]
+ANN_EF_SEARCH = 200  # HNSW candidates list: at least the candidates recall asks for (pgvector's limit is 1000)
 
 
 def redact(url: str) -> str:
@@ -161,13 +267,34 @@ def pg_migrate(conn: Any, url: str, *, read_only: bool) -> None:
             )
         conn.execute(f"SET LOCAL search_path TO {SCHEMA}, public")
         for i in range(version, len(MIGRATIONS)):
-            for statement in MIGRATIONS[i]:
-                conn.execute(statement)
+            migration = MIGRATIONS[i]
+            if callable(migration):
+                migration(conn)
+            else:
+                for statement in migration:
+                    conn.execute(statement)
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 (str(i + 1),),
             )
+        if not read_only and version < len(MIGRATIONS):
+            got = conn.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
+            if got is not None:  # a store bound before the vector indexes existed
+                _vector_indexes(conn, int(got[0]))
+
+
+def _vector_indexes(conn: Any, dim: int) -> None:
+    """HNSW indexes over both keys, for :meth:`PostgresStore.nearest`.
+
+    pgvector indexes only a column of known dimension, and the dimension is the embedder's,
+    known once the store is bound: the indexes are over the keys cast to it.
+    """
+    for name, col in (("embedding", "embedding"), ("ctx_embedding", "ctx_embedding")):
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS episodes_{name}_hnsw ON episodes"
+            f" USING hnsw (({ann_expr(col, dim)}) halfvec_cosine_ops)"
+        )
 
 
 class PostgresStore(SQLReads):
@@ -178,6 +305,7 @@ class PostgresStore(SQLReads):
         self.url = url
         self.read_only = read_only
         self.busy_timeout = busy_timeout
+        self.deletion_log_s: float = DELETION_LOG_S
         self._psycopg = psycopg
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
@@ -258,8 +386,62 @@ class PostgresStore(SQLReads):
                 conn.execute(
                     "INSERT INTO meta(key, value) VALUES ('embedder', %s), ('dim', %s)", (embedder_id, str(dim))
                 )
+                _vector_indexes(conn, dim)
             elif rows["embedder"] != embedder_id or int(rows["dim"]) != dim:
                 raise mismatch(self.location, rows["embedder"], int(rows["dim"]), embedder_id, dim)
+
+    # --- reembed: keys made by another embedder, staged, then swapped in at once ---
+
+    def stage_keys(self, embedder: tuple[str, int], keys: Sequence[StagedKey]) -> None:
+        with self._write(bump=False) as conn:
+            conn.execute("INSERT INTO embedders(name, dim) VALUES (%s, %s) ON CONFLICT DO NOTHING", embedder)
+            ref = conn.execute("SELECT id FROM embedders WHERE name = %s AND dim = %s", embedder).fetchone()[0]
+            for k in keys:
+                unit = k.key.astype(np.float32) * np.float32(k.key_scale)
+                ctx_unit = k.ctx_key.astype(np.float32) * np.float32(k.ctx_key_scale)
+                conn.execute(
+                    "INSERT INTO staged_keys(rowid, embedder, key, key_scale, embedding, ctx_key, ctx_key_scale,"
+                    " ctx_embedding) SELECT rowid, %s, %s, %s, %s::halfvec, %s, %s, %s::halfvec FROM episodes"
+                    " WHERE rowid = %s ON CONFLICT (rowid) DO UPDATE SET embedder = EXCLUDED.embedder,"
+                    " key = EXCLUDED.key, key_scale = EXCLUDED.key_scale, embedding = EXCLUDED.embedding,"
+                    " ctx_key = EXCLUDED.ctx_key, ctx_key_scale = EXCLUDED.ctx_key_scale,"
+                    " ctx_embedding = EXCLUDED.ctx_embedding",
+                    (ref, k.key.astype(np.int8).tobytes(), float(k.key_scale), _vector_text(unit),
+                     k.ctx_key.astype(np.int8).tobytes(), float(k.ctx_key_scale), _vector_text(ctx_unit), k.rowid),
+                )  # fmt: skip
+
+    def clear_staged_keys(self, keep: tuple[str, int] | None = None) -> None:
+        with self._write(bump=False) as conn:
+            if keep is None:
+                conn.execute("DELETE FROM staged_keys")
+            else:
+                conn.execute("DELETE FROM staged_keys WHERE embedder NOT IN (SELECT id FROM embedders"
+                             " WHERE name = %s AND dim = %s)", keep)  # fmt: skip
+
+    def swap_staged_keys(self, embedder: tuple[str, int], namespace: str | None = None) -> int:
+        with self._write() as conn:
+            # Adds hold these rows FOR SHARE while they commit (see _commit): once locked here, no add is in
+            # flight, and any that follows sees the new embedder and refuses to mix in its keys.
+            conn.execute("SELECT key FROM meta WHERE key IN ('embedder', 'dim') FOR UPDATE")
+            ref = conn.execute("SELECT id FROM embedders WHERE name = %s AND dim = %s", embedder).fetchone()
+            if ref is None:
+                return int(conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0])  # none staged
+            where, params = (" AND e.namespace = %s", [ref[0], namespace]) if namespace is not None else ("", [ref[0]])
+            missing = int(conn.execute(UNSTAGED_SQL.format(mark="%s") + where, params).fetchone()[0])
+            if missing:
+                return missing
+            old_dim = conn.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
+            if old_dim is not None and int(old_dim[0]) != embedder[1]:  # the HNSW indexes cast keys to the dimension
+                for name in ("embedding", "ctx_embedding"):
+                    conn.execute(f"DROP INDEX IF EXISTS episodes_{name}_hnsw")
+            conn.execute(SWAP_KEYS_SQL.format(extra=", embedding = s.embedding, ctx_embedding = s.ctx_embedding"))
+            conn.execute("DELETE FROM index_snapshots")  # made from the old keys
+            _vector_indexes(conn, embedder[1])
+            for key, value in (("embedder", embedder[0]), ("dim", str(embedder[1]))):
+                conn.execute("INSERT INTO meta(key, value) VALUES (%s, %s)"
+                             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (key, value))  # fmt: skip
+            conn.execute("DELETE FROM staged_keys")
+            return 0
 
     # --- writes ---
 
@@ -278,11 +460,16 @@ class PostgresStore(SQLReads):
         now = int(time.time())
         with self._write() as conn:
             emb_id, dim = embedder
-            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')").fetchall())
+            # FOR SHARE: a reembed (swap_staged_keys) cannot switch the store's embedder under this batch.
+            meta = dict(conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('embedder', 'dim') FOR SHARE").fetchall())  # fmt: skip
             if meta and (meta["embedder"] != emb_id or int(meta["dim"]) != dim):
                 raise mismatch(self.location, meta["embedder"], int(meta["dim"]), emb_id, dim)
             conn.execute("INSERT INTO embedders(name, dim) VALUES (%s, %s) ON CONFLICT DO NOTHING", (emb_id, dim))
             emb_ref = conn.execute("SELECT id FROM embedders WHERE name = %s AND dim = %s", (emb_id, dim)).fetchone()[0]
+            run = _qmark(conn)
+            # First, and in a fixed order: writers of a namespace queue here until the one before commits.
+            seqs = {ns: next_seq(run, ns) for ns in sorted({it.episode.namespace for it in items})}
             for item, art in zip(items, artifacts):
                 ep = item.episode
                 # Row-locked: a concurrent add of the same id on another replica waits here, then sees it.
@@ -295,19 +482,24 @@ class PostgresStore(SQLReads):
                     continue
                 if old is not None:
                     conn.execute("DELETE FROM episodes WHERE rowid = %s", (old.rowid,))
+                    log_deletions(run, ep.namespace, [old.rowid], seqs[ep.namespace], keep_s=self.deletion_log_s)
+                    conn.execute("DELETE FROM index_snapshots WHERE namespace = %s", (ep.namespace,))
                 weights, spans = _pack(art.streams)
                 unit = item.key.astype(np.float32) * np.float32(item.key_scale)
+                ctx_unit = item.ctx_key.astype(np.float32) * np.float32(item.ctx_key_scale)
                 conn.execute(
                     "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest, digest_format,"
-                    " key, key_scale, embedding, ctx_key, ctx_key_scale, tokens, embedder, engine, cell, weights,"
-                    " spans)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::halfvec, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    " key, key_scale, embedding, ctx_key, ctx_key_scale, ctx_embedding, tokens, embedder, engine, cell,"
+                    " weights, spans, seq, event_time)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::halfvec, %s, %s, %s::halfvec, %s, %s, %s, %s,"
+                    " %s, %s, %s, %s)",
                     (
                         ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest, item.digest_format,
                         item.key.astype(np.int8).tobytes(), float(item.key_scale), _vector_text(unit),
-                        item.ctx_key.astype(np.int8).tobytes(), float(item.ctx_key_scale),
+                        item.ctx_key.astype(np.int8).tobytes(), float(item.ctx_key_scale), _vector_text(ctx_unit),
                         item.tokens.astype("<u4").tobytes(), emb_ref, art.engine,
-                        json.dumps(art.config, separators=(",", ":")), weights, spans,
+                        json.dumps(art.config, separators=(",", ":")), weights, spans, seqs[ep.namespace],
+                        item.event_time,
                     ),
                 )  # fmt: skip
                 inserted.append(ep.id)
@@ -318,18 +510,61 @@ class PostgresStore(SQLReads):
     def delete(self, namespace: str, ids: Sequence[str]) -> list[str]:
         removed: list[str] = []
         with self._write() as conn:
+            run = _qmark(conn)
+            seq = next_seq(run, namespace)
+            gone: list[int] = []
             for id_ in ids:
                 got = conn.execute(
-                    "DELETE FROM episodes WHERE namespace = %s AND id = %s RETURNING id", (namespace, id_)
+                    "DELETE FROM episodes WHERE namespace = %s AND id = %s RETURNING rowid", (namespace, id_)
                 ).fetchone()
                 if got is not None:
                     removed.append(id_)
+                    gone.append(int(got[0]))
+            log_deletions(run, namespace, gone, seq, keep_s=self.deletion_log_s)
+            if gone:  # a snapshot holding them goes in the same transaction
+                conn.execute("DELETE FROM index_snapshots WHERE namespace = %s", (namespace,))
         if removed:
             with self._conn() as conn:
                 conn.execute("VACUUM episodes")  # the heap copy of the deleted rows goes now, not at autovacuum
+                conn.execute("VACUUM index_snapshots")  # and so does the dropped snapshot's
         return removed
 
     # --- reads ---
+
+    server_ann = True
+
+    def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
+        """Row ids of (about) the ``k`` keys of ``namespace`` nearest to unit vector ``q``, by pgvector's HNSW.
+
+        ``hnsw.iterative_scan`` keeps scanning the graph until ``k`` rows of the namespace are
+        found (pgvector 0.8), so one namespace among many still gets its ``k`` candidates.
+        """
+        dim = int(q.shape[0])
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(ANN_EF_SEARCH, int(k)), 1000)}")
+            got = conn.execute(nearest_sql(context, dim), (namespace, _vector_text(q), int(k))).fetchall()
+        return [int(t[0]) for t in got]
+
+    def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None:
+        got = self._read("SELECT seq, data FROM index_snapshots WHERE namespace = %s", (namespace,))
+        return StoredSnapshot(int(got[0][0]), bytes(got[0][1])) if got else None
+
+    def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
+        with self._write(bump=False) as conn:
+            # The namespace's row lock: no deletion can commit between this check and the write.
+            got = conn.execute("SELECT pruned FROM namespaces WHERE namespace = %s FOR UPDATE", (namespace,)).fetchone()
+            if got is None or int(got[0]) > seq:  # (a pruned log cannot prove that nothing was deleted)
+                return False
+            if conn.execute("SELECT 1 FROM deletions WHERE namespace = %s AND seq > %s LIMIT 1",
+                            (namespace, seq)).fetchone():  # fmt: skip
+                return False
+            conn.execute(
+                "INSERT INTO index_snapshots(namespace, seq, data) VALUES (%s, %s, %s) ON CONFLICT (namespace)"
+                " DO UPDATE SET seq = EXCLUDED.seq, data = EXCLUDED.data WHERE index_snapshots.seq < EXCLUDED.seq",
+                (namespace, seq, data),
+            )
+        return True
 
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]:
         out: dict[int, Artifact | IntegrityError] = {}
@@ -416,6 +651,34 @@ class PostgresKeys:
 
 class _NothingToCommitError(Exception):
     """Rolls back a batch whose every episode was already stored (no generation change)."""
+
+
+def _qmark(conn: Any) -> Any:
+    """``conn.execute`` for the shared statements of rememory.store.sql, which write ``?`` placeholders."""
+    return lambda sql, params: conn.execute(sql.replace("?", "%s"), params)
+
+
+def nearest_sql(context: bool, dim: int) -> str:
+    """The statement of :meth:`PostgresStore.nearest`: its ORDER BY is the HNSW indexes' expression."""
+    col = "ctx_embedding" if context else "embedding"
+    return (f"SELECT rowid FROM episodes WHERE namespace = %s"
+            f" ORDER BY {ann_expr(col, dim)} <=> %s::halfvec({int(dim)}) LIMIT %s")  # fmt: skip
+
+
+def ann_expr(col: str, dim: int) -> str:
+    """What the HNSW indexes index: the keys of the store's dimension (others, NULL, are left out).
+
+    A reembed to another dimension rewrites every key and rebuilds the indexes in one transaction:
+    building an index also reads the old row versions, which a plain cast would refuse.
+    """
+    return f"(CASE WHEN vector_dims({col}) = {int(dim)} THEN {col} END)::halfvec({int(dim)})"
+
+
+def _unit(key: bytes, scale: Any) -> np.ndarray | None:
+    """A stored int8 key as floats (None for a damaged one: recall reports it, the migration leaves it)."""
+    if not isinstance(scale, float | int) or len(key) == 0:
+        return None
+    return np.frombuffer(key, dtype=np.int8).astype(np.float32) * np.float32(scale)
 
 
 def _vector_text(vec: np.ndarray) -> str:

@@ -38,6 +38,7 @@ class NewEpisode:
     ctx_key: np.ndarray  # (dim,) int8: the episode embedded with its neighbours
     ctx_key_scale: float
     digest_format: int = 2  # rememory.integrity's format of ``digest``; an imported old episode keeps format 1
+    event_time: float | None = None  # epoch seconds of episode_time(time, keywords), computed once at add
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,25 @@ class IndexRow:
     ctx_key_scale: float
     tokens: np.ndarray  # (t,) uint32
     damage: str | None = None
+    event_time: float | None = None  # the episode's time in epoch seconds (rememory.timeparse.episode_time)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in one namespace since a recall index last synced (see ``MemoryStore.changes``)."""
+
+    seq: int  # the namespace's change sequence these changes bring an index up to
+    added: list[int]  # row ids stored since, ascending
+    removed: list[int]  # row ids deleted since (an index drops the ones it holds)
+    complete: bool  # True: ``added`` lists the whole namespace; an index drops every row it does not list
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    """A namespace's recall index as one blob (rememory.index.snapshot.to_bytes), as of change ``seq``."""
+
+    seq: int
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -72,3 +92,14 @@ class SizeReport:
     cell_bytes: int
     store_bytes: int  # 0 for one namespace: the files are shared
     namespaces: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StagedKey:
+    """A row's recall keys made by another embedder, staged until a reembed switches the whole store."""
+
+    rowid: int
+    key: np.ndarray  # (dim,) int8
+    key_scale: float
+    ctx_key: np.ndarray  # (dim,) int8
+    ctx_key_scale: float

@@ -8,7 +8,8 @@ as ``?``; a backend's ``_read`` adapts them to its driver.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,22 +17,56 @@ import numpy as np
 from ..errors import IntegrityError
 from ..integrity import DIGEST_SIZE
 from .base import build_index_row
-from .records import Damage, IndexRow, Row
+from .records import Changes, Damage, IndexRow, Row, StoredSnapshot
 
 ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
 # What the recall index reads, with the key dimension of the embedder that made the row.
 INDEX_SQL = (
     "SELECT e.rowid, e.id, e.key, e.key_scale, COALESCE(e.ctx_key, e.key), COALESCE(e.ctx_key_scale, e.key_scale),"
-    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
+    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes, e.event_time"
+    " FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
 )
 _CHUNK = 500  # ids per IN (...) list: far below SQLite's variable limit
+# The last step of a reembed, in both dialects: staged keys replace every row's keys.
+SWAP_KEYS_SQL = (
+    "UPDATE episodes SET key = s.key, key_scale = s.key_scale, ctx_key = s.ctx_key, ctx_key_scale = s.ctx_key_scale,"
+    " embedder = s.embedder{extra} FROM staged_keys s WHERE s.rowid = episodes.rowid"
+)
+UNSTAGED_SQL = (
+    "SELECT COUNT(*) FROM episodes e WHERE NOT EXISTS (SELECT 1 FROM staged_keys s WHERE s.rowid = e.rowid"
+    " AND s.embedder = {mark})"
+)
+
+# The change sequence (see ``SQLReads.changes``). Every write to a namespace first advances the
+# namespace's counter in its own transaction: the upsert locks the namespace's row until commit,
+# so writers of one namespace commit in sequence order and a reader that has seen value S has
+# seen every change numbered S or less (a bigserial would let a lower number commit later).
+NEXT_SEQ_SQL = (
+    "INSERT INTO namespaces(namespace, seq) VALUES (?, 1)"
+    " ON CONFLICT (namespace) DO UPDATE SET seq = namespaces.seq + 1 RETURNING seq"
+)
+LOG_DELETION_SQL = "INSERT INTO deletions(namespace, episode, seq, at) VALUES (?, ?, ?, ?)"
+PRUNE_DELETIONS_SQL = "DELETE FROM deletions WHERE namespace = ? AND at <= ? RETURNING seq"
+MARK_PRUNED_SQL = "UPDATE namespaces SET pruned = ? WHERE namespace = ? AND pruned < ?"
+DELETION_LOG_S = 7 * 86400  # how long deletions stay logged; an index synced longer ago re-reads the namespace
 
 
 class SQLReads:
     """Rows, pages, index rows, damage and counts; the backend provides ``_read``."""
 
+    server_ann = False  # SQLite: large namespaces search their keys with an in-process HNSW graph
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
+
+    def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
+        raise NotImplementedError(f"{type(self).__name__} searches no keys itself (server_ann is False)")
+
+    def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None:
+        raise NotImplementedError(f"{type(self).__name__} keeps index snapshots in files (snapshot_dir)")
+
+    def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} keeps index snapshots in files (snapshot_dir)")
 
     def embedder_info(self) -> tuple[str, int] | None:
         """The embedder id and dimension every key of the store was made with (None before the first add)."""
@@ -67,6 +102,24 @@ class SQLReads:
             last = int(got[-1][0])
             yield [row(t) for t in got]
 
+    def rows_by_rowid(self, rowids: Sequence[int]) -> dict[int, Row]:
+        """The rows of ``rowids`` (rowids no longer stored are simply absent)."""
+        out: dict[int, Row] = {}
+        for i in range(0, len(rowids), _CHUNK):
+            chunk = [int(r) for r in rowids[i : i + _CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            for t in self._read(f"SELECT {ROW_COLS} FROM episodes WHERE rowid IN ({marks})", chunk):
+                out[int(t[0])] = row(t)
+        return out
+
+    def staged_rowids(self, embedder: tuple[str, int]) -> set[int]:
+        """Rows whose keys a reembed to ``embedder`` (id, dim) has staged (see ``stage_keys``)."""
+        got = self._read(
+            "SELECT s.rowid FROM staged_keys s JOIN embedders m ON m.id = s.embedder WHERE m.name = ? AND m.dim = ?",
+            list(embedder),
+        )
+        return {int(g[0]) for g in got}
+
     def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
         """A page of a namespace's episodes, oldest first."""
         sql = f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid LIMIT ? OFFSET ?"
@@ -82,13 +135,39 @@ class SQLReads:
         got = self._read("SELECT rowid FROM episodes WHERE namespace = ? ORDER BY rowid", (namespace,))
         return np.array([g[0] for g in got], dtype=np.int64)
 
+    def changes(self, namespace: str, since: int | None) -> Changes:
+        """What changed in ``namespace`` after change number ``since`` (None: everything), read in one statement.
+
+        O(changes) rows through the (namespace, seq) indexes. When the deletion log no longer
+        reaches back to ``since`` (pruned, or a store restored from a backup), the answer is the
+        namespace's whole list of row ids, marked ``complete``.
+        """
+        if since is not None:
+            got = self._read(
+                "SELECT 0, seq, pruned FROM namespaces WHERE namespace = ?"
+                " UNION ALL SELECT 1, rowid, 0 FROM episodes WHERE namespace = ? AND seq > ?"
+                " UNION ALL SELECT 2, episode, 0 FROM deletions WHERE namespace = ? AND seq > ?",
+                (namespace, namespace, since, namespace, since),
+            )
+            seq, pruned = next(((int(t[1]), int(t[2])) for t in got if t[0] == 0), (0, 0))
+            if pruned <= since <= seq:
+                added = sorted(int(t[1]) for t in got if t[0] == 1)
+                return Changes(seq, added, sorted(int(t[1]) for t in got if t[0] == 2), complete=False)
+        got = self._read(
+            "SELECT 0, seq FROM namespaces WHERE namespace = ?"
+            " UNION ALL SELECT 1, rowid FROM episodes WHERE namespace = ?",
+            (namespace, namespace),
+        )
+        seq = next((int(t[1]) for t in got if t[0] == 0), 0)
+        return Changes(seq, sorted(int(t[1]) for t in got if t[0] == 1), [], complete=True)
+
     def index_rows(self, rowids: Sequence[int]) -> list[IndexRow]:
         """The recall index's data for ``rowids``, in rowid order; a damaged row says why in ``damage``."""
         out: list[IndexRow] = []
         for i in range(0, len(rowids), _CHUNK):
             chunk = [int(r) for r in rowids[i : i + _CHUNK]]
             marks = ",".join("?" * len(chunk))
-            out += [build_index_row(_blobs(t[:7]), t[7])
+            out += [build_index_row(_blobs(t[:7]), t[7], t[11])
                     for t in self._read(f"{INDEX_SQL} WHERE e.rowid IN ({marks})", chunk)]  # fmt: skip
         out.sort(key=lambda r: r.rowid)
         return out
@@ -149,3 +228,21 @@ def _int(v: Any, damaged: int) -> int:
 def _blobs(values: Sequence[Any]) -> tuple[Any, ...]:
     """Values with a driver's memoryviews as bytes."""
     return tuple(bytes(v) if isinstance(v, memoryview) else v for v in values)
+
+
+Execute = Callable[[str, Sequence[Any]], Any]  # a connection's execute, taking ``?`` placeholders
+
+
+def next_seq(execute: Execute, namespace: str) -> int:
+    """Advance ``namespace``'s change counter in the caller's write transaction (locking it until commit)."""
+    return int(execute(NEXT_SEQ_SQL, (namespace,)).fetchone()[0])
+
+
+def log_deletions(execute: Execute, namespace: str, rowids: Sequence[int], seq: int, *, keep_s: float) -> None:
+    """Log deleted rows as change ``seq``, first pruning entries older than ``keep_s`` (and marking how far)."""
+    now = int(time.time())
+    pruned = [int(t[0]) for t in execute(PRUNE_DELETIONS_SQL, (namespace, now - keep_s)).fetchall()]
+    if pruned:
+        execute(MARK_PRUNED_SQL, (max(pruned), namespace, max(pruned)))
+    for rowid in rowids:
+        execute(LOG_DELETION_SQL, (namespace, int(rowid), seq, now))

@@ -32,8 +32,19 @@ from ..fsutil import FILE_MODE, private_dir, private_file, tighten
 from . import shards
 from .base import check_duplicate, mismatch
 from .migrations import MIGRATIONS, check_version, migrate
-from .records import NewEpisode, Row, SizeReport
-from .sql import ROW_COLS, SQLReads, damaged_metadata, engine_config, row
+from .records import NewEpisode, Row, SizeReport, StagedKey
+from .sql import (
+    DELETION_LOG_S,
+    ROW_COLS,
+    SWAP_KEYS_SQL,
+    UNSTAGED_SQL,
+    SQLReads,
+    damaged_metadata,
+    engine_config,
+    log_deletions,
+    next_seq,
+    row,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +75,7 @@ class Store(SQLReads):
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self.read_only = read_only
+        self.deletion_log_s: float = DELETION_LOG_S
         self._lock = threading.RLock()
         db_path = self.path / DB_NAME
         if self.path.exists() and not self.path.is_dir():
@@ -226,6 +238,48 @@ class Store(SQLReads):
             elif rows["embedder"] != embedder_id or int(rows["dim"]) != dim:
                 raise mismatch(self.path, rows["embedder"], int(rows["dim"]), embedder_id, dim)
 
+    # --- reembed: keys made by another embedder, staged, then swapped in at once ---
+
+    def stage_keys(self, embedder: tuple[str, int], keys: Sequence[StagedKey]) -> None:
+        """Stage new keys for rows (invisible to recall until :meth:`swap_staged_keys`); a row staged again is
+        overwritten, and a row deleted meanwhile is skipped."""
+        with self._write(bump=False) as db:
+            db.execute("INSERT OR IGNORE INTO embedders(name, dim) VALUES (?, ?)", embedder)
+            ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", embedder).fetchone()[0]
+            for k in keys:
+                db.execute(
+                    "INSERT OR REPLACE INTO staged_keys(rowid, embedder, key, key_scale, ctx_key, ctx_key_scale)"
+                    " SELECT rowid, ?, ?, ?, ?, ? FROM episodes WHERE rowid = ?",
+                    (ref, k.key.astype(np.int8).tobytes(), float(k.key_scale), k.ctx_key.astype(np.int8).tobytes(),
+                     float(k.ctx_key_scale), k.rowid),
+                )  # fmt: skip
+
+    def clear_staged_keys(self, keep: tuple[str, int] | None = None) -> None:
+        """Drop staged keys (all of them, or all but those made by ``keep``)."""
+        with self._write(bump=False) as db:
+            if keep is None:
+                db.execute("DELETE FROM staged_keys")
+            else:
+                db.execute("DELETE FROM staged_keys WHERE embedder NOT IN (SELECT id FROM embedders"
+                           " WHERE name = ? AND dim = ?)", keep)  # fmt: skip
+
+    def swap_staged_keys(self, embedder: tuple[str, int], namespace: str | None = None) -> int:
+        """In one transaction: if every row has a key staged by ``embedder``, make those the rows' keys and
+        ``embedder`` the store's, and drop the stage. Returns how many rows still lack one (0: switched)."""
+        with self._write() as db:
+            ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", embedder).fetchone()
+            if ref is None:
+                return self.count(namespace)
+            where, params = (" AND e.namespace = ?", [ref[0], namespace]) if namespace is not None else ("", [ref[0]])
+            missing = int(db.execute(UNSTAGED_SQL.format(mark="?") + where, params).fetchone()[0])
+            if missing:
+                return missing  # nothing changed (the generation moves, harmlessly)
+            db.execute(SWAP_KEYS_SQL.format(extra=""))
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embedder', ?), ('dim', ?)",
+                       (embedder[0], str(embedder[1])))  # fmt: skip
+            db.execute("DELETE FROM staged_keys")
+            return 0
+
     # --- writes ---
 
     def commit_batch(
@@ -255,6 +309,7 @@ class Store(SQLReads):
                 db.execute("INSERT OR IGNORE INTO embedders(name, dim) VALUES (?, ?)", (emb_id, dim))
                 emb_ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", (emb_id, dim)).fetchone()[0]
                 shard_id = db.execute("INSERT INTO shards(file, created_at) VALUES (?, ?)", (file, now)).lastrowid
+                seqs = {ns: next_seq(db.execute, ns) for ns in sorted({it.episode.namespace for it in items})}
                 for item, art, sp in zip(items, artifacts, spans):
                     ep = item.episode
                     got = db.execute(
@@ -265,19 +320,21 @@ class Store(SQLReads):
                         continue
                     if old is not None:
                         db.execute("DELETE FROM episodes WHERE rowid = ?", (old.rowid,))
+                        log_deletions(db.execute, ep.namespace, [old.rowid], seqs[ep.namespace],
+                                      keep_s=self.deletion_log_s)  # fmt: skip
                         stale_shards.add(int(got[-1]))
                     db.execute(
                         "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest,"
                         " digest_format, key, key_scale, embedder, engine, cell, shard, spans, tokens, ctx_key,"
-                        " ctx_key_scale)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " ctx_key_scale, seq, event_time)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest,
                             item.digest_format,
                             item.key.astype(np.int8).tobytes(), item.key_scale, emb_ref, art.engine,
                             json.dumps(art.config, separators=(",", ":")), shard_id, shards.encode_spans(sp),
                             item.tokens.astype("<u4").tobytes(), item.ctx_key.astype(np.int8).tobytes(),
-                            item.ctx_key_scale,
+                            item.ctx_key_scale, seqs[ep.namespace], item.event_time,
                         ),
                     )  # fmt: skip
                     inserted.append(ep.id)
@@ -310,6 +367,7 @@ class Store(SQLReads):
         """
         removed: list[str] = []
         touched: set[int] = set()
+        gone: list[int] = []
         with self._write() as db:
             for id_ in ids:
                 row = db.execute(
@@ -318,7 +376,10 @@ class Store(SQLReads):
                 if row is not None:
                     db.execute("DELETE FROM episodes WHERE rowid = ?", (row[0],))
                     removed.append(id_)
+                    gone.append(int(row[0]))
                     touched.add(int(row[1]))
+            if gone:
+                log_deletions(db.execute, namespace, gone, next_seq(db.execute, namespace), keep_s=self.deletion_log_s)
         for sid in touched:
             self._scrub(sid)
         if removed:
