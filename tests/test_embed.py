@@ -146,3 +146,25 @@ def test_names_and_ids_load_the_same_embedder() -> None:
             assert find_spec(name) is spec
     assert load_embedder("e5-small").id == load_embedder(None).id == SPECS[0].id
     assert load_embedder("sentence-transformers/all-MiniLM-L6-v2").id == SPECS[1].id
+
+
+def test_composite_cosine_is_the_weighted_sum_of_its_parts(embedder) -> None:
+    from rememory.embed import load_embedder
+    from rememory.embed.use import UseEmbedder
+
+    both = load_embedder("e5-small+use")
+    use = UseEmbedder()
+    texts = ["Мы гуляли с Ильёй по мосту ночью.", "Sergey fixed the van window with a bike cable."]
+    q = "a night walk across the bridge"
+    got = both.embed_batch(texts) @ both.embed_query(q)
+    want = 0.8 * (embedder.embed_batch(texts) @ embedder.embed_query(q)) + 0.2 * (use.embed_batch(texts) @ use.embed(q))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert both.dim == 384 + 512 and abs(float(np.linalg.norm(both.embed(texts[0]))) - 1.0) < 1e-5
+    assert got[0] > got[1]  # the Russian memory answers the English question
+
+
+def test_composite_weights_must_sum_to_one(embedder) -> None:
+    from rememory.embed.composite import CompositeEmbedder
+
+    with pytest.raises(EmbedderError, match="sum to 1"):
+        CompositeEmbedder([(embedder, 0.5), (embedder, 0.3)])

@@ -300,6 +300,12 @@ def test_cross_validation_never_tunes_a_fold_on_its_own_pool(cv_store) -> None:
     again, _ = cross_validate_cached(_cached(cv_store, wrong), RankingConfig(), **SMALL_GRID)
     assert again[0].tuned == folds[0].tuned
     assert again[0].held_out != folds[0].held_out
+    # Tuning starts from equal weights whatever the defaults are, and leaves a signal switched off alone.
+    cached = _cached(cv_store, CV_QUERIES)
+    other_start, _ = cross_validate_cached(cached, RankingConfig(bm25_own=3.0, dense_own=0.5), **SMALL_GRID)
+    assert [f.tuned for f in other_start] == [f.tuned for f in folds]
+    off, _ = cross_validate_cached(cached, RankingConfig(prf=0.0), **SMALL_GRID)
+    assert all(f.tuned.ranking.prf == 0.0 for f in off)
 
 
 @pytest.mark.model

@@ -166,8 +166,10 @@ def test_large_namespaces_take_dense_candidates_from_pgvector(new_postgres_url, 
     try:
         exact.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
         for q in QUERIES:
-            want = [(h.id, round(h.score, 6)) for h in exact.recall(q, top_k=4)]
-            assert [(h.id, round(h.score, 6)) for h in server.recall(q, top_k=4)] == want
+            want = exact.recall(q, top_k=4)
+            got = server.recall(q, top_k=4)
+            assert [h.id for h in got] == [h.id for h in want]
+            assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)  # float sums differ
         dense = server._indexes["default"].own
         assert dense.ann and dense.remote is not None and dense._hnsw is None  # no graph was built in memory
         exact.forget("s0")

@@ -563,3 +563,38 @@ def test_postgres_nearest_keys_come_from_hnsw_within_the_namespace(new_postgres_
             assert f"episodes_{'ctx_' if context else ''}embedding_hnsw" in " ".join(str(t[0]) for t in plan)
     finally:
         store.close()
+
+
+def test_postgres_store_of_schema_1_gains_changes_and_vector_indexes(new_postgres_url, monkeypatch) -> None:
+    import psycopg
+
+    from rememory.store import postgres
+
+    url = new_postgres_url()
+    with monkeypatch.context() as m:
+        m.setattr(postgres, "MIGRATIONS", postgres.MIGRATIONS[:1])
+        postgres.PostgresStore(url).close()
+    key = np.arange(-4, 4, dtype=np.int8)
+    with psycopg.connect(url, autocommit=True) as conn:  # an episode as the first release stored it
+        conn.execute("SET search_path TO rememory, public")
+        conn.execute("INSERT INTO meta(key, value) VALUES ('embedder', %s), ('dim', %s)", (EMB[0], str(EMB[1])))
+        conn.execute("INSERT INTO embedders(name, dim) VALUES (%s, %s)", EMB)
+        conn.execute(
+            "INSERT INTO episodes(id, namespace, keywords, created_at, n_bytes, digest, digest_format, key, key_scale,"
+            " embedding, ctx_key, ctx_key_scale, tokens, embedder, engine, cell, weights, spans)"
+            " VALUES ('old', 'a', 'kw', 0, 1, %s, 2, %s, 0.5, %s::halfvec, %s, 0.25, '', 1, 'mlp-cell', '{}', '', '')",
+            (bytes(16), key.tobytes(), str((key * 0.5).tolist()), key[::-1].tobytes()),
+        )
+    store = postgres.PostgresStore(url)
+    try:
+        [rowid] = store.namespace_rowids("a").tolist()
+        assert store.changes("a", None).added == [rowid] and store.changes("a", 0).added == []
+        q = key[::-1].astype(np.float32) / np.linalg.norm(key)
+        assert store.nearest("a", q, 3, context=True) == [rowid]  # its context key was copied for pgvector
+        with psycopg.connect(url) as conn:
+            ctx = conn.execute("SELECT ctx_embedding::text FROM rememory.episodes").fetchone()[0]
+            names = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'rememory'")}
+        assert np.allclose(json.loads(ctx), key[::-1] * 0.25)
+        assert {"episodes_embedding_hnsw", "episodes_ctx_embedding_hnsw"} <= names  # the store was already bound
+    finally:
+        store.close()

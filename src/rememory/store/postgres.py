@@ -4,9 +4,16 @@ Everything lives in the database, in the schema ``rememory``: episodes' metadata
 keys (and a pgvector ``halfvec`` copy of each key for server-side vector search), hashed tokens,
 the engines' artifacts (``weights`` bytea, one row per episode), the API keys and a
 ``generation`` counter that every write advances in its own transaction. A replica compares
-the generation before each recall and syncs its in-memory index from the rows, so an episode
-committed on one replica is recalled on every other one at its next request, and a forgotten
-one never comes back.
+the generation before each recall and, when it moved, asks for the namespace's changes since
+the change number its index holds (``namespaces.seq``, advanced under that row's lock by every
+write to the namespace; each row keeps the number that stored it, and ``deletions`` logs what
+went), so an episode committed on one replica is recalled on every other one at its next
+request, a forgotten one never comes back, and a sync costs O(changes), not O(namespace).
+
+Namespaces past ``RankingConfig.ann_threshold`` take their dense candidates from pgvector's
+HNSW indexes over both keys (``nearest``), and their index is kept as one blob in
+``index_snapshots`` (dropped by any deletion in the namespace), so a fresh replica loads it and
+catches up from the change log instead of reading every row.
 
 Migrations run in order when a store opens, inside one transaction that holds an advisory
 lock, so two servers starting at once cannot race.
@@ -153,6 +160,8 @@ _M005_INDEX_SNAPSHOTS = (
         seq bigint NOT NULL,  -- the namespace's change it covers
         data bytea NOT NULL   -- rememory.index.snapshot.to_bytes: live episodes' tokens and keys only
     )""",
+    # Uncompressed: int8 keys and hashes barely compress, and a cold replica reads it on its critical path.
+    "ALTER TABLE index_snapshots ALTER COLUMN data SET STORAGE EXTERNAL",
 )
 
 
@@ -185,7 +194,7 @@ Migration = Sequence[str] | Callable[[Any], None]
 MIGRATIONS: list[Migration] = [
     _M001_INITIAL, _M002_STAGED_KEYS, _M003_CHANGES, _m004_context_embeddings, _M005_INDEX_SNAPSHOTS, _m006_event_time
 ]
-ANN_EF_SEARCH = 200  # HNSW candidates list: at least the candidates recall asks for (pgvector's limit is 1000)
+ANN_EF_SEARCH = 200  # HNSW candidate list; with iterative scans, a larger LIMIT scans on until it is met
 
 
 def redact(url: str) -> str:
@@ -318,6 +327,8 @@ class PostgresStore(SQLReads):
         def configure(conn: Any) -> None:
             conn.execute(f"SET search_path TO {SCHEMA}, public")
             conn.execute(f"SET lock_timeout = {int(busy_timeout * 1000)}")
+            conn.execute("SET hnsw.iterative_scan = relaxed_order")  # see nearest()
+            conn.execute(f"SET hnsw.ef_search = {ANN_EF_SEARCH}")
             if read_only:
                 conn.execute("SET default_transaction_read_only = on")
 
@@ -539,16 +550,15 @@ class PostgresStore(SQLReads):
         ``hnsw.iterative_scan`` keeps scanning the graph until ``k`` rows of the namespace are
         found (pgvector 0.8), so one namespace among many still gets its ``k`` candidates.
         """
-        dim = int(q.shape[0])
-        with self._conn() as conn, conn.transaction():
-            conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(ANN_EF_SEARCH, int(k)), 1000)}")
-            got = conn.execute(nearest_sql(context, dim), (namespace, _vector_text(q), int(k))).fetchall()
+        # hnsw.iterative_scan and hnsw.ef_search are set once per connection (see __init__): one round trip.
+        got = self._read(nearest_sql(context, int(q.shape[0])), (namespace, _vector_text(q), int(k)))
         return [int(t[0]) for t in got]
 
     def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None:
-        got = self._read("SELECT seq, data FROM index_snapshots WHERE namespace = %s", (namespace,))
-        return StoredSnapshot(int(got[0][0]), bytes(got[0][1])) if got else None
+        with self._conn() as conn:  # binary: the blob comes as it is, not hex-escaped (~100 MB at 100k episodes)
+            got = conn.execute("SELECT seq, data FROM index_snapshots WHERE namespace = %s", (namespace,),
+                               binary=True).fetchone()  # fmt: skip
+        return StoredSnapshot(int(got[0]), bytes(got[1])) if got else None
 
     def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
         with self._write(bump=False) as conn:
