@@ -182,3 +182,32 @@ def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memor
     off = make_sqlite_memory(ranking=RankingConfig(prf=0.0, dense_near=0.0))
     shares = off.recall("a concert with piano music", top_k=1, explain=True)[0].explain
     assert "prf" not in shares and "dense_near" not in shares and "bm25_own" in shares
+
+
+def test_recall_reads_stored_times_and_never_parses_keywords(make_memory, monkeypatch) -> None:
+    mem = make_memory()
+    mem.add_many(GARDEN)  # each episode's time is read here, once
+
+    def boom(*args: object) -> None:
+        raise AssertionError("recall parsed an episode's keywords")
+
+    monkeypatch.setattr("rememory.timeparse.episode_time", boom)
+    monkeypatch.setattr("rememory.timeparse.keywords_time", boom)
+    fresh = make_memory()  # a new index, built from the store's rows
+    hits = fresh.recall("planting tomatoes at the dacha with Ira", top_k=4, since="2023-05-01", until="2023-05-31")
+    assert {h.id for h in hits} == IN_MAY
+    assert fresh.recall("planting tomatoes with Ira in June 2023", top_k=1)[0].id == "june"
+
+
+def test_time_match_is_a_fused_signal_only_for_a_query_naming_a_time(make_memory) -> None:
+    mem = make_memory()
+    mem.add_many(GARDEN)
+    hits = mem.recall("planting tomatoes with Ira in June 2023", top_k=8, explain=True)
+    assert hits[0].id == "june" and hits[0].explain["time_match"] > 0
+    assert all(h.explain.get("time_match", 0.0) == 0.0 for h in hits if h.id != "june")
+    assert all(sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9) for h in hits)
+    # A query that names no time ranks and scores exactly as if the signal did not exist, whatever its weight.
+    plain = [(h.id, h.score) for h in mem.recall("planting tomatoes with Ira", top_k=8, explain=True)]
+    for w in (0.0, 5.0):
+        other = make_memory(ranking=RankingConfig(time_match=w))
+        assert [(h.id, h.score) for h in other.recall("planting tomatoes with Ira", top_k=8)] == plain
