@@ -211,3 +211,25 @@ def test_time_match_is_a_fused_signal_only_for_a_query_naming_a_time(make_memory
     for w in (0.0, 5.0):
         other = make_memory(ranking=RankingConfig(time_match=w))
         assert [(h.id, h.score) for h in other.recall("planting tomatoes with Ira", top_k=8)] == plain
+
+
+def test_snapshots_keep_episode_times_and_one_without_them_is_rebuilt(make_sqlite_memory, tmp_path, embedder) -> None:
+    cfg = RankingConfig(ann_threshold=3, candidates=2)
+    mem = make_sqlite_memory(ranking=cfg)
+    mem.add_many(GARDEN)
+    mem.recall("tomatoes", top_k=1)  # syncs and writes the snapshot
+    mem.close()
+    [manifest] = (tmp_path / "store" / "index").glob("*.npz")
+    with np.load(manifest) as z:  # as written before snapshots held episode times
+        old = {k: z[k] for k in z.files if k != "times"}
+    old["format"] = np.array([2])
+    with open(manifest, "wb") as fh:
+        np.savez(fh, **old)
+    query = "planting tomatoes at the dacha with Ira"
+    for _ in range(2):  # the old snapshot is rebuilt from the store; then the new one is read back, times and all
+        again = Memory(tmp_path / "store", embedder=embedder, ranking=cfg)
+        assert {h.id for h in again.recall(query, top_k=4, since="2023-05-01", until="2023-05-31")} == IN_MAY
+        assert again.recall("planting tomatoes with Ira in June 2023", top_k=1)[0].id == "june"
+        again.close()
+        with np.load(manifest) as z:
+            assert int(z["format"][0]) == 3 and np.isnan(z["times"]).sum() == 2  # the two undated episodes
