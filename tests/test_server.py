@@ -153,6 +153,11 @@ def test_recall_since_until(service: Service) -> None:
         assert {h["id"] for h in res.json()["hits"]} == set(ids[:2])  # one dated by its time, one by its keywords
         may = c.post("/v1/recall", json={**april, "top_k": 10, "since": "1999-05-01", "until": "1999-05-31"}).json()
         assert [h["id"] for h in may["hits"]] == [ids[2]]
+        # Both at once: the filter, and a query naming a time whose time_match share the hits explain.
+        named = {"query": "flying a kite with Ira in May 1999", "top_k": 3, "since": "1999-04-01", "explain": True}
+        hits = c.post("/v1/recall", json=named).json()["hits"]
+        assert hits[0]["id"] == ids[2] and hits[0]["explain"]["time_match"] > 0
+        assert all(sum(h["explain"].values()) == pytest.approx(h["score"]) for h in hits)
         err = assert_error(c.post("/v1/recall", json={**april, "since": "April 1999"}), 400, "bad_request")
         assert "since='April 1999'" in err["message"] and "ISO 8601" in err["message"]
 
