@@ -43,7 +43,7 @@ async def roundtrip(client: Client) -> None:
     assert tools["remember"].input_schema["required"] == ["keywords", "text"]
     assert set(tools["remember"].input_schema["properties"]) == {"keywords", "text", "time"}
     assert tools["recall"].input_schema["properties"]["top_k"]["maximum"] == 100
-    assert {"since", "until"} <= set(tools["recall"].input_schema["properties"])
+    assert {"since", "until", "explain"} <= set(tools["recall"].input_schema["properties"])
     assert tools["recall"].annotations.read_only_hint and tools["forget"].annotations.destructive_hint
 
     before = (await client.call_tool("stats", {})).structured_content["episodes"]
@@ -59,6 +59,9 @@ async def roundtrip(client: Client) -> None:
     assert id_ in [h["id"] for h in res.structured_content["memories"]]
     res = await client.call_tool("recall", {**query, "since": "2023-05-09"})
     assert id_ not in [h["id"] for h in res.structured_content["memories"]]
+    res = await client.call_tool("recall", {**query, "since": "2023-05-01", "explain": True})
+    [hit] = [h for h in res.structured_content["memories"] if h["id"] == id_]
+    assert sum(hit["explain"].values()) == pytest.approx(hit["score"])
     stats = (await client.call_tool("stats", {})).structured_content
     assert stats["episodes"] == before + 1 and stats["text_bytes"] >= len(TEXT.encode("utf-8"))
 

@@ -41,6 +41,7 @@ Query = Annotated[
     str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in your own words.")
 ]
 TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description=TOP_K_DOC)]
+Explain = Annotated[bool, Field(description="Add each hit's per-signal score shares.")]
 EpisodeId = Annotated[
     str, Field(min_length=1, max_length=MAX_ID_CHARS, description="The episode's id, from remember or recall.")
 ]
@@ -97,8 +98,11 @@ def build_mcp_server(memory: Memory, namespace_for: NamespaceFor) -> MCPServer:
         annotations=ToolAnnotations(read_only_hint=True),
     )
     @_tool_errors
-    def recall(query: Query, ctx: Context, top_k: TopK = 3, since: Since = None, until: Until = None) -> Recalled:
-        hits = memory.recall(query, top_k=top_k, namespace=namespace_for(ctx), since=since, until=until)
+    def recall(
+        query: Query, ctx: Context, top_k: TopK = 3, since: Since = None, until: Until = None, explain: Explain = False
+    ) -> Recalled:
+        hits = memory.recall(query, top_k=top_k, namespace=namespace_for(ctx), since=since, until=until,
+                             explain=explain)  # fmt: skip
         return Recalled(memories=[Hit.of(h) for h in hits])
 
     @server.tool(
