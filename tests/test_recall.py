@@ -211,6 +211,12 @@ def test_time_match_is_a_fused_signal_only_for_a_query_naming_a_time(make_memory
     for w in (0.0, 5.0):
         other = make_memory(ranking=RankingConfig(time_match=w))
         assert [(h.id, h.score) for h in other.recall("planting tomatoes with Ira", top_k=8)] == plain
+    # So does a query whose named time holds no episode: the signal would be 0 for every candidate.
+    none_then = [mem.recall("planting tomatoes with Ira in June 2031", top_k=8, explain=True),
+                 make_memory(ranking=RankingConfig(time_match=0.0)).recall("planting tomatoes with Ira in June 2031",
+                                                                           top_k=8, explain=True)]  # fmt: skip
+    assert [(h.id, h.score) for h in none_then[0]] == [(h.id, h.score) for h in none_then[1]]
+    assert "time_match" not in none_then[0][0].explain
 
 
 def test_snapshots_keep_episode_times_and_one_without_them_is_rebuilt(make_sqlite_memory, tmp_path, embedder) -> None:

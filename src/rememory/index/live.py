@@ -263,7 +263,8 @@ class NamespaceIndex:
 
         ``time.window`` (a since/until filter) restricts the candidates to the slots whose time is
         inside it; ``time.named`` (the range the query names) adds the ``time_match`` signal: 1 for
-        the candidates inside it, else 0. Without a named range the signal is absent, and
+        the candidates inside it, else 0. Without a named range (or when it holds all candidates or
+        none) the signal is absent, and
         :func:`fuse` leaves its weight out of the sum, so such a query ranks as if it did not exist.
 
         ``lexical`` is :meth:`lexical` of the query's tokens. Signals with weight 0 are skipped
@@ -300,7 +301,11 @@ class NamespaceIndex:
             cand = np.flatnonzero(allowed)
         raw: dict[str, np.ndarray] = {}
         if time is not None and time.named is not None and "time_match" in want:
-            raw["time_match"] = self.within(time.named)[cand].astype(np.float64)
+            inside = self.within(time.named)[cand]
+            # The same for every candidate, it ranks nothing: left out, so scores stay as for a query naming no
+            # time (a range that holds no episode, or a number misread as a date, must not dilute them).
+            if inside.any() and not inside.all():
+                raw["time_match"] = inside.astype(np.float64)
         for name, w in _BM25_WIDTHS.items():
             if name in want:
                 raw[name] = lexical[w][cand]
