@@ -47,7 +47,7 @@ OLD = "tea"  # an episode from before digest format 2: its text-only digest must
 
 
 _COLS = ("SELECT namespace, id, keywords, time, n_bytes, digest, digest_format, key, key_scale, ctx_key,"
-         " ctx_key_scale, tokens, engine, cell FROM {}episodes ORDER BY rowid")
+         " ctx_key_scale, tokens, engine, cell, event_time FROM {}episodes ORDER BY rowid")
 
 
 def _db_rows(store: Path | str) -> dict[tuple[str, str], tuple]:

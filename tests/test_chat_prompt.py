@@ -129,3 +129,14 @@ def test_example_script(make_memory) -> None:
     assert [e[0] for e in listed] == ["bridge", "van"]
     assert listed[0][1] == "2024-09-14T21:40:00+00:00"
     assert listed[0][3] == "We walked with Ilya across the bridge at night."
+
+
+def test_an_episode_dated_only_by_its_keywords_shows_that_time() -> None:
+    hits = [
+        RecallHit("d1", 0.9, "Caroline, 1:56 pm on 8 May, 2023", "Caroline: I went to the support group.", None),
+        RecallHit("d2", 0.8, "Ира, дача, 20 мая 2023", "Посадили картошку.", None),
+        RecallHit("d3", 0.7, "Ilya, bridge", "We walked across the bridge.", None),
+        RecallHit("d4", 0.6, "Ilya, 8 May, 2023", "Stored time wins.", "2024-09-14T21:40:00+00:00"),
+    ]
+    got = [(i, t) for i, t, _, _ in episodes(build_system_prompt("", hits))]
+    assert got == [("d1", "2023-05-08T13:56"), ("d2", "2023-05-20"), ("d3", ""), ("d4", "2024-09-14T21:40:00+00:00")]

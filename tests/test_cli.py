@@ -56,6 +56,16 @@ def test_recall_russian(trained) -> None:
     assert json.loads(res.stdout)["hits"][0]["id"] == "ru-dacha"
 
 
+def test_recall_since_until(trained) -> None:
+    env, _ = trained
+    res = run(["recall", "a walk", "--since", "2024-09-01", "--until", "2024-09-30", "--json", "-k", "5"], env=env)
+    assert res.returncode == 0, res.stderr
+    assert [h["id"] for h in json.loads(res.stdout)["hits"]] == ["bridge-night"]  # the one episode of September 2024
+    res = run(["recall", "a walk", "--until", "yesterday"], env=env)
+    assert res.returncode == 2 and "until='yesterday' is not an ISO 8601 date" in res.stderr and res.stdout == ""
+    assert "Traceback" not in res.stderr
+
+
 def test_interactive_recall_through_stdin(trained) -> None:
     env, _ = trained
     res = run(["recall", "--top-k", "3"], env=env, stdin="walking on a bridge with Ilya\n")

@@ -43,6 +43,7 @@ async def roundtrip(client: Client) -> None:
     assert tools["remember"].input_schema["required"] == ["keywords", "text"]
     assert set(tools["remember"].input_schema["properties"]) == {"keywords", "text", "time"}
     assert tools["recall"].input_schema["properties"]["top_k"]["maximum"] == 100
+    assert {"since", "until", "explain"} <= set(tools["recall"].input_schema["properties"])
     assert tools["recall"].annotations.read_only_hint and tools["forget"].annotations.destructive_hint
 
     before = (await client.call_tool("stats", {})).structured_content["episodes"]
@@ -54,6 +55,13 @@ async def roundtrip(client: Client) -> None:
     assert not res.is_error, res.content
     [hit] = [h for h in res.structured_content["memories"] if h["id"] == id_]
     assert (hit["text"], hit["time"], hit["keywords"]) == (TEXT, TIME + "+00:00", "Илья, мост, ночь")  # byte-exact
+    res = await client.call_tool("recall", {**query, "since": "2023-05-01", "until": "2023-05-08"})
+    assert id_ in [h["id"] for h in res.structured_content["memories"]]
+    res = await client.call_tool("recall", {**query, "since": "2023-05-09"})
+    assert id_ not in [h["id"] for h in res.structured_content["memories"]]
+    res = await client.call_tool("recall", {**query, "since": "2023-05-01", "explain": True})
+    [hit] = [h for h in res.structured_content["memories"] if h["id"] == id_]
+    assert sum(hit["explain"].values()) == pytest.approx(hit["score"])
     stats = (await client.call_tool("stats", {})).structured_content
     assert stats["episodes"] == before + 1 and stats["text_bytes"] >= len(TEXT.encode("utf-8"))
 
@@ -66,7 +74,8 @@ async def roundtrip(client: Client) -> None:
     assert res.is_error and "No memory with id" in res.content[0].text
 
     for name, args in [("recall", {"query": "x", "top_k": 0}), ("remember", {"keywords": "k", "text": ""}),
-                       ("remember", {"keywords": "k", "text": "t", "time": "soon"}), ("forget", {})]:  # fmt: skip
+                       ("remember", {"keywords": "k", "text": "t", "time": "soon"}), ("forget", {}),
+                       ("recall", {"query": "x", "since": "soon"})]:  # fmt: skip
         res = await client.call_tool(name, args)
         assert res.is_error and res.content[0].text, (name, args)
 

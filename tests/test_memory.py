@@ -400,17 +400,24 @@ def _keys(mem: Memory) -> dict[str, tuple[bytes, bytes]]:
     return {k.id: (k.key.tobytes(), k.ctx_key.tobytes()) for k in mem._store.index_rows(rowids)}
 
 
+def _event_times(mem: Memory) -> dict[str, float | None]:
+    rowids = [r.rowid for batch in mem._store.iter_rows() for r in batch]
+    return {k.id: k.event_time for k in mem._store.index_rows(rowids)}
+
+
 def test_reembed_switches_the_keys_and_leaves_the_cells_byte_identical(make_memory, store_at, st_embedder) -> None:
     from rememory.memory import key_text
 
     mem = make_memory()
     mem.add_many(EPISODES)
-    cells, keys = _cells(mem), _keys(mem)
+    cells, keys, times = _cells(mem), _keys(mem), _event_times(mem)
+    assert sum(t is not None for t in times.values()) >= 1  # an episode with a time
     seen: list[tuple[int, int]] = []
     report = mem.reembed(st_embedder, progress=lambda d, t: seen.append((d, t)))
     assert (report.embedder, report.previous, report.episodes) == (st_embedder.id, mem_e5_id(), 4)
     assert seen[0] == (0, 4) and seen[-1] == (4, 4)
     assert _cells(mem) == cells  # no cell retrained or rewritten
+    assert _event_times(mem) == times  # nor any episode's time
     new_keys = _keys(mem)
     assert all(new_keys[i][0] != keys[i][0] and new_keys[i][1] != keys[i][1] for i in keys)
     want = st_embedder.embed(key_text(EPISODES[1]["keywords"], EPISODES[1]["text"]))

@@ -1,11 +1,13 @@
 """Recall ranking behaviour and index consistency, with the real model and a real store."""
 
 import json
+from datetime import datetime
 
 import numpy as np
 import pytest
 
 from rememory import Memory
+from rememory.errors import ConfigError
 from rememory.index.config import WEIGHTS, RankingConfig
 
 from .conftest import REPO
@@ -114,6 +116,53 @@ def test_large_namespace_snapshot_round_trip(make_sqlite_memory, tmp_path, embed
     exact.close()
 
 
+GARDEN = [
+    {"id": "may-a", "keywords": "Ira, dacha", "text": "Planted tomatoes at the dacha with Ira.", "time": "2023-05-03"},
+    {"id": "may-b", "keywords": "Ira, dacha, 1:56 pm on 8 May, 2023", "text": "Planted cucumbers at the dacha."},
+    {"id": "may-c", "keywords": "Ira, dacha, 20 мая 2023", "text": "Посадили картошку на даче с Ирой."},
+    {"id": "may-d", "keywords": "market", "text": "Bought seedlings at the market.", "time": "2023-05-31T23:30:00"},
+    {"id": "june", "keywords": "Ira, dacha", "text": "Planted tomatoes at the dacha with Ira.", "time": "2023-06-01"},
+    {"id": "old", "keywords": "Ira, dacha, 8 May, 2022", "text": "Planted tomatoes at the dacha, the first time."},
+    {"id": "none-1", "keywords": "Ira, dacha", "text": "Planting tomatoes at the dacha with Ira again."},
+    {"id": "none-2", "keywords": "dacha", "text": "Tomatoes and cucumbers planted at the dacha."},
+]  # fmt: skip
+IN_MAY = {"may-a", "may-b", "may-c", "may-d"}
+
+
+@pytest.mark.parametrize("ann", [False, True])
+def test_since_until_filter_within_the_ranking(make_memory, ann: bool) -> None:
+    mem = make_memory(ranking=RankingConfig(ann_threshold=3, candidates=2) if ann else RankingConfig())
+    mem.add_many(GARDEN)
+    # The best matches overall are out of range or undated; the filter still fills top_k from May's episodes
+    # (dated by their `time` or by a date in their keywords, in any language), including the weakest match.
+    hits = mem.recall("planting tomatoes at the dacha with Ira", top_k=4, since="2023-05-01", until="2023-05-31")
+    assert {h.id for h in hits} == IN_MAY
+    assert hits[0].id == "may-a"
+    assert [h.id for h in mem.recall("tomatoes", top_k=10, since="2023-06-01")] == ["june"]
+    before = {h.id for h in mem.recall("tomatoes", top_k=10, until=datetime(2023, 5, 8, 13, 56))}
+    assert before == {"old", "may-a", "may-b"}  # an exact until is inclusive; undated episodes are left out
+    assert mem.recall("tomatoes", top_k=3, since="2030-01-01") == []
+
+
+def test_a_query_naming_a_time_ranks_that_time_first(make_memory) -> None:
+    mem = make_memory()
+    mem.add_many(GARDEN)
+    assert mem.recall("planting tomatoes with Ira in June 2023", top_k=1)[0].id == "june"
+    assert mem.recall("Что мы сажали на даче с Ирой в мае 2022 года?", top_k=1)[0].id == "old"
+    off = make_memory(ranking=RankingConfig(time_match=0.0))  # the same store, without the time signal
+    assert off.recall("planting tomatoes with Ira in June 2023", top_k=1)[0].id != "june"
+
+
+def test_bad_since_or_until_is_a_config_error(make_memory) -> None:
+    mem = make_memory()
+    mem.add_many(GARDEN[:2])
+    with pytest.raises(ConfigError, match=r"since='May 2023'.*ISO 8601.*2023-05-01"):
+        mem.recall("tomatoes", since="May 2023")
+    with pytest.raises(ConfigError, match="swap"):
+        mem.recall("tomatoes", since="2023-06-01", until="2023-05-01")
+    assert len(mem) == 2
+
+
 @pytest.mark.parametrize("ann", [False, True])
 def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memory, ann) -> None:
     # Neighbour signals at full weight (the examples are unrelated events, which would switch them off).
@@ -126,7 +175,8 @@ def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memor
     assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in plain]  # explaining changes no ranking
     assert all(h.explain is None and "explain" not in h.to_dict() for h in plain)
     for h in hits:
-        assert set(h.explain) == set(WEIGHTS)  # every signal has a weight in the defaults
+        # every signal has a weight in the defaults; time_match is fused only for a query that names a time
+        assert set(h.explain) == set(WEIGHTS) - {"time_match"}
         assert all(v >= 0 for v in h.explain.values())
         assert sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9)
         assert h.to_dict()["explain"] == h.explain
@@ -208,3 +258,60 @@ def test_coherence_is_deterministic_and_follows_add_and_forget(make_memory) -> N
         parts.forget(ep["id"])
     c = parts._index("default").coherence
     assert (c.adjacent, c.baseline, c.pairs) == pytest.approx((a.adjacent, a.baseline, a.pairs), abs=1e-9)
+
+
+def test_recall_reads_stored_times_and_never_parses_keywords(make_memory, monkeypatch) -> None:
+    mem = make_memory()
+    mem.add_many(GARDEN)  # each episode's time is read here, once
+
+    def boom(*args: object) -> None:
+        raise AssertionError("recall parsed an episode's keywords")
+
+    monkeypatch.setattr("rememory.timeparse.episode_time", boom)
+    monkeypatch.setattr("rememory.timeparse.keywords_time", boom)
+    fresh = make_memory()  # a new index, built from the store's rows
+    hits = fresh.recall("planting tomatoes at the dacha with Ira", top_k=4, since="2023-05-01", until="2023-05-31")
+    assert {h.id for h in hits} == IN_MAY
+    assert fresh.recall("planting tomatoes with Ira in June 2023", top_k=1)[0].id == "june"
+
+
+def test_time_match_is_a_fused_signal_only_for_a_query_naming_a_time(make_memory) -> None:
+    mem = make_memory()
+    mem.add_many(GARDEN)
+    hits = mem.recall("planting tomatoes with Ira in June 2023", top_k=8, explain=True)
+    assert hits[0].id == "june" and hits[0].explain["time_match"] > 0
+    assert all(h.explain.get("time_match", 0.0) == 0.0 for h in hits if h.id != "june")
+    assert all(sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9) for h in hits)
+    # A query that names no time ranks and scores exactly as if the signal did not exist, whatever its weight.
+    plain = [(h.id, h.score) for h in mem.recall("planting tomatoes with Ira", top_k=8, explain=True)]
+    for w in (0.0, 5.0):
+        other = make_memory(ranking=RankingConfig(time_match=w))
+        assert [(h.id, h.score) for h in other.recall("planting tomatoes with Ira", top_k=8)] == plain
+    # So does a query whose named time holds no episode: the signal would be 0 for every candidate.
+    none_then = [mem.recall("planting tomatoes with Ira in June 2031", top_k=8, explain=True),
+                 make_memory(ranking=RankingConfig(time_match=0.0)).recall("planting tomatoes with Ira in June 2031",
+                                                                           top_k=8, explain=True)]  # fmt: skip
+    assert [(h.id, h.score) for h in none_then[0]] == [(h.id, h.score) for h in none_then[1]]
+    assert "time_match" not in none_then[0][0].explain
+
+
+def test_snapshots_keep_episode_times_and_one_without_them_is_rebuilt(make_sqlite_memory, tmp_path, embedder) -> None:
+    cfg = RankingConfig(ann_threshold=3, candidates=2)
+    mem = make_sqlite_memory(ranking=cfg)
+    mem.add_many(GARDEN)
+    mem.recall("tomatoes", top_k=1)  # syncs and writes the snapshot
+    mem.close()
+    [manifest] = (tmp_path / "store" / "index").glob("*.npz")
+    with np.load(manifest) as z:  # as written before snapshots held episode times
+        old = {k: z[k] for k in z.files if k != "times"}
+    old["format"] = np.array([2])
+    with open(manifest, "wb") as fh:
+        np.savez(fh, **old)
+    query = "planting tomatoes at the dacha with Ira"
+    for _ in range(2):  # the old snapshot is rebuilt from the store; then the new one is read back, times and all
+        again = Memory(tmp_path / "store", embedder=embedder, ranking=cfg)
+        assert {h.id for h in again.recall(query, top_k=4, since="2023-05-01", until="2023-05-31")} == IN_MAY
+        assert again.recall("planting tomatoes with Ira in June 2023", top_k=1)[0].id == "june"
+        again.close()
+        with np.load(manifest) as z:
+            assert int(z["format"][0]) == 3 and np.isnan(z["times"]).sum() == 2  # the two undated episodes

@@ -138,6 +138,30 @@ def test_add_recall_get_list_forget(service: Service) -> None:
         assert "van/1" not in [h["id"] for h in c.post("/v1/recall", json={"query": "Sergey's van"}).json()["hits"]]
 
 
+
+def test_recall_since_until(service: Service) -> None:
+    with service.client("alice") as c:
+        kites = [
+            {"keywords": "Ira, kite", "text": "Flew a red kite with Ira on the hill.", "time": "1999-04-10T10:00"},
+            {"keywords": "Ira, kite, 12 April 1999", "text": "The kite string snapped in the wind."},
+            {"keywords": "Ira, kite", "text": "Flew a kite with Ira again.", "time": "1999-05-02"},
+        ]
+        ids = add(c, *kites)["ids"]
+        april = {"query": "flying a kite with Ira", "top_k": 2, "since": "1999-04-01", "until": "1999-04-30"}
+        res = c.post("/v1/recall", json=april)
+        assert res.status_code == 200, res.text
+        assert {h["id"] for h in res.json()["hits"]} == set(ids[:2])  # one dated by its time, one by its keywords
+        may = c.post("/v1/recall", json={**april, "top_k": 10, "since": "1999-05-01", "until": "1999-05-31"}).json()
+        assert [h["id"] for h in may["hits"]] == [ids[2]]
+        # Both at once: the filter, and a query naming a time whose time_match share the hits explain.
+        named = {"query": "flying a kite with Ira in May 1999", "top_k": 3, "since": "1999-04-01", "explain": True}
+        hits = c.post("/v1/recall", json=named).json()["hits"]
+        assert hits[0]["id"] == ids[2] and hits[0]["explain"]["time_match"] > 0
+        assert all(sum(h["explain"].values()) == pytest.approx(h["score"]) for h in hits)
+        err = assert_error(c.post("/v1/recall", json={**april, "since": "April 1999"}), 400, "bad_request")
+        assert "since='April 1999'" in err["message"] and "ISO 8601" in err["message"]
+
+
 def test_training_is_a_job(service: Service) -> None:
     with service.client("alice") as c:
         res = c.post("/v1/memories", json={"keywords": "tea", "text": "Green tea at noon with Masha."})

@@ -598,3 +598,55 @@ def test_postgres_store_of_schema_1_gains_changes_and_vector_indexes(new_postgre
         assert {"episodes_embedding_hnsw", "episodes_ctx_embedding_hnsw"} <= names  # the store was already bound
     finally:
         store.close()
+
+
+def _dated_items() -> tuple[list[NewEpisode], list]:
+    """Episodes dated by their time, by a date in their keywords, and not at all."""
+    items, arts = _items(["timed", "keyword dated", "undated"])
+    eps = [dataclasses.replace(items[0].episode, time="2023-05-03T10:00:00"),
+           dataclasses.replace(items[1].episode, keywords="Ira, 1:56 pm on 8 May, 2023"), items[2].episode]  # fmt: skip
+    return [dataclasses.replace(it, episode=e) for it, e in zip(items, eps)], arts
+
+
+# What migration 6 must compute for _dated_items: epoch seconds of each episode's time.
+DATED = {"timed": 1683108000.0, "keyword dated": 1683554160.0, "undated": None}
+
+
+def test_schema_5_store_gets_its_event_times_backfilled(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    store = Store(path)
+    items, arts = _dated_items()
+    store.commit_batch(items, arts, EMB, replace=False)  # NewEpisode.event_time unset: the column stays NULL
+    store.close()
+    with raw_db(path) as db:  # back to schema 5, as a store written before episode times were stored
+        db.execute("ALTER TABLE episodes DROP COLUMN event_time")
+        db.execute("PRAGMA user_version = 5")
+    store = Store(path)
+    try:
+        rows = store.index_rows(store.namespace_rowids("default").tolist())
+        got = {store.rows("default", [r.id])[r.id].keywords: r.event_time for r in rows}
+        assert {text: got[it.episode.keywords] for text, it in zip(DATED, items)} == DATED
+    finally:
+        store.close()
+
+
+def test_postgres_store_of_schema_5_gets_its_event_times_backfilled(new_postgres_url) -> None:
+    import psycopg
+
+    from rememory.store import postgres
+
+    url = new_postgres_url()
+    store = postgres.PostgresStore(url)
+    items, arts = _dated_items()
+    store.commit_batch(items, arts, EMB, replace=False)
+    store.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE rememory.episodes DROP COLUMN event_time")
+        conn.execute("UPDATE rememory.meta SET value = '5' WHERE key = 'schema_version'")
+    store = postgres.PostgresStore(url)
+    try:
+        rows = store.index_rows(store.namespace_rowids("default").tolist())
+        got = {store.rows("default", [r.id])[r.id].keywords: r.event_time for r in rows}
+        assert {text: got[it.episode.keywords] for text, it in zip(DATED, items)} == DATED
+    finally:
+        store.close()

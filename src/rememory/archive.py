@@ -49,6 +49,7 @@ from .integrity import DIGEST_SIZE, episode_digest
 from .records import Episode
 from .store.base import MemoryStore, check_duplicate
 from .store.records import IndexRow, NewEpisode, Row
+from .timeparse import episode_seconds
 
 FORMAT = "rememory-archive"
 VERSION = 1
@@ -556,7 +557,9 @@ class ArchiveReader:
             raise ArchiveError(f"{where} of {p} (episode {id_!r} of namespace {ns!r}): {exc} "
                                "Nothing from the archive was stored.") from None  # fmt: skip
         toks = tokens[tok[0] : tok[0] + tok[1]]
-        item = NewEpisode(ep, digest, n_bytes, keys[slot], float(scales[0]), toks, ctx[slot], float(scales[1]), fmt)
+        # The archive holds no event_time: it is derived data, recomputed as at add.
+        item = NewEpisode(ep, digest, n_bytes, keys[slot], float(scales[0]), toks, ctx[slot], float(scales[1]), fmt,
+                          episode_seconds(ep.time, ep.keywords))  # fmt: skip
         return ep, art, item
 
 

@@ -12,7 +12,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace as dc_replace
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .archive import ArchiveProgress, ExportReport, ImportReport
@@ -25,7 +25,7 @@ from .episodes import validate_episode, validate_many, validate_namespace, valid
 from .errors import ConfigError, EmbedderMismatchError, IntegrityError, NotFoundError, RememoryError, StoreBusyError
 from .index import snapshot
 from .index.config import RankingConfig
-from .index.live import NamespaceIndex, RankingFeatures
+from .index.live import NamespaceIndex, RankingFeatures, Span, TimeSignal
 from .index.tokenize import token_hashes
 from .integrity import episode_digest
 from .limits import MAX_PAGE, MAX_TOP_K
@@ -46,6 +46,7 @@ from .records import (
 from .store import open_store
 from .store.base import check_duplicate, mismatch
 from .store.records import NewEpisode, Row, StagedKey
+from .timeparse import TimeRange, episode_seconds, filter_range, query_range
 
 if TYPE_CHECKING:
     import numpy as np
@@ -212,7 +213,8 @@ class Memory:
                 q, scale = quantize_int8(vec)
                 cq, cscale = quantize_int8(ctx_vec)
                 tokens = token_hashes(f"{ep.keywords} {ep.text}")
-                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale))
+                when = episode_seconds(ep.time, ep.keywords)  # once, here: recall never parses keywords
+                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale, event_time=when))
             self._store.commit_batch(items, arts, (self._embedder.id, self._embedder.dim), replace=replace)
             done_cells += len(chunk)
             done_bytes += sum(len(d) for _, d, _ in chunk)
@@ -617,7 +619,14 @@ class Memory:
 
     # `builtins.list`: inside this class `list` names the method above.
     def recall(
-        self, query: str, top_k: int = 3, namespace: str = "default", *, explain: bool = False
+        self,
+        query: str,
+        top_k: int = 3,
+        namespace: str = "default",
+        *,
+        since: str | datetime | date | None = None,
+        until: str | datetime | date | None = None,
+        explain: bool = False,
     ) -> builtins.list[RecallHit]:
         """The ``top_k`` episodes of ``namespace`` that best match ``query``, best first.
 
@@ -626,11 +635,19 @@ class Memory:
         that hybrid relevance in [0, 1]. Only the hits' cells are decoded, each checked
         against its digest.
 
+        An episode's time is its ``time``, or else a date written in its keywords
+        (:func:`rememory.timeparse.episode_time`), read once when it is added. ``since`` and ``until``
+        (ISO 8601 strings or datetimes, both inclusive; a date alone as ``until`` includes that day) keep
+        only the episodes whose time falls between them, inside the ranking, so ``top_k`` hits come back
+        when that many match; episodes with no time are left out whenever either is given. A query that
+        names a time ("in May 2023", "last week") adds the ``time_match`` signal: 1 for the episodes of
+        that time, else 0.
+
         With ``explain=True`` each hit's ``RecallHit.explain`` maps every signal in use (``bm25_own``,
         ``bm25_ctx1``, ``bm25_ctx2``, ``bm25_ctx8``, ``dense_own``, ``dense_ctx``, ``dense_near``,
-        ``dense_far``, ``prf``) to its share of the score: its weight times its value normalised over
-        this query's candidates, divided by the sum of the weights. The shares sum to ``score``.
-        Without it, ``explain`` is ``None``.
+        ``dense_far``, ``prf``, and ``time_match`` when the query names a time) to its share of the score:
+        its weight times its value normalised over this query's candidates, divided by the sum of the
+        weights in use. The shares sum to ``score``. Without it, ``explain`` is ``None``.
 
         >>> [hit.id for hit in mem.recall("bridge at night", top_k=1)]
         ['e1']
@@ -638,6 +655,7 @@ class Memory:
         query = validate_query(query)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
             raise ConfigError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}.")
+        window = filter_range(since, until)
         namespace = validate_namespace(namespace)
         if namespace not in self._indexes and self._store.count(namespace) == 0:
             return []  # answers without loading the model
@@ -647,7 +665,8 @@ class Memory:
         q = self._embedder.embed_query(query)
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
-        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k, explain=explain)
+        when = self._time_signal(query, window)
+        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k, explain=explain, time=when)
         # The index is a cache: every hit is checked against its store row in this namespace
         # before anything is decoded (a concurrent forget, or a tampered snapshot, yields nothing).
         rows = self._store.rows(namespace, [s.id for s in scored])
@@ -670,8 +689,19 @@ class Memory:
         q = self._embedder.embed_query(query)
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
-        f = idx.features(q, idx.lexical(token_hashes(query), every=True), top_k, every=True)
+        when = self._time_signal(query, None, every=True)
+        f = idx.features(q, idx.lexical(token_hashes(query), every=True), top_k, every=True, time=when)
         return None if f is None else RankingFeatures(f, tuple(idx.ids[s] for s in f.cand.tolist()))
+
+    def _time_signal(self, query: str, window: TimeRange | None, *, every: bool = False) -> TimeSignal | None:
+        """The since/until window and the range the query names, in epoch seconds (None when neither applies).
+
+        The query is read for a time only if ``time_match`` weighs it, or ``every`` (the tuner) wants it.
+        """
+        named = query_range(query, datetime.now(timezone.utc)) if every or self.ranking.time_match else None
+        if window is None and named is None:
+            return None
+        return TimeSignal(window=_span(window), named=_span(named))
 
     def verify(
         self, progress: Callable[[int, int], None] | None = None, *, namespace: str | None = None
@@ -749,3 +779,9 @@ class Memory:
         return import_archive(self._store, path, embedder_id=self._embedder.id,
                               max_text_bytes=self._max_text_bytes, progress=progress)  # fmt: skip
 
+
+def _span(rng: TimeRange | None) -> Span | None:
+    """``rng`` (naive UTC datetimes) in epoch seconds, as the index keeps episode times."""
+    if rng is None:
+        return None
+    return Span(*(None if t is None else t.replace(tzinfo=timezone.utc).timestamp() for t in (rng.start, rng.end)))

@@ -7,11 +7,13 @@ XML-escaped, so nothing a memory says can close its tag or fake another episode.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import time
 from html import escape
 from typing import Any
 
 from ..errors import ConfigError
 from ..records import RecallHit
+from ..timeparse import episode_time
 
 # The seed's example prompt, in our own words.
 DEFAULT_BASE_PROMPT = (
@@ -30,10 +32,21 @@ _HEADER = (
 _NONE = "No episodes were recalled for this turn."
 
 
+def _time(hit: RecallHit) -> str | None:
+    """When the episode happened: its ``time``, or else a date its keywords name (ISO 8601)."""
+    if hit.time:
+        return hit.time
+    found = episode_time(None, hit.keywords)
+    if found is None:
+        return None
+    return found.date().isoformat() if found.time() == time() else found.isoformat(timespec="minutes")
+
+
 def _episode(hit: RecallHit) -> str:
     attrs = f'id="{escape(hit.id)}"'
-    if hit.time:
-        attrs += f' time="{escape(hit.time)}"'
+    when = _time(hit)
+    if when:
+        attrs += f' time="{escape(when)}"'
     attrs += f' relevance="{hit.score:.3f}"'
     return f"<episode {attrs}>\n{escape(hit.text, quote=False)}\n</episode>"
 
@@ -53,6 +66,9 @@ def build_system_prompt(
     budget_chars: int = DEFAULT_BUDGET_CHARS,
 ) -> str:
     """``base`` followed by a ``<memory>`` block listing ``hits`` (id, time, relevance, text).
+
+    An episode's time is its ``time``, or else the date its keywords name ("Caroline, 1:56 pm
+    on 8 May, 2023" shows ``time="2023-05-08T13:56"``), so the model can answer "when".
 
     ``relevance`` is :attr:`RecallHit.score`, the hybrid ranking score in [0, 1].
 

@@ -9,7 +9,7 @@ from ..config import dataclass_from_dict
 NORMS = ("minmax", "zscore", "rank", "max")
 # The fused signals, in the order recall sums them (each weight is a RankingConfig field).
 WEIGHTS = ("bm25_own", "bm25_ctx1", "bm25_ctx2", "bm25_ctx8", "dense_own", "dense_ctx", "dense_near", "dense_far",
-           "prf")  # fmt: skip
+           "prf", "time_match")  # fmt: skip
 # The signals that read an episode's neighbours: scaled by the namespace's coherence (``scale_neighbours``).
 NEIGHBOUR_SIGNALS = ("bm25_ctx1", "bm25_ctx2", "bm25_ctx8", "dense_ctx", "dense_near", "dense_far", "prf")
 
@@ -49,7 +49,11 @@ class RankingConfig:
     prf: float = 1.0  # pseudo-relevance feedback: re-query the context keys with the top hits mixed in
     prf_docs: int = 3  # how many top hits feed the feedback
     prf_mix: float = 1.0  # feedback query = query + prf_mix x mean of those hits' context keys (then unit length)
-    # Neighbour signals pay only where neighbours are related: each weight of NEIGHBOUR_SIGNALS is multiplied
+    # 1 for episodes whose time falls in the range a query names ("in May 2023", "last week"), else 0;
+    # fused (and counted in the weight sum) only for queries that name a time. Not tuned (locomo-dev's
+    # tuning did not weigh it): set so that an episode of the named time outranks one as close in words
+    # outside it, against the other signals min-max spread over 0..1 (2.0, its weight before, no longer did).
+    time_match: float = 4.0
     # by the namespace's coherence factor (see rememory.index.live.Coherence): 0 where adjacent episodes are
     # no closer than any two, 1 where they are clearly closer (a conversation), a linear ramp between.
     scale_neighbours: bool = True

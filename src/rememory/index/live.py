@@ -32,6 +32,22 @@ class Scored:
 
 
 @dataclass(frozen=True)
+class Span:
+    """Times [start, end) in epoch seconds; ``None`` leaves that side open."""
+
+    start: float | None
+    end: float | None
+
+
+@dataclass(frozen=True)
+class TimeSignal:
+    """A query's time: ``window`` a since/until filter, ``named`` the range its words name (either may be None)."""
+
+    window: Span | None = None
+    named: Span | None = None
+
+
+@dataclass(frozen=True)
 class Features:
     """One query's raw signals over its candidates: what :func:`fuse` ranks, cacheable for tuning.
 
@@ -187,6 +203,8 @@ def fuse(f: Features, cfg: RankingConfig, normalised: dict[str, np.ndarray] | No
     The neighbour signals' weights are scaled by ``f.coherence`` (1 unless ``cfg.scale_neighbours``).
     """
     w = weights_of(cfg, f.coherence if cfg.scale_neighbours else 1.0)
+    if "time_match" not in f.raw:  # a query that names no time ranks exactly as if the signal did not exist
+        w["time_match"] = 0.0
     total = max(sum(w.values()), 1e-12)
     parts: dict[str, np.ndarray] = {}
     fused = np.zeros(f.cand.size)
@@ -217,6 +235,8 @@ class NamespaceIndex:
         self.nearest = nearest
         self.slot_of: dict[int, int] = {}  # store rowid -> slot
         self.ids: list[str] = []  # slot -> episode id
+        # slot -> the episode's time (the store's event_time, epoch seconds); NaN: none, or a tombstone
+        self.times = np.zeros(0, dtype=np.float64)
         self.lex = LexicalIndex()
         self.own = DenseIndex(dim, ann=False)
         self.ctx = DenseIndex(dim, ann=False)
@@ -262,6 +282,8 @@ class NamespaceIndex:
             for i, row in enumerate(rows):
                 self.slot_of[row.rowid] = base + i
                 self.ids.append(row.id)
+            times = [np.nan if r.event_time is None else float(r.event_time) for r in rows]
+            self.times = np.concatenate([self.times, np.array(times, dtype=np.float64)])
             self.lex.add([r.tokens for r in rows])
             zero = np.zeros(self.dim, dtype=np.int8)
             for name, key, scale in (("own", "key", "key_scale"), ("ctx", "ctx_key", "ctx_key_scale")):
@@ -295,6 +317,7 @@ class NamespaceIndex:
         return slots
 
     def _tombstone(self, slot: int) -> None:
+        self.times[slot] = np.nan
         self.lex.remove(slot)
         self.own.remove(slot)
         self.ctx.remove(slot)
@@ -304,10 +327,33 @@ class NamespaceIndex:
         lq = self.lex.query(q_tokens)
         return {w: lq.scores(w) for name, w in _BM25_WIDTHS.items() if every or getattr(self.cfg, name)}
 
+    def within(self, span: Span) -> np.ndarray:
+        """(n,) which slots' times fall in ``span`` (a slot with no time, or a tombstone, never does)."""
+        times = _fit_times(self.times, self.lex.n)
+        with np.errstate(invalid="ignore"):  # NaN compares False: no time is never inside
+            ok = ~np.isnan(times)
+            if span.start is not None:
+                ok &= times >= span.start
+            if span.end is not None:
+                ok &= times < span.end
+        return ok
+
     def features(
-        self, q: np.ndarray, lexical: dict[int, np.ndarray], top_k: int, *, every: bool = False
+        self,
+        q: np.ndarray,
+        lexical: dict[int, np.ndarray],
+        top_k: int,
+        *,
+        every: bool = False,
+        time: TimeSignal | None = None,
     ) -> Features | None:
         """Raw signals for unit query ``q`` over its candidates (``None`` if nothing is alive).
+
+        ``time.window`` (a since/until filter) restricts the candidates to the slots whose time is
+        inside it; ``time.named`` (the range the query names) adds the ``time_match`` signal: 1 for
+        the candidates inside it, else 0. Without a named range (or when it holds all candidates or
+        none) the signal is absent, and
+        :func:`fuse` leaves its weight out of the sum, so such a query ranks as if it did not exist.
 
         ``lexical`` is :meth:`lexical` of the query's tokens. Signals with weight 0 are skipped
         unless ``every`` (the tuner wants them all). Small namespaces take every alive slot as a
@@ -320,6 +366,9 @@ class NamespaceIndex:
             return None
         factor = self.coherence.factor(cfg)
         n = alive.size
+        allowed = alive if time is None or time.window is None else alive & self.within(time.window)
+        if not allowed.any():
+            return None
         # rows synced in by another thread since lexical() ran score 0
         lexical = {w: s if s.size >= n else np.concatenate([s, np.zeros(n - s.size, s.dtype)])
                    for w, s in lexical.items()}  # fmt: skip
@@ -334,10 +383,18 @@ class NamespaceIndex:
                     lex += s / top
             pools.append(np.argpartition(-lex, min(2 * c, n) - 1)[: 2 * c])
             cand = np.unique(np.concatenate(pools))
-            cand = cand[alive[cand]]
+            cand = cand[allowed[cand]]
+            if cand.size < top_k:  # a narrow time filter: its slots are few, score them all
+                cand = np.flatnonzero(allowed)
         else:
-            cand = np.flatnonzero(alive)
+            cand = np.flatnonzero(allowed)
         raw: dict[str, np.ndarray] = {}
+        if time is not None and time.named is not None and "time_match" in want:
+            inside = self.within(time.named)[cand]
+            # The same for every candidate, it ranks nothing: left out, so scores stay as for a query naming no
+            # time (a range that holds no episode, or a number misread as a date, must not dilute them).
+            if inside.any() and not inside.all():
+                raw["time_match"] = inside.astype(np.float64)
         for name, w in _BM25_WIDTHS.items():
             if name in want:
                 raw[name] = lexical[w][cand]
@@ -364,13 +421,14 @@ class NamespaceIndex:
         keys = self.ctx.rows(cand) if "prf" in want else np.zeros((cand.size, self.dim), np.float32)
         return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q, keys, factor)
 
-    def search(self, q: np.ndarray, lexical: dict[int, np.ndarray], top_k: int, *, explain: bool = False
-               ) -> list[Scored]:  # fmt: skip
+    def search(self, q: np.ndarray, lexical: dict[int, np.ndarray], top_k: int, *, explain: bool = False,
+               time: TimeSignal | None = None) -> list[Scored]:  # fmt: skip
         """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens.
 
         With ``explain`` every hit carries each signal's share of its score in ``Scored.signals``.
+        ``time`` filters and boosts as in :meth:`features`.
         """
-        f = self.features(q, lexical, top_k)
+        f = self.features(q, lexical, top_k, time=time)
         if f is None:
             return []
         fz = fuse(f, self.cfg)
@@ -379,6 +437,11 @@ class NamespaceIndex:
             signals = {k: float(v[i]) for k, v in fz.parts.items()} if explain else None
             out.append(Scored(int(f.cand[i]), self.ids[f.cand[i]], float(min(max(fz.scores[i], 0.0), 1.0)), signals))
         return out
+
+
+def _fit_times(times: np.ndarray, n: int) -> np.ndarray:
+    """``times`` over ``n`` slots (a reader between the lexical and the times append sees no time)."""
+    return times[:n] if times.size >= n else np.concatenate([times, np.full(n - times.size, np.nan)])
 
 
 def _best(scores: np.ndarray, k: int) -> np.ndarray:

@@ -38,7 +38,7 @@ from .live import NamespaceIndex
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3  # 3: each slot's episode time; older snapshots lack it and are rebuilt from the store
 LOCK_FILE = ".lock"
 MAPPED = ("tok", "doc", "tf", "own_q8", "own_scale", "ctx_q8", "ctx_scale")  # the large arrays
 
@@ -120,6 +120,7 @@ def save(idx: NamespaceIndex, directory: Path, namespace: str, embedder: str = "
         "dl": lex.dl,
         "own_alive": idx.own.alive,
         "ctx_alive": idx.ctx.alive,
+        "times": _live_times(idx),
     }
 
     def write_manifest(p: str) -> None:
@@ -153,6 +154,18 @@ def _live_arrays(idx: NamespaceIndex) -> tuple[dict[str, np.ndarray], np.ndarray
     return big, rowids
 
 
+def _live_times(idx: NamespaceIndex) -> np.ndarray:
+    """(n,) each slot's episode time in epoch seconds, NaN for none and for dead slots."""
+    return np.where(idx.lex.alive, idx.times[: idx.lex.n], np.nan)
+
+
+def _times(a: dict[str, np.ndarray], n: int) -> np.ndarray:
+    times = np.array(a["times"], dtype=np.float64)
+    if times.shape != (n,):
+        raise ValueError(f"it has {times.size} episode times for {n} slots")
+    return times
+
+
 def to_bytes(idx: NamespaceIndex) -> bytes:
     """``idx`` as one ``.npz`` (no pickle, no HNSW graph), for a store that keeps snapshots itself.
 
@@ -166,7 +179,7 @@ def to_bytes(idx: NamespaceIndex) -> bytes:
     arrays = {
         **big, "format": np.array([FORMAT]), "dim": np.array([idx.dim]), "rowids": rowids,
         "ids": np.frombuffer("\n".join(ids).encode("utf-8"), dtype=np.uint8), "alive": live, "dl": idx.lex.dl,
-        "own_alive": idx.own.alive, "ctx_alive": idx.ctx.alive,
+        "own_alive": idx.own.alive, "ctx_alive": idx.ctx.alive, "times": _live_times(idx),
     }  # fmt: skip
     buf = io.BytesIO()
     np.savez(buf, **cast(dict[str, Any], arrays))
@@ -189,6 +202,7 @@ def from_bytes(
     lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"], a["dl"]
     lex._tok, lex._doc, lex._tf = a["tok"], a["doc"].astype(np.int64), a["tf"].astype(np.float64)
     idx.lex = lex
+    idx.times = _times(a, lex.n)
     for name in ("own", "ctx"):
         dense = DenseIndex(dim, ann=False)
         dense.n = len(a[f"{name}_alive"])
@@ -248,6 +262,7 @@ def _load(stem: Path, path: Path, dim: int, cfg: RankingConfig, embedder: str) -
     lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"].copy(), a["dl"].copy()
     lex._tok, lex._doc, lex._tf = a["tok"], a["doc"], a["tf"]
     idx.lex = lex
+    idx.times = _times(a, lex.n)
     # The graphs serve only if this ranking wants ANN at this size (snapshots outlive settings).
     ann = bool(a["ann"][0]) and int(a["alive"].sum()) > cfg.ann_threshold
     for name in ("own", "ctx"):

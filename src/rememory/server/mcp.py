@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from ..errors import RememoryError
 from ..limits import MAX_ID_CHARS, MAX_KEYWORDS_BYTES, MAX_QUERY_CHARS, MAX_TOP_K
 from ..memory import Memory
-from .schemas import KEYWORDS_DOC, TIME_DOC, TOP_K_DOC, Forgotten, Hit, Stats, text_doc
+from .schemas import KEYWORDS_DOC, SINCE_DOC, TIME_DOC, TOP_K_DOC, UNTIL_DOC, Forgotten, Hit, Stats, text_doc
 
 NamespaceFor = Callable[[Context], str]
 R = TypeVar("R")
@@ -35,10 +35,13 @@ INSTRUCTIONS = (
 
 Keywords = Annotated[str, Field(max_length=MAX_KEYWORDS_BYTES, description=KEYWORDS_DOC)]
 Time = Annotated[str | None, Field(description=TIME_DOC)]
+Since = Annotated[str | None, Field(max_length=64, description=SINCE_DOC)]
+Until = Annotated[str | None, Field(max_length=64, description=UNTIL_DOC)]
 Query = Annotated[
     str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in your own words.")
 ]
 TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description=TOP_K_DOC)]
+Explain = Annotated[bool, Field(description="Add each hit's per-signal score shares.")]
 EpisodeId = Annotated[
     str, Field(min_length=1, max_length=MAX_ID_CHARS, description="The episode's id, from remember or recall.")
 ]
@@ -91,12 +94,15 @@ def build_mcp_server(memory: Memory, namespace_for: NamespaceFor) -> MCPServer:
         name="recall",
         title="Recall memories",
         description="Find the stored episodes closest in meaning to the query; returns their exact texts, best "
-        "first, each with its relevance score in [0, 1].",
+        "first, each with its relevance score in [0, 1]. `since`/`until` (ISO 8601) keep only episodes of that time.",
         annotations=ToolAnnotations(read_only_hint=True),
     )
     @_tool_errors
-    def recall(query: Query, ctx: Context, top_k: TopK = 3) -> Recalled:
-        hits = memory.recall(query, top_k=top_k, namespace=namespace_for(ctx))
+    def recall(
+        query: Query, ctx: Context, top_k: TopK = 3, since: Since = None, until: Until = None, explain: Explain = False
+    ) -> Recalled:
+        hits = memory.recall(query, top_k=top_k, namespace=namespace_for(ctx), since=since, until=until,
+                             explain=explain)  # fmt: skip
         return Recalled(memories=[Hit.of(h) for h in hits])
 
     @server.tool(

@@ -23,7 +23,7 @@ from ..records import Episode, EpisodeView
 from .auth import ApiKey
 from .errors import ApiError, ErrorResponse
 from .jobs import Job, JobRunner
-from .schemas import KEYWORDS_DOC, TIME_DOC, TOP_K_DOC, Forgotten, Hit, Stats, text_doc
+from .schemas import KEYWORDS_DOC, SINCE_DOC, TIME_DOC, TOP_K_DOC, UNTIL_DOC, Forgotten, Hit, Stats, text_doc
 
 MAX_WAIT_S = 60.0
 
@@ -121,6 +121,8 @@ class RecallRequest(BaseModel):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to remember, in your words.")
     top_k: int = Field(default=3, ge=1, le=MAX_TOP_K, strict=True, description=TOP_K_DOC)
     namespace: str | None = Field(default=None, description=_NAMESPACE_DOC)
+    since: str | None = Field(default=None, max_length=64, description=SINCE_DOC, examples=["2023-05-01"])
+    until: str | None = Field(default=None, max_length=64, description=UNTIL_DOC, examples=["2023-05-31"])
     explain: bool = Field(default=False, strict=True, description="Add each hit's per-signal score shares.")
 
 
@@ -268,7 +270,7 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
     def recall(body: RecallRequest, who: TenantArg) -> RecallResponse:
         """The episodes closest in meaning to the query, best first, with their exact texts."""
         hits = memory.recall(body.query, top_k=body.top_k, namespace=who.namespace(body.namespace),
-                             explain=body.explain)  # fmt: skip
+                             since=body.since, until=body.until, explain=body.explain)  # fmt: skip
         return RecallResponse(query=body.query, hits=[Hit.of(h) for h in hits])
 
     @router.get("/memories", response_model=EpisodePage, responses=_errors(403, 500), tags=["memories"])

@@ -17,6 +17,15 @@ KEYWORDS_DOC = (
 )
 TOP_K_DOC = f"How many episodes to return, best first (1-{MAX_TOP_K})."
 TIME_DOC = "When it happened, as an ISO 8601 date-time, e.g. 2023-05-08T13:56:00. Optional."
+_RANGE_NOTE = (
+    "An episode's time is its `time`, or else a date written in its keywords; episodes with no time are "
+    "left out when `since` or `until` is given."
+)
+SINCE_DOC = f"Only episodes from this ISO 8601 date or time on (inclusive), e.g. 2023-05-01. {_RANGE_NOTE}"
+UNTIL_DOC = (
+    "Only episodes up to this ISO 8601 date or time (inclusive; a date alone includes its whole day), "
+    f"e.g. 2023-05-31. {_RANGE_NOTE}"
+)
 
 
 def text_doc(max_text_bytes: int) -> str:

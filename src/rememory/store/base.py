@@ -141,7 +141,7 @@ def mismatch(path: object, have: str, have_dim: int, want: str, want_dim: int | 
     )
 
 
-def build_index_row(t: Sequence[Any], dim: int | None) -> IndexRow:
+def build_index_row(t: Sequence[Any], dim: int | None, event_time: float | None = None) -> IndexRow:
     """An :class:`IndexRow` from stored (rowid, id, key, scale, ctx_key, ctx_scale, tokens), checked against ``dim``."""
     rowid, id_, key, scale, ctx, ctx_scale, tokens = t
     damage = None
@@ -160,5 +160,6 @@ def build_index_row(t: Sequence[Any], dim: int | None) -> IndexRow:
         return IndexRow(int(rowid), str(id_), empty, 1.0, empty, 1.0, np.zeros(0, np.uint32), damage)
     return IndexRow(
         int(rowid), id_, np.frombuffer(key, dtype=np.int8), float(scale), np.frombuffer(ctx, dtype=np.int8),
-        float(ctx_scale), np.frombuffer(tokens, dtype="<u4"),
+        float(ctx_scale), np.frombuffer(tokens, dtype="<u4"), None,
+        None if event_time is None else float(event_time),
     )  # fmt: skip

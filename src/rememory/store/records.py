@@ -38,6 +38,7 @@ class NewEpisode:
     ctx_key: np.ndarray  # (dim,) int8: the episode embedded with its neighbours
     ctx_key_scale: float
     digest_format: int = 2  # rememory.integrity's format of ``digest``; an imported old episode keeps format 1
+    event_time: float | None = None  # epoch seconds of episode_time(time, keywords), computed once at add
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class IndexRow:
     ctx_key_scale: float
     tokens: np.ndarray  # (t,) uint32
     damage: str | None = None
+    event_time: float | None = None  # the episode's time in epoch seconds (rememory.timeparse.episode_time)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, d
 # What the recall index reads, with the key dimension of the embedder that made the row.
 INDEX_SQL = (
     "SELECT e.rowid, e.id, e.key, e.key_scale, COALESCE(e.ctx_key, e.key), COALESCE(e.ctx_key_scale, e.key_scale),"
-    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
+    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes, e.event_time"
+    " FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
 )
 _CHUNK = 500  # ids per IN (...) list: far below SQLite's variable limit
 # The last step of a reembed, in both dialects: staged keys replace every row's keys.
@@ -166,7 +167,7 @@ class SQLReads:
         for i in range(0, len(rowids), _CHUNK):
             chunk = [int(r) for r in rowids[i : i + _CHUNK]]
             marks = ",".join("?" * len(chunk))
-            out += [build_index_row(_blobs(t[:7]), t[7])
+            out += [build_index_row(_blobs(t[:7]), t[7], t[11])
                     for t in self._read(f"{INDEX_SQL} WHERE e.rowid IN ({marks})", chunk)]  # fmt: skip
         out.sort(key=lambda r: r.rowid)
         return out

@@ -326,15 +326,15 @@ class Store(SQLReads):
                     db.execute(
                         "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest,"
                         " digest_format, key, key_scale, embedder, engine, cell, shard, spans, tokens, ctx_key,"
-                        " ctx_key_scale, seq)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " ctx_key_scale, seq, event_time)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest,
                             item.digest_format,
                             item.key.astype(np.int8).tobytes(), item.key_scale, emb_ref, art.engine,
                             json.dumps(art.config, separators=(",", ":")), shard_id, shards.encode_spans(sp),
                             item.tokens.astype("<u4").tobytes(), item.ctx_key.astype(np.int8).tobytes(),
-                            item.ctx_key_scale, seqs[ep.namespace],
+                            item.ctx_key_scale, seqs[ep.namespace], item.event_time,
                         ),
                     )  # fmt: skip
                     inserted.append(ep.id)
