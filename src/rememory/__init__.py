@@ -24,7 +24,7 @@ from .errors import (
     StoreBusyError,
     StoreError,
 )
-from .records import Episode, RecallHit, StoreStats, TrainProgress, VerifyReport
+from .records import Episode, RecallHit, ReembedReport, StoreStats, TrainProgress, VerifyReport
 
 if TYPE_CHECKING:
     from .memory import Memory
@@ -42,6 +42,7 @@ __all__ = [
     "Memory",
     "NotFoundError",
     "RecallHit",
+    "ReembedReport",
     "RememoryError",
     "StoreBusyError",
     "StoreError",
