@@ -223,8 +223,8 @@ def test_eval_command_pooled_json(tmp_path: Path) -> None:
     out = json.loads(res.stdout)
     assert (out["queries"], out["episodes"], out["top_k"], out["pool_by_id_prefix"]) == (5, 8, 10, True)
     assert out["ranking"]["ann_threshold"] == 10**9
-    # a/q0, b/q0, b/q2: first; a/q1: its two relevant first and third; b/q1: its answer is in the other pool.
-    a_q1 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    # a/q0, b/q0, b/q2: first; a/q1: its two relevant first and second; b/q1: its answer is in the other pool.
+    a_q1 = 1.0
     assert out["overall"] == {"queries": 5, "recall@1": pytest.approx(0.7), "recall@5": pytest.approx(0.8),
                               "recall@10": pytest.approx(0.8), "ndcg@10": pytest.approx((3 + a_q1) / 5),
                               "mrr": pytest.approx(0.8)}  # fmt: skip
