@@ -24,7 +24,18 @@ from .errors import (
     StoreBusyError,
     StoreError,
 )
-from .records import Episode, RecallHit, ReembedReport, StoreStats, TrainProgress, VerifyReport
+from .records import (
+    DayCount,
+    Episode,
+    EpisodeDetail,
+    EpisodePage,
+    EpisodeView,
+    RecallHit,
+    ReembedReport,
+    StoreStats,
+    TrainProgress,
+    VerifyReport,
+)
 
 if TYPE_CHECKING:
     from .memory import Memory
@@ -33,10 +44,14 @@ __all__ = [
     "ArchiveError",
     "CellTrainingError",
     "ConfigError",
+    "DayCount",
     "DuplicateIdError",
     "EmbedderError",
     "EmbedderMismatchError",
     "Episode",
+    "EpisodeDetail",
+    "EpisodePage",
+    "EpisodeView",
     "IntegrityError",
     "InvalidEpisodeError",
     "Memory",
