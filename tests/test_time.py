@@ -136,3 +136,8 @@ def test_bad_bounds_are_config_errors_naming_the_value(since: object, until: obj
     with pytest.raises(ConfigError, match=r"ISO 8601|swap") as exc:
         filter_range(since, until)  # type: ignore[arg-type]
     assert named in str(exc.value)
+
+
+@pytest.mark.parametrize("query", ["item 5 on the list", "Note number 7: item 10 on the list", "room 12 of the hotel"])
+def test_a_number_beside_ordinary_words_names_no_date(query: str) -> None:
+    assert query_range(query, NOW) is None

@@ -225,7 +225,14 @@ def _dated(span: str) -> bool:
     if _YEAR_RE.search(span) or _NUMERIC_DATE_RE.search(span) or _RELATIVE_RE.search(span):
         return True
     letters = [w for w in span.split() if not _DIGIT_RE.search(w) and w.lower() not in ("am", "pm", "on", "at")]
-    return bool(letters) and bool(_DIGIT_RE.search(span))
+    # The number needs a calendar word beside it ("8 May", "Tuesday 3"): "item 5 on the list" names no date.
+    return bool(_DIGIT_RE.search(span)) and any(_calendar_word(w.lower()) for w in letters)
+
+
+@functools.lru_cache(maxsize=4096)
+def _calendar_word(word: str) -> bool:
+    """Whether ``word`` alone names a month or a weekday in one of :data:`LANGUAGES` (per dateparser)."""
+    return _parser(datetime(2000, 1, 1)).get_date_data(word).date_obj is not None
 
 
 def _settings(now: datetime) -> dict[str, Any]:
