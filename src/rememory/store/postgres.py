@@ -42,6 +42,7 @@ from . import shards
 from .base import check_duplicate, mismatch
 from .records import NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
 from .sql import (
+    CLEAR_OTHER_STAGED_SQL,
     DELETION_LOG_S,
     ROW_COLS,
     SWAP_KEYS_SQL,
@@ -426,8 +427,7 @@ class PostgresStore(SQLReads):
             if keep is None:
                 conn.execute("DELETE FROM staged_keys")
             else:
-                conn.execute("DELETE FROM staged_keys WHERE embedder NOT IN (SELECT id FROM embedders"
-                             " WHERE name = %s AND dim = %s)", keep)  # fmt: skip
+                conn.execute(CLEAR_OTHER_STAGED_SQL.format(mark="%s"), keep)
 
     def swap_staged_keys(self, embedder: tuple[str, int], namespace: str | None = None) -> int:
         with self._write() as conn:

@@ -32,6 +32,10 @@ SWAP_KEYS_SQL = (
     "UPDATE episodes SET key = s.key, key_scale = s.key_scale, ctx_key = s.ctx_key, ctx_key_scale = s.ctx_key_scale,"
     " embedder = s.embedder{extra} FROM staged_keys s WHERE s.rowid = episodes.rowid"
 )
+# Drops the keys staged by any embedder but one (name, dim): a resumed reembed keeps its own work.
+CLEAR_OTHER_STAGED_SQL = (
+    "DELETE FROM staged_keys WHERE embedder NOT IN (SELECT id FROM embedders WHERE name = {mark} AND dim = {mark})"
+)
 UNSTAGED_SQL = (
     "SELECT COUNT(*) FROM episodes e WHERE NOT EXISTS (SELECT 1 FROM staged_keys s WHERE s.rowid = e.rowid"
     " AND s.embedder = {mark})"

@@ -34,6 +34,7 @@ from .base import check_duplicate, mismatch
 from .migrations import MIGRATIONS, check_version, migrate
 from .records import NewEpisode, Row, SizeReport, StagedKey
 from .sql import (
+    CLEAR_OTHER_STAGED_SQL,
     DELETION_LOG_S,
     ROW_COLS,
     SWAP_KEYS_SQL,
@@ -260,8 +261,7 @@ class Store(SQLReads):
             if keep is None:
                 db.execute("DELETE FROM staged_keys")
             else:
-                db.execute("DELETE FROM staged_keys WHERE embedder NOT IN (SELECT id FROM embedders"
-                           " WHERE name = ? AND dim = ?)", keep)  # fmt: skip
+                db.execute(CLEAR_OTHER_STAGED_SQL.format(mark="?"), keep)
 
     def swap_staged_keys(self, embedder: tuple[str, int], namespace: str | None = None) -> int:
         """In one transaction: if every row has a key staged by ``embedder``, make those the rows' keys and
