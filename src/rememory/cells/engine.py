@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..engine import Artifact, MemoryEngine
+from ..engine import Artifact, MemoryEngine, ModelRepository
 from ..errors import IntegrityError
 from .features import seed_from_key
 from .model import CellConfig, CellShape, QuantizedCell
@@ -28,8 +28,10 @@ class MlpCellEngine(MemoryEngine):
     """
 
     name = "mlp-cell/1"
+    description = "One small int8 sine network per episode, trained to regenerate its text (~4 bytes per text byte)."
 
-    def __init__(self, config: CellConfig | None = None):
+    def __init__(self, config: CellConfig | None = None, models: ModelRepository | None = None):
+        super().__init__(models)
         self.config = config or CellConfig()
 
     def encode(
