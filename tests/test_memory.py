@@ -483,6 +483,33 @@ def test_reembed_one_namespace_keeps_the_stores_embedder(make_memory, st_embedde
     assert _keys(mem) == keys  # the same model on the same texts and neighbours makes the same keys
 
 
+def test_a_namespace_reembed_reaches_the_index_of_another_process(make_memory, store_at) -> None:
+    from rememory.store.records import StagedKey
+
+    writer = make_memory()
+    writer.add_many(EPISODES[:2], namespace="a")
+    reader = Memory(store_at("store"))
+    assert reader.recall("the van with a stuck window", top_k=1, namespace="a")[0].id == "van"  # index loaded
+    # Rebuild namespace a's keys with new values (a reembed with the store's own model makes equal keys,
+    # so stage them by hand: van gets bridge's keys), then swap them in as a namespace reembed does.
+    rows = {r.id: r for batch in writer._store.iter_rows("a") for r in batch}
+    keys = {k.id: k for k in writer._store.index_rows([r.rowid for r in rows.values()])}
+    bridge = keys["bridge"]
+    target = writer._store.embedder_info()
+    assert target is not None
+    writer._store.stage_keys(target, [
+        StagedKey(rows[i].rowid, bridge.key, bridge.key_scale, bridge.ctx_key, bridge.ctx_key_scale) for i in rows
+    ])  # fmt: skip
+    assert writer._store.swap_staged_keys(target, "a") == 0
+    reader.recall("anything", top_k=1, namespace="a")  # syncs with the store's changes
+    idx = reader._indexes["a"]
+    slot = idx.slot_of[rows["van"].rowid]
+    assert idx.own._q8[slot].tobytes() == bridge.key.tobytes()  # the new key, not the one it loaded
+    hits = reader.recall("the van with a stuck window", top_k=5, namespace="a")
+    assert sorted(h.id for h in hits) == ["bridge", "van"]  # each episode once: the old slot is gone
+    reader.close()
+
+
 def test_a_process_holding_the_old_embedder_refuses_after_a_reembed(make_memory, store_at, st_embedder) -> None:
     mem = make_memory()
     mem.add_many(EPISODES)

@@ -242,6 +242,26 @@ def next_seq(execute: Execute, namespace: str) -> int:
     return int(execute(NEXT_SEQ_SQL, (namespace,)).fetchone()[0])
 
 
+def log_rekeyed(execute: Execute, *, keep_s: float) -> None:
+    """Log every row with staged keys as removed and re-added, in a new change of its namespace.
+
+    Called in a reembed's swap transaction, before the staged keys replace the rows' own. To a
+    recall index (this process's or another replica's), a row whose keys changed is a row gone and
+    a row stored again: its next sync drops the old slot and fetches the new keys. Without this, a
+    namespace-only reembed left other replicas recalling with the old keys until they restarted.
+    """
+    staged: dict[str, list[int]] = {}
+    for ns, rowid in execute(
+        "SELECT e.namespace, e.rowid FROM episodes e JOIN staged_keys s ON s.rowid = e.rowid ORDER BY e.namespace", ()
+    ).fetchall():
+        staged.setdefault(str(ns), []).append(int(rowid))
+    for ns, rowids in staged.items():
+        seq = next_seq(execute, ns)
+        log_deletions(execute, ns, rowids, seq, keep_s=keep_s)
+        execute("UPDATE episodes SET seq = ? WHERE namespace = ? AND rowid IN (SELECT rowid FROM staged_keys)",
+                (seq, ns))  # fmt: skip
+
+
 def log_deletions(execute: Execute, namespace: str, rowids: Sequence[int], seq: int, *, keep_s: float) -> None:
     """Log deleted rows as change ``seq``, first pruning entries older than ``keep_s`` (and marking how far)."""
     now = int(time.time())

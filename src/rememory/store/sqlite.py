@@ -43,6 +43,7 @@ from .sql import (
     damaged_metadata,
     engine_config,
     log_deletions,
+    log_rekeyed,
     next_seq,
     row,
 )
@@ -274,6 +275,7 @@ class Store(SQLReads):
             missing = int(db.execute(UNSTAGED_SQL.format(mark="?") + where, params).fetchone()[0])
             if missing:
                 return missing  # nothing changed (the generation moves, harmlessly)
+            log_rekeyed(db.execute, keep_s=self.deletion_log_s)
             db.execute(SWAP_KEYS_SQL.format(extra=""))
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embedder', ?), ('dim', ?)",
                        (embedder[0], str(embedder[1])))  # fmt: skip
