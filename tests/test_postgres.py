@@ -234,6 +234,46 @@ def test_a_snapshot_older_than_a_deletion_is_refused(new_postgres_url) -> None:
         store.close()
 
 
+def test_writing_a_snapshot_leaves_the_namespace_to_its_writers_and_a_deletion_meanwhile_drops_it(
+    new_postgres_url,
+) -> None:
+    import threading
+
+    store = PostgresStore(new_postgres_url())
+    saved: list[bool] = []
+    try:
+        store.delete("default", ["nothing"])  # the namespace exists, nothing deleted
+        seq = store.changes("default", None).seq
+        with psycopg.connect(store.url, autocommit=True) as gate:
+            # Hold the blob's write in the middle: a trigger waits on an advisory lock this test holds.
+            gate.execute("SELECT pg_advisory_lock(4242)")
+            gate.execute("CREATE FUNCTION rememory.hold() RETURNS trigger LANGUAGE plpgsql AS"
+                         " $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$")  # fmt: skip
+            gate.execute("CREATE TRIGGER hold BEFORE INSERT OR UPDATE ON rememory.index_snapshots"
+                         " FOR EACH ROW EXECUTE FUNCTION rememory.hold()")  # fmt: skip
+            saver = threading.Thread(target=lambda: saved.append(store.save_index_snapshot("default", seq, b"blob")))
+            saver.start()
+            while not gate.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                   ).fetchone()[0]:  # fmt: skip
+                saver.join(0.05)
+            try:
+                # A forget of the namespace commits while the blob is being written: it takes the
+                # namespace's row lock, which the save must not be holding.
+                with psycopg.connect(store.url) as writer, writer.transaction():
+                    writer.execute("SET LOCAL lock_timeout = '20s'")
+                    new_seq = writer.execute("UPDATE rememory.namespaces SET seq = seq + 1"
+                                             " WHERE namespace = 'default' RETURNING seq").fetchone()[0]  # fmt: skip
+                    writer.execute("INSERT INTO rememory.deletions(namespace, episode, seq, at)"
+                                   " VALUES ('default', 1, %s, 0)", (new_seq,))  # fmt: skip
+            finally:
+                gate.execute("SELECT pg_advisory_unlock(4242)")
+                saver.join()
+        assert saved == [False]  # the save saw the deletion once its blob was written...
+        assert store.load_index_snapshot("default") is None  # ...and dropped the blob that predates it
+    finally:
+        store.close()
+
+
 class _Letters(Embedder):
     """A small real embedder of another dimension: letter counts, for a reembed that changes the dimension."""
 

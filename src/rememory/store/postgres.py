@@ -51,6 +51,7 @@ from .sql import (
     damaged_metadata,
     engine_config,
     log_deletions,
+    log_rekeyed,
     next_seq,
     row,
 )
@@ -445,6 +446,7 @@ class PostgresStore(SQLReads):
             if old_dim is not None and int(old_dim[0]) != embedder[1]:  # the HNSW indexes cast keys to the dimension
                 for name in ("embedding", "ctx_embedding"):
                     conn.execute(f"DROP INDEX IF EXISTS episodes_{name}_hnsw")
+            log_rekeyed(_qmark(conn), keep_s=self.deletion_log_s)
             conn.execute(SWAP_KEYS_SQL.format(extra=", embedding = s.embedding, ctx_embedding = s.ctx_embedding"))
             conn.execute("DELETE FROM index_snapshots")  # made from the old keys
             _vector_indexes(conn, embedder[1])
@@ -561,20 +563,34 @@ class PostgresStore(SQLReads):
         return StoredSnapshot(int(got[0]), bytes(got[1])) if got else None
 
     def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
+        # Two phases, so that writing the blob (~100 MB at 100k episodes) never holds the namespace's
+        # lock, which every add and forget of the namespace takes. First the blob, unless it is stale already.
         with self._write(bump=False) as conn:
-            # The namespace's row lock: no deletion can commit between this check and the write.
-            got = conn.execute("SELECT pruned FROM namespaces WHERE namespace = %s FOR UPDATE", (namespace,)).fetchone()
-            if got is None or int(got[0]) > seq:  # (a pruned log cannot prove that nothing was deleted)
-                return False
-            if conn.execute("SELECT 1 FROM deletions WHERE namespace = %s AND seq > %s LIMIT 1",
-                            (namespace, seq)).fetchone():  # fmt: skip
+            if self._snapshot_stale(conn, namespace, seq, lock=False):
                 return False
             conn.execute(
                 "INSERT INTO index_snapshots(namespace, seq, data) VALUES (%s, %s, %s) ON CONFLICT (namespace)"
                 " DO UPDATE SET seq = EXCLUDED.seq, data = EXCLUDED.data WHERE index_snapshots.seq < EXCLUDED.seq",
                 (namespace, seq, data),
             )
+        # Then, under the lock for a moment: a deletion that committed while the blob was written (its own
+        # DELETE of the namespace's snapshot may have run before the blob existed) makes it stale: drop it.
+        with self._write(bump=False) as conn:
+            if self._snapshot_stale(conn, namespace, seq, lock=True):
+                conn.execute("DELETE FROM index_snapshots WHERE namespace = %s AND seq = %s", (namespace, seq))
+                return False
         return True
+
+    @staticmethod
+    def _snapshot_stale(conn: Any, namespace: str, seq: int, *, lock: bool) -> bool:
+        """Whether an index as of change ``seq`` may hold an episode deleted since (then it must not be kept)."""
+        # FOR UPDATE waits for a deleting transaction of the namespace (it holds this row) to commit.
+        got = conn.execute("SELECT pruned FROM namespaces WHERE namespace = %s" + (" FOR UPDATE" if lock else ""),
+                           (namespace,)).fetchone()  # fmt: skip
+        if got is None or int(got[0]) > seq:  # (a pruned log cannot prove that nothing was deleted)
+            return True
+        return conn.execute("SELECT 1 FROM deletions WHERE namespace = %s AND seq > %s LIMIT 1",
+                            (namespace, seq)).fetchone() is not None  # fmt: skip
 
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]:
         out: dict[int, Artifact | IntegrityError] = {}
