@@ -15,6 +15,14 @@ two hold the same memories. Reports per size, each with the PostgreSQL / SQLite 
 * a warm replica's recall right after another replica added one episode (an incremental sync);
 * store bytes per text byte.
 
+``--word-keys`` builds the stores fast enough for 100k on 2 cores: the keys of stored
+episodes (own and context) are sums of the default embedder's vectors of their words
+(each distinct word embedded once, cached in --workdir), recorded under the default
+embedder's id, while every query is embedded by the real model. Latency, sync and start-up
+depend on the index's size, not on how its keys were made; recall *quality* is not measured
+here. ``--engine`` picks the memory engine that stores the texts (a shared-model engine needs
+no training, which is what makes a 100k build take minutes instead of hours).
+
 ``--ann-threshold`` sets ``RankingConfig.ann_threshold`` for the in-process figures, so that
 10k already takes the large-namespace path: usearch HNSW in memory for SQLite, pgvector's
 HNSW for PostgreSQL (and a stored snapshot for both).
@@ -22,6 +30,7 @@ HNSW for PostgreSQL (and a stored snapshot for both).
     .venv/bin/python bench/backends.py --workdir /tmp/rm-bench            # 1k and 10k
     .venv/bin/python bench/backends.py --sizes 10000 --ann-threshold 5000 --workdir /tmp/rm-bench
     .venv/bin/python bench/backends.py --sizes 100000 --workdir /tmp/rm-bench
+    .venv/bin/python bench/backends.py --sizes 100000 --word-keys --engine byte-trace/1 --workdir /tmp/rm-100k
 
 Not a test: timings are noisy, so compare the columns of one run, not runs.
 """
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -37,10 +47,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from recall_latency import LOCOMO, make_episodes  # bench/ is the script's own directory
 
 from rememory import Memory
-from rememory.embed import load_embedder
+from rememory.embed import Embedder, load_embedder
 from rememory.index.config import RankingConfig
 
 BIN = Path(sys.executable).parent / "rememory"
@@ -59,12 +70,56 @@ def _pg_url(workdir: Path, size: int) -> str:
     return base.replace("/postgres?", f"/{name}?")
 
 
-def _build(workdir: Path, size: int, embedder) -> tuple[Path, str]:
+class WordKeys(Embedder):
+    """Stored keys as sums of the real model's word vectors; queries through the real model itself.
+
+    Only for building large benchmark stores: the store records the real model's id, so it is then
+    opened (and queried) with the real model.
+    """
+
+    def __init__(self, real: Embedder, turns: list[dict], cache: Path) -> None:
+        self.real = real
+        self.id = real.id
+        words = sorted({w for t in turns for w in _words(f"{t['keywords']} {t['text']}")})
+        vecs = None
+        if cache.exists():
+            got = np.load(cache)
+            vecs = got["vecs"] if list(got["words"]) == words else None
+        if vecs is None:
+            vecs = real.embed_batch(words)  # (n_words, dim), once
+            np.savez(cache, words=np.array(words), vecs=vecs)
+        self._vec = dict(zip(words, vecs))
+
+    @property
+    def dim(self) -> int:
+        return self.real.dim
+
+    def embed_batch(self, texts):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for w in _words(text):
+                v = self._vec.get(w)
+                if v is not None:
+                    out[i] += v
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def embed_queries(self, texts):
+        return self.real.embed_queries(texts)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def _build(workdir: Path, size: int, embedder, *, engine: str | None = None,
+           word_keys: bool = False) -> tuple[Path, str]:  # fmt: skip
     """The cached SQLite store of ``size`` episodes, and the PostgreSQL store imported from it."""
     sqlite = workdir / f"sqlite-{size}"
     turns = json.loads((LOCOMO / "episodes.json").read_text("utf-8"))
     if not (sqlite / "bench-complete").exists():
-        with Memory(sqlite, embedder=embedder) as mem:
+        build_with = WordKeys(embedder, turns, workdir / "word-keys.npz") if word_keys else embedder
+        opts = {"engine": engine} if engine else {}
+        with Memory(sqlite, embedder=build_with, **opts) as mem:
             mem.add_many(make_episodes(turns, size), namespace="bench")
         (sqlite / "bench-complete").write_text("ok")
     url = _pg_url(workdir, size)
@@ -154,6 +209,9 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--ann-threshold", type=int, default=RankingConfig().ann_threshold,
                     help="RankingConfig.ann_threshold for the in-process figures")  # fmt: skip
+    ap.add_argument("--word-keys", action="store_true",
+                    help="build stored keys from cached sentence vectors (fast builds; see above)")  # fmt: skip
+    ap.add_argument("--engine", default=None, help="the memory engine that stores the texts (default: the store's)")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     embedder = load_embedder(None)
@@ -163,7 +221,7 @@ def main() -> None:
     extra = [{"id": f"add-{i}", "keywords": t["keywords"], "text": t["text"]} for i, t in enumerate(turns[:100])]
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        sqlite, url = _build(args.workdir, size, embedder)
+        sqlite, url = _build(args.workdir, size, embedder, engine=args.engine, word_keys=args.word_keys)
         ranking = RankingConfig(ann_threshold=args.ann_threshold)
         got = {"sqlite": _measure(sqlite, embedder, questions, extra, ranking),
                "postgres": _measure(url, embedder, questions, extra, ranking)}  # fmt: skip
