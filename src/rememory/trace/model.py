@@ -1,0 +1,314 @@
+"""The frozen byte model of a trace engine: a GRU in integer arithmetic only.
+
+Arithmetic coding decodes only if the decoder computes exactly the probabilities the encoder
+used. A float GRU gives no such guarantee across CPUs, BLAS builds, thread counts or numpy
+versions, so the frozen model is integer end to end:
+
+- int8 weights, per-row integer multipliers (``(acc * m + 2**(S-1)) >> S``) instead of float scales,
+  int32 biases;
+- pre-activations in Q10, the hidden state and gates in Q12, logits in Q8;
+- sigmoid, tanh and exp from lookup tables built once from a formula and checked against a digest;
+- next-byte frequencies as integers summing to exactly :data:`FREQ_TOTAL`.
+
+The matrix products run through float64 BLAS (the fast path) because numpy's integer matmul is
+unvectorised. That is still exact: every operand is an integer and every partial sum of ``|w| * |h|``
+stays below 2**53 (checked at load by :func:`_check_exact_bound`), so any summation order,
+blocking, FMA or thread split gives the same integer. :meth:`IntGru.step_reference` does the same
+step in int64 only; the tests check both paths give identical frequencies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from ..errors import IntegrityError
+
+VOCAB_IN = 257  # bytes 0..255 and BOS (256), the input before an episode's first byte
+VOCAB_OUT = 257  # bytes 0..255 and EOS (256): a trace is self-delimiting
+BOS = 256
+EOS = 256
+
+Q_PRE = 10  # pre-activations: value * 2**10
+Q_ACT = 12  # hidden state and gate outputs: value * 2**12
+Q_LOGIT = 8  # logits: value * 2**8 (natural-log units)
+SHIFT = 24  # requantisation multipliers: scale * 2**24
+PRE_CLIP = 8 << Q_PRE  # |pre-activation| beyond 8 saturates sigmoid/tanh at Q12 anyway
+EXP_SPAN = 24 << Q_LOGIT  # logits more than 24 nats below the best get frequency 0 (the coder adds 1)
+EXP_ONE = 1 << 20  # exp table value at 0
+# The coder's fixed-point precision is 24 bits and it adds 1 to every symbol's frequency (its
+# "leakiness"); frequencies that sum to 2**24 - 257 make its quantisation exactly the identity.
+CODER_PRECISION = 24
+FREQ_TOTAL = (1 << CODER_PRECISION) - VOCAB_OUT
+
+# Format version of the model file: a change to any constant above or to the step is a new version.
+MODEL_FORMAT = 1
+
+_TENSORS = ("emb", "w_ih", "m_ih", "b_ih", "w_hh", "m_hh", "b_hn", "w_out", "m_out", "b_out")
+
+
+@lru_cache(maxsize=1)
+def tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sigmoid, tanh, exp) lookup tables, built from their formula and checked against a digest.
+
+    ``math.exp`` is correctly rounded on every platform we know of, and rounding to a Q12 integer
+    hides any last-ulp difference unless a value lands within 1e-16 of a half; the digest turns
+    such a platform into a clear error instead of silently different probabilities.
+    """
+    x = np.arange(-PRE_CLIP, PRE_CLIP + 1, dtype=np.int64)
+    sig = np.array([_round_half_up((1 << Q_ACT) / (1.0 + math.exp(-v / (1 << Q_PRE)))) for v in x.tolist()])
+    tanh = np.array([_round_half_up((1 << Q_ACT) * math.tanh(v / (1 << Q_PRE))) for v in x.tolist()])
+    d = range(EXP_SPAN)
+    exp = np.array([_round_half_up(EXP_ONE * math.exp(-v / (1 << Q_LOGIT))) for v in d])
+    exp = np.append(exp, 0)  # index EXP_SPAN: everything further below the best
+    out = (sig.astype(np.int64), tanh.astype(np.int64), exp.astype(np.int64))
+    h = hashlib.blake2b(digest_size=16)
+    for t in out:
+        h.update(t.astype("<i8").tobytes())
+    if h.hexdigest() != _TABLES_DIGEST:
+        raise IntegrityError(
+            "this platform's math library builds different trace-model lookup tables, so traces "
+            "would not decode exactly here; report this platform to the rememory developers"
+        )
+    for t in out:
+        t.setflags(write=False)
+    return out
+
+
+def _round_half_up(v: float) -> int:
+    return math.floor(v + 0.5)
+
+
+_TABLES_DIGEST = "940b72f37f5993804300b90450632f71"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shape of a trace model, stored in the shared model's config JSON."""
+
+    hidden: int  # GRU state size
+    embed: int  # input byte embedding size
+
+    def to_config(self) -> dict[str, Any]:
+        return {"format": MODEL_FORMAT, "hidden": self.hidden, "embed": self.embed}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
+        if cfg.get("format") != MODEL_FORMAT:
+            raise IntegrityError(
+                f"trace model format {cfg.get('format')!r} is not {MODEL_FORMAT}; upgrade rememory to read it"
+            )
+        vals = []
+        for name in ("hidden", "embed"):
+            v = cfg.get(name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096:
+                raise IntegrityError(f"trace model config {name!r} is {v!r}, not a size in 1..4096")
+            vals.append(v)
+        return cls(*vals)
+
+    def tensor_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        h, e = self.hidden, self.embed
+        return {
+            "emb": ((VOCAB_IN, e), "int8"),  # one scale for the table (folded into m_ih)
+            "w_ih": ((3 * h, e), "int8"),
+            "m_ih": ((3 * h,), "int32"),  # emb*w_ih accumulator -> Q10
+            "b_ih": ((3 * h,), "int32"),  # Q10: b_ih, plus b_hh for the r and z gates
+            "w_hh": ((3 * h, h), "int8"),
+            "m_hh": ((3 * h,), "int32"),  # w_hh*h(Q12) accumulator -> Q10
+            "b_hn": ((h,), "int32"),  # Q10: b_hh of the n gate (inside r * (...))
+            "w_out": ((VOCAB_OUT, h), "int8"),
+            "m_out": ((VOCAB_OUT,), "int32"),  # w_out*h(Q12) accumulator -> Q8
+            "b_out": ((VOCAB_OUT,), "int32"),  # Q8
+        }
+
+
+class IntGru:
+    """A frozen integer GRU byte model; :meth:`step` advances a batch of episodes by one byte."""
+
+    def __init__(self, shape: ModelShape, tensors: dict[str, np.ndarray]):
+        expected = shape.tensor_shapes()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise IntegrityError(f"trace model tensors: missing {missing}, unexpected {unexpected}")
+        for name, (shp, dt) in expected.items():
+            t = tensors[name]
+            if t.shape != shp or t.dtype != np.dtype(dt):
+                raise IntegrityError(f"trace model tensor {name!r} is {t.dtype}{list(t.shape)}, expected {dt}{list(shp)}")
+        m = np.concatenate([tensors["m_ih"], tensors["m_hh"], tensors["m_out"]])
+        if (m < 0).any() or (m >= 1 << 28).any():
+            raise IntegrityError("trace model multipliers are out of range 0..2**28")
+        self.shape = shape
+        self.t = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        h = shape.hidden
+        self.sig, self.tanh, self.exp = tables()
+        # The input path depends on the previous byte only: one row per byte, built once, exactly.
+        acc = self.t["emb"].astype(np.int64) @ self.t["w_ih"].astype(np.int64).T  # (VOCAB_IN, 3H)
+        self.gx = _requant(acc, self.t["m_ih"].astype(np.int64)) + self.t["b_ih"].astype(np.int64)
+        self.m_hh = self.t["m_hh"].astype(np.int64)
+        self.b_hn = self.t["b_hn"].astype(np.int64)
+        self.m_out = self.t["m_out"].astype(np.int64)
+        self.b_out = self.t["b_out"].astype(np.int64)
+        self.w_hh_i = self.t["w_hh"].astype(np.int64)
+        self.w_out_i = self.t["w_out"].astype(np.int64)
+        self.w_hh_f = self.t["w_hh"].astype(np.float64).T.copy()  # (H, 3H)
+        self.w_out_f = self.t["w_out"].astype(np.float64).T.copy()  # (H, 257)
+        self.h = h
+        _check_exact_bound(self.t["w_hh"], 1 << Q_ACT)
+        _check_exact_bound(self.t["w_out"], 1 << Q_ACT)
+
+    # -- serialisation ---------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The weights as safetensors bytes, each int8 tensor range-coded under its own histogram.
+
+        A trained int8 weight matrix carries about 6 bits of information per weight, so coding them
+        saves about a quarter of the model's stored bytes, a cost every episode of the namespace shares.
+        """
+        from safetensors.numpy import save
+
+        out: dict[str, np.ndarray] = {}
+        for name in _TENSORS:
+            t = self.t[name]
+            if t.dtype == np.int8:
+                hist, code = _code_int8(t.reshape(-1))
+                out[name + ".hist"], out[name + ".code"] = hist, code
+            else:
+                out[name] = t
+        return bytes(save(out))
+
+    @classmethod
+    def from_bytes(cls, shape: ModelShape, data: bytes) -> IntGru:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        try:
+            raw = load(data)
+        except (SafetensorError, ValueError) as exc:
+            raise IntegrityError(f"the trace model's weights are unreadable ({exc}); restore the store from a backup") from None
+        tensors: dict[str, np.ndarray] = {}
+        for name, (shp, dt) in shape.tensor_shapes().items():
+            if dt == "int8":
+                hist, code = raw.pop(name + ".hist", None), raw.pop(name + ".code", None)
+                if hist is None or code is None:
+                    raise IntegrityError(f"the trace model has no coded tensor {name!r}; the store is damaged")
+                tensors[name] = _decode_int8(hist, code, int(np.prod(shp))).reshape(shp)
+            elif name in raw:
+                tensors[name] = raw.pop(name)
+        tensors.update(raw)  # anything left over is reported as unexpected
+        return cls(shape, tensors)
+
+    def nbytes(self) -> int:
+        return sum(int(v.nbytes) for v in self.t.values())
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def initial(self, batch: int) -> np.ndarray:
+        """The hidden state before any byte: zeros, (batch, H) int64 in Q12."""
+        return np.zeros((batch, self.h), dtype=np.int64)
+
+    def step(self, h: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Feed byte ``x`` (batch,) to states ``h`` (batch, H): the new states and the next-symbol frequencies.
+
+        Frequencies are (batch, 257) int64, each row summing to :data:`FREQ_TOTAL`.
+        """
+        acc = (h.astype(np.float64) @ self.w_hh_f).astype(np.int64)  # exact, see the module docstring
+        h2 = self._cell(h, x, acc)
+        logits_acc = (h2.astype(np.float64) @ self.w_out_f).astype(np.int64)
+        return h2, self._freqs(logits_acc)
+
+    def step_reference(self, h: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step` in int64 arithmetic only: slow, and the definition the fast path must match."""
+        acc = np.einsum("bk,jk->bj", h, self.w_hh_i)
+        h2 = self._cell(h, x, acc)
+        return h2, self._freqs(np.einsum("bk,jk->bj", h2, self.w_out_i))
+
+    def _cell(self, h: np.ndarray, x: np.ndarray, acc: np.ndarray) -> np.ndarray:
+        H = self.h
+        gx = self.gx[x]  # (B, 3H) Q10
+        gh = _requant(acc, self.m_hh)  # (B, 3H) Q10
+        pre_rz = gx[:, : 2 * H] + gh[:, : 2 * H]
+        rz = self.sig[np.clip(pre_rz, -PRE_CLIP, PRE_CLIP) + PRE_CLIP]  # Q12
+        r, z = rz[:, :H], rz[:, H:]
+        ghn = gh[:, 2 * H :] + self.b_hn
+        pre_n = gx[:, 2 * H :] + ((r * ghn + (1 << (Q_ACT - 1))) >> Q_ACT)
+        n = self.tanh[np.clip(pre_n, -PRE_CLIP, PRE_CLIP) + PRE_CLIP]  # Q12
+        return (z * h + ((1 << Q_ACT) - z) * n + (1 << (Q_ACT - 1))) >> Q_ACT
+
+    def _freqs(self, logits_acc: np.ndarray) -> np.ndarray:
+        logits = _requant(logits_acc, self.m_out) + self.b_out  # (B, 257) Q8
+        best = logits.argmax(axis=1)
+        top = logits[np.arange(len(logits)), best]
+        e = self.exp[np.minimum(top[:, None] - logits, EXP_SPAN)]
+        total = e.sum(axis=1, keepdims=True)
+        f = (e * FREQ_TOTAL) // total
+        # What the floors lost goes to the most likely symbol, so every row sums to FREQ_TOTAL exactly.
+        f[np.arange(len(f)), best] += FREQ_TOTAL - f.sum(axis=1)
+        return f
+
+
+def normalize_counts(counts: np.ndarray) -> np.ndarray:
+    """Integer frequencies proportional to ``counts`` that sum to ``2**24 - len(counts)``.
+
+    With that total the coder's own quantisation is exactly the identity (see :mod:`.coder`).
+    """
+    c = counts.astype(np.int64)
+    total = int(c.sum())
+    target = (1 << CODER_PRECISION) - len(c)
+    if total <= 0:
+        f = np.zeros(len(c), dtype=np.int64)
+        f[0] = target
+        return f
+    f = (c * target) // total
+    f[int(np.argmax(c))] += target - int(f.sum())
+    return f
+
+
+def _code_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import constriction
+
+    sym = values.astype(np.int32) + 127  # int8 weights lie in -127..127: 255 symbols
+    counts = np.bincount(sym, minlength=255)
+    if counts.max(initial=0) > 0xFFFF:  # the histogram is stored as uint16
+        counts = -((-counts * 0xFFFF) // counts.max())
+    hist = counts.astype(np.uint16)
+    freqs = normalize_counts(hist).astype(np.float64)
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(sym, constriction.stream.model.Categorical(freqs, perfect=False))
+    return hist, enc.get_compressed().astype("<u4").view(np.uint8).copy()
+
+
+def _decode_int8(hist: np.ndarray, code: np.ndarray, n: int) -> np.ndarray:
+    import constriction
+
+    if hist.dtype != np.uint16 or hist.shape != (255,) or code.dtype != np.uint8 or code.size % 4:
+        raise IntegrityError("a coded tensor of the trace model is malformed; the store is damaged")
+    freqs = normalize_counts(hist).astype(np.float64)
+    dec = constriction.stream.queue.RangeDecoder(code.view("<u4").astype(np.uint32))
+    try:
+        sym = dec.decode(constriction.stream.model.Categorical(freqs, perfect=False), n)
+    except Exception as exc:  # constriction's own error for a malformed stream
+        raise IntegrityError(f"a coded tensor of the trace model is unreadable ({exc})") from None
+    return (np.asarray(sym, dtype=np.int32) - 127).astype(np.int8)
+
+
+def _requant(acc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    return (acc * m + (1 << (SHIFT - 1))) >> SHIFT
+
+
+def _check_exact_bound(w: np.ndarray, amax: int) -> None:
+    # The largest partial sum a float64 product can meet: sum_k |w_jk| * amax. Below 2**53 every
+    # partial sum is an exactly representable integer, so the BLAS result is exact in any order.
+    worst = int(np.abs(w.astype(np.int64)).sum(axis=1).max(initial=0)) * amax
+    if worst >= 1 << 53:
+        raise IntegrityError("trace model weights are too large for exact products; the model is damaged")
+
+
+def model_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
