@@ -29,10 +29,10 @@ FIXTURE = Path(__file__).parent / "data" / "trace-fixture"
 TINY = TraceConfig(hidden=12, embed=6, epochs=2, batch_tokens=2048, max_seconds=0)
 
 TRAIN = [
-    b"Caroline: I went to a support group yesterday and it was so powerful.",
-    b"Melanie: That sounds great! What did you talk about?",
-    b"Caroline: Mostly about moving forward, and about the people who helped me.",
-    b"Melanie: I'm painting again, a lake at sunrise.",
+    b"Ilya: We fixed the van's window with a bicycle brake cable this morning.",
+    b"Vera: That sounds great! Did the old regulator come out easily?",
+    b"Ilya: Mostly, after an hour with the door panel and two lost screws.",
+    b"Vera: I'm painting again, the river at sunrise.",
 ] * 3
 
 TEXTS = [
@@ -45,7 +45,7 @@ TEXTS = [
     "Surprise party for Dima 🎉: 14 guests and one confused dog 🐕 (и кот).".encode(),
     bytes(range(256)),  # bytes the model never saw, every value once
     bytes(range(255, -1, -1)) * 2,
-    b"Caroline: I went to a support group yesterday and it was so powerful.",
+    b"Ilya: We fixed the van's window with a bicycle brake cable this morning.",
 ]
 
 
@@ -106,6 +106,17 @@ def test_fast_path_and_reference_path_give_identical_bits(trained: TraceEngine) 
         h, x = h1, (x * 31 + s) % 257
 
 
+def test_fast_normalisation_equals_integer_division(trained: TraceEngine) -> None:
+    model = trained.load(trained.current())
+    rng = np.random.default_rng(3)
+    acc = rng.integers(-(1 << 23), 1 << 23, size=(64, 257))
+    acc[0] = 0  # every symbol tied
+    acc[1, ::2] = 1 << 23  # many tied maxima
+    acc[2] = rng.integers(-(1 << 23), -(1 << 22), size=257)
+    acc[2, 100] = 1 << 23  # one symbol takes (almost) everything
+    assert np.array_equal(model._freqs_fast(acc.copy()), model._freqs(acc.copy()))
+
+
 def test_lookup_tables_equal_exact_decimal_arithmetic() -> None:
     # The tables come from math.exp/tanh and a digest; this proves the digest's tables are the
     # correctly rounded values, so any platform that builds them passes the digest check.
@@ -115,7 +126,9 @@ def test_lookup_tables_equal_exact_decimal_arithmetic() -> None:
     for v in range(-PRE_CLIP, PRE_CLIP + 1, 7):  # every 7th point: the full range, a fraction of the time
         x = Decimal(v) / (1 << Q_PRE)
         e = (-x).exp()
-        assert sig[v + PRE_CLIP] == int((Decimal(1 << Q_ACT) / (one + e) + Decimal("0.5")).to_integral_value("ROUND_FLOOR"))
+        assert sig[v + PRE_CLIP] == int(
+            (Decimal(1 << Q_ACT) / (one + e) + Decimal("0.5")).to_integral_value("ROUND_FLOOR")
+        )
         t = (one - (-2 * x).exp()) / (one + (-2 * x).exp())
         assert tanh[v + PRE_CLIP] == int((Decimal(1 << Q_ACT) * t + Decimal("0.5")).to_integral_value("ROUND_FLOOR"))
     for d in range(0, EXP_SPAN, 5):
@@ -129,14 +142,23 @@ def test_lookup_tables_equal_exact_decimal_arithmetic() -> None:
 def _fixture_engine() -> tuple[TraceEngine, list[dict]]:
     meta = json.loads((FIXTURE / "fixture.json").read_text())
     repo = InMemoryModels()
-    repo.put("byte-trace/1", meta["model_config"], (FIXTURE / "model.safetensors").read_bytes(), trained_on=meta["trained_on"])
+    repo.put(
+        "byte-trace/1",
+        meta["model_config"],
+        (FIXTURE / "model.safetensors").read_bytes(),
+        trained_on=meta["trained_on"],
+    )
     return TraceEngine(repo), meta["episodes"]
 
 
 def test_stored_fixture_decodes_byte_exactly() -> None:
     eng, episodes = _fixture_engine()
     items = [
-        DecodeItem(Artifact("byte-trace/1", {"v": 1}, {"uint8": np.frombuffer(bytes.fromhex(e["trace"]), np.uint8)}), e["key"], e["n_bytes"])
+        DecodeItem(
+            Artifact("byte-trace/1", {"v": 1}, {"uint8": np.frombuffer(bytes.fromhex(e["trace"]), np.uint8)}),
+            e["key"],
+            e["n_bytes"],
+        )
         for e in episodes
     ]
     got = eng.decode_batch(items)
@@ -156,8 +178,9 @@ from test_trace import _fixture_engine
 from rememory.engine import Artifact, DecodeItem
 import numpy as np
 eng, eps = _fixture_engine()
-items = [DecodeItem(Artifact("byte-trace/1", {"v": 1}, {"uint8": np.frombuffer(bytes.fromhex(e["trace"]), np.uint8)}), e["key"], e["n_bytes"]) for e in eps]
-out = eng.decode_batch(items)
+def art(e):
+    return Artifact("byte-trace/1", {"v": 1}, {"uint8": np.frombuffer(bytes.fromhex(e["trace"]), np.uint8)})
+out = eng.decode_batch([DecodeItem(art(e), e["key"], e["n_bytes"]) for e in eps])
 print(json.dumps({"digest": hashlib.sha256(b"".join(out)).hexdigest(), "torch": "torch" in sys.modules}))
 """
 
@@ -172,7 +195,11 @@ def test_decoding_is_identical_with_one_or_many_threads(threads: str) -> None:
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run(
-        [sys.executable, "-c", _DECODE_SCRIPT, str(Path(__file__).parent)], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _DECODE_SCRIPT, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     res = json.loads(run.stdout)
@@ -191,7 +218,12 @@ def test_damaged_traces_raise_integrity_error_and_spare_the_others(trained: Trac
     for bit in range(0, stream.size * 8, max(1, stream.size * 8 // 120)):  # ~120 spread positions
         bad = stream.copy()
         bad[bit // 8] ^= 1 << (bit % 8)
-        res = trained.decode_batch([DecodeItem(Artifact(art.engine, art.config, {"uint8": bad}), "a", len(text)), DecodeItem(other, "b", len(TEXTS[9]))])
+        res = trained.decode_batch(
+            [
+                DecodeItem(Artifact(art.engine, art.config, {"uint8": bad}), "a", len(text)),
+                DecodeItem(other, "b", len(TEXTS[9])),
+            ]
+        )
         assert res[1] == TEXTS[9]
         # A flipped bit is either caught here, or yields other bytes that the store's digest catches.
         assert isinstance(res[0], IntegrityError) or (isinstance(res[0], bytes) and len(res[0]) == len(text))
@@ -288,10 +320,10 @@ def _write_fixture() -> None:  # pragma: no cover - run by hand for a new format
     texts = [
         b"",
         b"A",
-        b"Caroline: I went to a support group yesterday and it was so powerful.",
+        b"Ilya: We fixed the van's window with a bicycle brake cable this morning.",
         "Мы гуляли с Ильёй по мосту 🌉, когда зажглись огни.".encode(),
         bytes(range(0, 256, 3)),
-        b"Melanie: I'm painting again, a lake at sunrise. " * 4,
+        b"Vera: I'm painting again, the river at sunrise. " * 4,
     ]
     repo = InMemoryModels()
     eng = TraceEngine(repo, TINY)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ MAX_BITS_PER_SYMBOL = 24
 MAX_TRACE_BYTES = 1 << 24  # the longest text decoded when the store did not record a length
 
 
-def _family():  # type: ignore[no-untyped-def]
+def _family() -> Any:
     import constriction
 
     return constriction.stream.model.Categorical(perfect=False)
@@ -78,7 +79,7 @@ def encode_texts(model: IntGru, texts: Sequence[bytes], *, reference: bool = Fal
         active = int(np.searchsorted(-lens, -s, side="right"))  # episodes with len >= s still code a symbol
         h, x = h[:active], x[:active]
         h, f = step(h, x)
-        ff = f.astype(np.float64)
+        ff = np.asarray(f, dtype=np.float64)
         target = sym[:active, s].astype(np.int32)
         for r in range(active):
             encoders[r].encode(target[r : r + 1], fam, ff[r : r + 1])
@@ -123,7 +124,7 @@ def decode_streams(
     x = np.full(len(jobs), BOS, dtype=np.int64)
     while live:
         h, f = step(h, x)
-        ff = f.astype(np.float64)
+        ff = np.asarray(f, dtype=np.float64)
         x = np.empty(len(live), dtype=np.int64)
         keep = np.ones(len(live), dtype=bool)
         for r, j in enumerate(live):
@@ -153,10 +154,9 @@ def decode_streams(
     return results
 
 
-def _finish(job: _Job, out: bytearray, decoder) -> bytes | Exception:  # type: ignore[no-untyped-def]
+def _finish(job: _Job, out: bytearray, decoder: Any) -> bytes | Exception:
     if job.exact and len(out) != job.limit:
         return IntegrityError(f"the trace ends after {len(out)} bytes, the store recorded {job.limit}")
     if not decoder.maybe_exhausted():
         return IntegrityError("the trace has data after its end")
     return bytes(out)
-

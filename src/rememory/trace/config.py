@@ -13,8 +13,9 @@ class TraceConfig:
     fewest total stored bytes with the model's own weights counted.
     """
 
-    hidden: int = 96  # GRU state size
-    embed: int = 32  # input byte embedding size
+    hidden: int = 64  # GRU state size
+    embed: int = 16  # input byte embedding size
+    weight_levels: int = 31  # weights are integers in -31..31 (6 bits): 20% fewer model bytes, +1% trace bytes
     epochs: int = 30  # passes over the episodes (stopped early by max_seconds)
     lr: float = 4e-3  # Adam, cosine-decayed to 5% of this
     batch_tokens: int = 4096  # bytes per training batch (episodes of similar length batched together)

@@ -139,7 +139,9 @@ class IntGru:
         for name, (shp, dt) in expected.items():
             t = tensors[name]
             if t.shape != shp or t.dtype != np.dtype(dt):
-                raise IntegrityError(f"trace model tensor {name!r} is {t.dtype}{list(t.shape)}, expected {dt}{list(shp)}")
+                raise IntegrityError(
+                    f"trace model tensor {name!r} is {t.dtype}{list(t.shape)}, expected {dt}{list(shp)}"
+                )
         m = np.concatenate([tensors["m_ih"], tensors["m_hh"], tensors["m_out"]])
         if (m < 0).any() or (m >= 1 << 28).any():
             raise IntegrityError("trace model multipliers are out of range 0..2**28")
@@ -147,6 +149,7 @@ class IntGru:
         self.t = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
         h = shape.hidden
         self.sig, self.tanh, self.exp = tables()
+        self.exp_f = self.exp.astype(np.float64)
         # The input path depends on the previous byte only: one row per byte, built once, exactly.
         acc = self.t["emb"].astype(np.int64) @ self.t["w_ih"].astype(np.int64).T  # (VOCAB_IN, 3H)
         self.gx = _requant(acc, self.t["m_ih"].astype(np.int64)) + self.t["b_ih"].astype(np.int64)
@@ -165,10 +168,10 @@ class IntGru:
     # -- serialisation ---------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """The weights as safetensors bytes, each int8 tensor range-coded under its own histogram.
+        """The weights as safetensors bytes, compact: every weight is a cost all episodes share.
 
-        A trained int8 weight matrix carries about 6 bits of information per weight, so coding them
-        saves about a quarter of the model's stored bytes, a cost every episode of the namespace shares.
+        Each int8 tensor is range-coded under its own histogram (stored over the levels it uses),
+        and each int32 tensor is written as zigzag varints (most multipliers and biases need 1-3 bytes).
         """
         from safetensors.numpy import save
 
@@ -176,10 +179,9 @@ class IntGru:
         for name in _TENSORS:
             t = self.t[name]
             if t.dtype == np.int8:
-                hist, code = _code_int8(t.reshape(-1))
-                out[name + ".hist"], out[name + ".code"] = hist, code
+                out[name + ".hist"], out[name + ".code"] = _code_int8(t.reshape(-1))
             else:
-                out[name] = t
+                out[name + ".varint"] = _varint_encode(t.reshape(-1))
         return bytes(save(out))
 
     @classmethod
@@ -190,16 +192,22 @@ class IntGru:
         try:
             raw = load(data)
         except (SafetensorError, ValueError) as exc:
-            raise IntegrityError(f"the trace model's weights are unreadable ({exc}); restore the store from a backup") from None
+            raise IntegrityError(
+                f"the trace model's weights are unreadable ({exc}); restore the store from a backup"
+            ) from None
         tensors: dict[str, np.ndarray] = {}
         for name, (shp, dt) in shape.tensor_shapes().items():
+            n = int(np.prod(shp))
             if dt == "int8":
                 hist, code = raw.pop(name + ".hist", None), raw.pop(name + ".code", None)
                 if hist is None or code is None:
                     raise IntegrityError(f"the trace model has no coded tensor {name!r}; the store is damaged")
-                tensors[name] = _decode_int8(hist, code, int(np.prod(shp))).reshape(shp)
-            elif name in raw:
-                tensors[name] = raw.pop(name)
+                tensors[name] = _decode_int8(hist, code, n).reshape(shp)
+            else:
+                packed = raw.pop(name + ".varint", None)
+                if packed is None:
+                    raise IntegrityError(f"the trace model has no tensor {name!r}; the store is damaged")
+                tensors[name] = _varint_decode(packed, n).reshape(shp)
         tensors.update(raw)  # anything left over is reported as unexpected
         return cls(shape, tensors)
 
@@ -215,12 +223,13 @@ class IntGru:
     def step(self, h: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Feed byte ``x`` (batch,) to states ``h`` (batch, H): the new states and the next-symbol frequencies.
 
-        Frequencies are (batch, 257) int64, each row summing to :data:`FREQ_TOTAL`.
+        Frequencies are (batch, 257) whole numbers held in float64 (what the coder takes), each row
+        summing to :data:`FREQ_TOTAL`; they equal :meth:`step_reference`'s int64 ones exactly.
         """
         acc = (h.astype(np.float64) @ self.w_hh_f).astype(np.int64)  # exact, see the module docstring
         h2 = self._cell(h, x, acc)
         logits_acc = (h2.astype(np.float64) @ self.w_out_f).astype(np.int64)
-        return h2, self._freqs(logits_acc)
+        return h2, self._freqs_fast(logits_acc)
 
     def step_reference(self, h: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`step` in int64 arithmetic only: slow, and the definition the fast path must match."""
@@ -251,6 +260,27 @@ class IntGru:
         f[np.arange(len(f)), best] += FREQ_TOTAL - f.sum(axis=1)
         return f
 
+    def _freqs_fast(self, logits_acc: np.ndarray) -> np.ndarray:
+        """:meth:`_freqs` with the normalisation in float64, which is exact here and vectorises.
+
+        Every value is a whole number below 2**53 (``e <= 2**20``, ``e * FREQ_TOTAL < 2**44``,
+        row sums below 2**29), so products and sums are exact in any order. The quotient
+        ``a / b`` is correctly rounded, off by at most 2**-30 (half an ulp below 2**24), while a
+        non-whole ``a / b`` is at least ``1 / b > 2**-29`` from any whole number: its floor is ``a // b``.
+        """
+        logits = _requant(logits_acc, self.m_out) + self.b_out  # (B, 257) Q8
+        rows = np.arange(len(logits))
+        best = logits.argmax(axis=1)
+        d = logits[rows, best][:, None] - logits
+        np.minimum(d, EXP_SPAN, out=d)
+        e = self.exp_f[d]
+        total = e.sum(axis=1, keepdims=True)
+        e *= float(FREQ_TOTAL)
+        e /= total
+        f = np.floor(e, out=e)
+        f[rows, best] += FREQ_TOTAL - f.sum(axis=1)
+        return f
+
 
 def normalize_counts(counts: np.ndarray) -> np.ndarray:
     """Integer frequencies proportional to ``counts`` that sum to ``2**24 - len(counts)``.
@@ -272,8 +302,9 @@ def normalize_counts(counts: np.ndarray) -> np.ndarray:
 def _code_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import constriction
 
-    sym = values.astype(np.int32) + 127  # int8 weights lie in -127..127: 255 symbols
-    counts = np.bincount(sym, minlength=255)
+    levels = int(np.abs(values.astype(np.int32)).max(initial=1)) or 1
+    sym = values.astype(np.int32) + levels  # 2 * levels + 1 symbols
+    counts = np.bincount(sym, minlength=2 * levels + 1)
     if counts.max(initial=0) > 0xFFFF:  # the histogram is stored as uint16
         counts = -((-counts * 0xFFFF) // counts.max())
     hist = counts.astype(np.uint16)
@@ -286,7 +317,14 @@ def _code_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _decode_int8(hist: np.ndarray, code: np.ndarray, n: int) -> np.ndarray:
     import constriction
 
-    if hist.dtype != np.uint16 or hist.shape != (255,) or code.dtype != np.uint8 or code.size % 4:
+    if (
+        hist.dtype != np.uint16
+        or hist.ndim != 1
+        or not 3 <= hist.size <= 255
+        or hist.size % 2 == 0
+        or code.dtype != np.uint8
+        or code.size % 4
+    ):
         raise IntegrityError("a coded tensor of the trace model is malformed; the store is damaged")
     freqs = normalize_counts(hist).astype(np.float64)
     dec = constriction.stream.queue.RangeDecoder(code.view("<u4").astype(np.uint32))
@@ -294,7 +332,38 @@ def _decode_int8(hist: np.ndarray, code: np.ndarray, n: int) -> np.ndarray:
         sym = dec.decode(constriction.stream.model.Categorical(freqs, perfect=False), n)
     except Exception as exc:  # constriction's own error for a malformed stream
         raise IntegrityError(f"a coded tensor of the trace model is unreadable ({exc})") from None
-    return (np.asarray(sym, dtype=np.int32) - 127).astype(np.int8)
+    return (np.asarray(sym, dtype=np.int32) - hist.size // 2).astype(np.int8)
+
+
+def _varint_encode(values: np.ndarray) -> np.ndarray:
+    out = bytearray()
+    for v in values.astype(np.int64).tolist():
+        z = (v << 1) ^ (v >> 63)  # zigzag: small magnitudes, small codes
+        while z >= 0x80:
+            out.append((z & 0x7F) | 0x80)
+            z >>= 7
+        out.append(z)
+    return np.frombuffer(bytes(out), dtype=np.uint8).copy()
+
+
+def _varint_decode(packed: np.ndarray, n: int) -> np.ndarray:
+    if packed.dtype != np.uint8 or packed.ndim != 1:
+        raise IntegrityError("a packed tensor of the trace model is malformed; the store is damaged")
+    vals: list[int] = []
+    z = shift = 0
+    for b in packed.tolist():
+        z |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            vals.append((z >> 1) ^ -(z & 1))
+            z = shift = 0
+        elif shift > 35:
+            break
+    if len(vals) != n or shift:
+        raise IntegrityError("a packed tensor of the trace model has the wrong length; the store is damaged")
+    if any(not -(1 << 31) <= v < 1 << 31 for v in vals):
+        raise IntegrityError("a packed tensor of the trace model is out of range; the store is damaged")
+    return np.array(vals, dtype=np.int32)
 
 
 def _requant(acc: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -311,4 +380,3 @@ def _check_exact_bound(w: np.ndarray, amax: int) -> None:
 
 def model_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
-

@@ -62,7 +62,7 @@ def _batches(texts: Sequence[bytes], tokens: int, gen: np.random.Generator) -> l
             y[r, len(g)] = EOS
         out.append((torch.from_numpy(x), torch.from_numpy(y)))
         i = j
-    gen.shuffle(out)  # type: ignore[arg-type]
+    gen.shuffle(out)
     return out
 
 
@@ -100,8 +100,12 @@ def train_float(
         if progress is not None:
             progress(
                 EncodeProgress(
-                    done=epoch + 1, total=cfg.epochs, bytes_done=total_bytes * (epoch + 1),
-                    bytes_total=total_bytes * cfg.epochs, elapsed_s=time.perf_counter() - t0, stage="train-model",
+                    done=epoch + 1,
+                    total=cfg.epochs,
+                    bytes_done=total_bytes * (epoch + 1),
+                    bytes_total=total_bytes * cfg.epochs,
+                    elapsed_s=time.perf_counter() - t0,
+                    stage="train-model",
                 )
             )
         if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
@@ -109,25 +113,29 @@ def train_float(
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def _row_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _row_quant(w: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
     amax = np.abs(w).max(axis=1)
-    scale = np.where(amax > 0, amax / 127.0, 1.0)
-    return np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8), scale
+    scale = np.where(amax > 0, amax / levels, 1.0)
+    return np.clip(np.round(w / scale[:, None]), -levels, levels).astype(np.int8), scale
 
 
 def _mult(scale: np.ndarray) -> np.ndarray:
     return np.clip(np.round(scale * (1 << SHIFT)), 0, (1 << 28) - 1).astype(np.int32)
 
 
-def quantize(sd: dict[str, np.ndarray], shape: ModelShape) -> IntGru:
-    """Freeze float weights into an :class:`IntGru` (per-row int8 weights, integer multipliers)."""
+def quantize(sd: dict[str, np.ndarray], shape: ModelShape, levels: int = 127) -> IntGru:
+    """Freeze float weights into an :class:`IntGru` (per-row int8 weights, integer multipliers).
+
+    ``levels`` (at most 127) is the largest weight magnitude: fewer levels make the weights'
+    coded size smaller (they are range-coded in the model file) at a small cost in prediction.
+    """
     h = shape.hidden
     emb = sd["emb.weight"].astype(np.float64)
-    s_emb = max(float(np.abs(emb).max()), 1e-12) / 127.0
-    emb_q = np.clip(np.round(emb / s_emb), -127, 127).astype(np.int8)
-    w_ih_q, s_ih = _row_quant(sd["gru.weight_ih_l0"].astype(np.float64))
-    w_hh_q, s_hh = _row_quant(sd["gru.weight_hh_l0"].astype(np.float64))
-    w_out_q, s_out = _row_quant(sd["out.weight"].astype(np.float64))
+    s_emb = max(float(np.abs(emb).max()), 1e-12) / levels
+    emb_q = np.clip(np.round(emb / s_emb), -levels, levels).astype(np.int8)
+    w_ih_q, s_ih = _row_quant(sd["gru.weight_ih_l0"].astype(np.float64), levels)
+    w_hh_q, s_hh = _row_quant(sd["gru.weight_hh_l0"].astype(np.float64), levels)
+    w_out_q, s_out = _row_quant(sd["out.weight"].astype(np.float64), levels)
     b_ih = sd["gru.bias_ih_l0"].astype(np.float64)
     b_hh = sd["gru.bias_hh_l0"].astype(np.float64)
     b_x = b_ih.copy()
