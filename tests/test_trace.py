@@ -91,6 +91,7 @@ def test_batches_of_different_lengths_decode_like_single_episodes(trained: Trace
 
 def test_fast_path_and_reference_path_give_identical_bits(trained: TraceEngine) -> None:
     model = trained.load(trained.current())
+    assert model._float_ok  # the float64 fast path runs, not its int64 fallback
     fast = encode_texts(model, TEXTS)
     ref = encode_texts(model, TEXTS, reference=True)
     assert [s.tobytes() for s in fast] == [s.tobytes() for s in ref]
@@ -106,6 +107,32 @@ def test_fast_path_and_reference_path_give_identical_bits(trained: TraceEngine) 
         h, x = h1, (x * 31 + s) % 257
 
 
+@pytest.mark.parametrize("levels", [31, 127])  # float32 products (sums below 2**24), then float64 ones
+def test_fast_step_equals_reference_step_on_random_weights(levels: int) -> None:
+    rng = np.random.default_rng(levels)
+    shape = ModelShape(hidden=40, embed=5)
+    tensors = {}
+    for name, (shp, dt) in shape.tensor_shapes().items():
+        if dt == "int8":  # mostly at the extremes: the largest sums these levels allow
+            w = np.where(
+                rng.random(shp) < 0.8, levels * rng.choice([-1, 1], size=shp), rng.integers(-levels, levels + 1, shp)
+            )
+            tensors[name] = w.astype(np.int8)
+        elif name.startswith("m_"):
+            tensors[name] = rng.integers(1 << 10, 1 << 17, size=shp).astype(np.int32)
+        else:
+            tensors[name] = rng.integers(-3000, 3000, size=shp).astype(np.int32)
+    model = IntGru(shape, tensors)
+    assert model._float_ok and (model.w_out_mm.dtype == np.float32) == (levels == 31)
+    h = rng.integers(-(1 << 12), (1 << 12) + 1, size=(33, 40))
+    x = rng.integers(0, 257, size=33)
+    for _ in range(6):
+        h1, f1 = model.step(h, x)
+        h2, f2 = model.step_reference(h, x)
+        assert np.array_equal(h1, h2) and np.array_equal(f1, f2)
+        h, x = h1, rng.integers(0, 257, size=33)
+
+
 def test_fast_normalisation_equals_integer_division(trained: TraceEngine) -> None:
     model = trained.load(trained.current())
     rng = np.random.default_rng(3)
@@ -114,7 +141,8 @@ def test_fast_normalisation_equals_integer_division(trained: TraceEngine) -> Non
     acc[1, ::2] = 1 << 23  # many tied maxima
     acc[2] = rng.integers(-(1 << 23), -(1 << 22), size=257)
     acc[2, 100] = 1 << 23  # one symbol takes (almost) everything
-    assert np.array_equal(model._freqs_fast(acc.copy()), model._freqs(acc.copy()))
+    logits = ((acc * model.m_out + (1 << 23)) >> 24) + model.b_out
+    assert np.array_equal(model._freqs_float(logits.astype(np.float64)), model._freqs(acc))
 
 
 def test_lookup_tables_equal_exact_decimal_arithmetic() -> None:

@@ -59,10 +59,13 @@ def max_stream_bytes(n_bytes: int) -> int:
 
 
 def encode_texts(model: IntGru, texts: Sequence[bytes], *, reference: bool = False) -> list[np.ndarray]:
-    """One stream (uint8) per text; ``reference`` steps the model in int64 only (slow, for tests)."""
-    import constriction
+    """One stream (uint8) per text; ``reference`` steps the model in int64 only (slow, for tests).
 
-    fam = _family()
+    Encoding knows every byte in advance, so only the recurrence runs step by step: the output
+    layer and the frequencies of all an episode's positions are computed at once, and the coder
+    takes the episode in one call. Each trace is then decoded back under the same frequencies,
+    which checks the coder round trip for the price of one more call.
+    """
     n = len(texts)
     order = sorted(range(n), key=lambda i: len(texts[i]), reverse=True)
     lens = np.array([len(texts[i]) for i in order], dtype=np.int64)
@@ -71,23 +74,54 @@ def encode_texts(model: IntGru, texts: Sequence[bytes], *, reference: bool = Fal
     sym = np.full((n, width), EOS, dtype=np.int64)
     for r, i in enumerate(order):
         sym[r, : len(texts[i])] = np.frombuffer(texts[i], dtype=np.uint8)
-    encoders = [constriction.stream.queue.RangeEncoder() for _ in range(n)]
-    step = model.step_reference if reference else model.step
+    if reference:
+        freqs = _reference_freqs(model, sym, lens)
+    else:
+        # Step s keeps the states of its active episodes (a prefix: longest first) at rows
+        # start[s] .. start[s] + active[s] of one buffer; episode r's states are start[:len+1] + r.
+        active = np.array([np.searchsorted(-lens, -s, side="right") for s in range(width)], dtype=np.int64)
+        start = np.concatenate([[0], np.cumsum(active)[:-1]]).astype(np.int64)
+        states = np.empty((int(active.sum()), model.h), dtype=np.float64)
+        h = model.initial(n).astype(np.float64)
+        x = np.full(n, BOS, dtype=np.int64)
+        for s in range(width):
+            a = int(active[s])  # episodes with len >= s code symbol s
+            h = model.advance(h[:a], x[:a])
+            states[start[s] : start[s] + a] = h
+            x = sym[:a, s]
+        freqs = [model.freqs(states[start[: lens[r] + 1] + r]) for r in range(n)]
+    out: list[np.ndarray] = [np.empty(0, dtype=np.uint8)] * n
+    for r, i in enumerate(order):
+        out[i] = _code_one(sym[r, : lens[r] + 1], freqs[r], i)
+    return out
+
+
+def _reference_freqs(model: IntGru, sym: np.ndarray, lens: np.ndarray) -> list[np.ndarray]:
+    n, width = sym.shape
+    rows: list[list[np.ndarray]] = [[] for _ in range(n)]
     h = model.initial(n)
     x = np.full(n, BOS, dtype=np.int64)
     for s in range(width):
-        active = int(np.searchsorted(-lens, -s, side="right"))  # episodes with len >= s still code a symbol
-        h, x = h[:active], x[:active]
-        h, f = step(h, x)
-        ff = np.asarray(f, dtype=np.float64)
-        target = sym[:active, s].astype(np.int32)
+        active = int(np.searchsorted(-lens, -s, side="right"))
+        h, f = model.step_reference(h[:active], x[:active])
         for r in range(active):
-            encoders[r].encode(target[r : r + 1], fam, ff[r : r + 1])
-        x = target.astype(np.int64)
-    out: list[np.ndarray] = [np.empty(0, dtype=np.uint8)] * n
-    for r, i in enumerate(order):
-        out[i] = words_to_stream(encoders[r].get_compressed())
-    return out
+            rows[r].append(f[r])
+        x = sym[:active, s]
+    return [np.array(r, dtype=np.float64) for r in rows]
+
+
+def _code_one(symbols: np.ndarray, freqs: np.ndarray, index: int) -> np.ndarray:
+    import constriction
+
+    fam = _family()
+    target = symbols.astype(np.int32)
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(target, fam, freqs)
+    stream = words_to_stream(enc.get_compressed())
+    back = constriction.stream.queue.RangeDecoder(stream_to_words(stream)).decode(fam, freqs)
+    if not np.array_equal(back, target):
+        raise IntegrityError(f"episode #{index} did not decode back from its trace; report this bug")
+    return stream
 
 
 @dataclass

@@ -162,8 +162,22 @@ class IntGru:
         self.w_hh_f = self.t["w_hh"].astype(np.float64).T.copy()  # (H, 3H)
         self.w_out_f = self.t["w_out"].astype(np.float64).T.copy()  # (H, 257)
         self.h = h
-        _check_exact_bound(self.t["w_hh"], 1 << Q_ACT)
-        _check_exact_bound(self.t["w_out"], 1 << Q_ACT)
+        acc_hh = _check_exact_bound(self.t["w_hh"], 1 << Q_ACT)
+        acc_out = _check_exact_bound(self.t["w_out"], 1 << Q_ACT)
+        # The fast path keeps every value as a whole float64. It is exact while the largest
+        # requantisation product stays below 2**53; a model beyond that takes the int64 path.
+        half = 1 << (SHIFT - 1)
+        self._float_ok = bool(
+            (acc_hh * self.m_hh + half < 1 << 53).all() and (acc_out * self.m_out + half < 1 << 53).all()
+        )
+        self.gx_f = self.gx.astype(np.float64)
+        # float32 products are exact too (and twice as fast) while every partial sum stays below
+        # 2**24, the float32 integer range: true of 6-bit weights with up to 64 hidden units.
+        self.w_hh_mm = self.w_hh_f.astype(np.float32) if (acc_hh < 1 << 24).all() else self.w_hh_f
+        self.w_out_mm = self.w_out_f.astype(np.float32) if (acc_out < 1 << 24).all() else self.w_out_f
+        self.m_hh_f, self.m_out_f = self.m_hh.astype(np.float64), self.m_out.astype(np.float64)
+        self.b_hn_f, self.b_out_f = self.b_hn.astype(np.float64), self.b_out.astype(np.float64)
+        self.sig_f, self.tanh_f = self.sig.astype(np.float64), self.tanh.astype(np.float64)
 
     # -- serialisation ---------------------------------------------------------------------------
 
@@ -223,16 +237,45 @@ class IntGru:
     def step(self, h: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Feed byte ``x`` (batch,) to states ``h`` (batch, H): the new states and the next-symbol frequencies.
 
-        Frequencies are (batch, 257) whole numbers held in float64 (what the coder takes), each row
-        summing to :data:`FREQ_TOTAL`; they equal :meth:`step_reference`'s int64 ones exactly.
+        States and frequencies (batch, 257) are whole numbers held in float64 (what BLAS and the
+        coder take); every row of frequencies sums to :data:`FREQ_TOTAL`. They equal
+        :meth:`step_reference`'s int64 values exactly: every intermediate is a whole number below
+        2**53, so float64 products, sums and power-of-two scalings of them are exact, and a floor
+        after an exact power-of-two scaling is the arithmetic right shift.
         """
-        acc = (h.astype(np.float64) @ self.w_hh_f).astype(np.int64)  # exact, see the module docstring
-        h2 = self._cell(h, x, acc)
-        logits_acc = (h2.astype(np.float64) @ self.w_out_f).astype(np.int64)
-        return h2, self._freqs_fast(logits_acc)
+        h2 = self.advance(h, x)
+        return h2, self.freqs(h2)
+
+    def advance(self, h: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The recurrence alone: the states after byte ``x`` (the fast half of :meth:`step`)."""
+        if not self._float_ok:
+            hi = np.asarray(h).astype(np.int64)
+            return self._cell(hi, x, np.einsum("bk,jk->bj", hi, self.w_hh_i)).astype(np.float64)
+        H = self.h
+        hf = np.asarray(h, dtype=np.float64)
+        acc = (hf.astype(self.w_hh_mm.dtype) @ self.w_hh_mm).astype(np.float64)
+        gh = np.floor((acc * self.m_hh_f + _HALF) * _INV)  # (B, 3H) Q10
+        gx = self.gx_f[x]  # (B, 3H) Q10
+        pre = gx[:, : 2 * H] + gh[:, : 2 * H]
+        rz = self.sig_f[_index(pre)]  # Q12
+        r, z = rz[:, :H], rz[:, H:]
+        pre_n = gx[:, 2 * H :] + np.floor((r * (gh[:, 2 * H :] + self.b_hn_f) + _HALF_ACT) * _INV_ACT)
+        n = self.tanh_f[_index(pre_n)]  # Q12
+        return np.floor((z * hf + (_ONE_ACT - z) * n + _HALF_ACT) * _INV_ACT)
+
+    def freqs(self, h: np.ndarray) -> np.ndarray:
+        """Next-symbol frequencies (rows, 257) of states ``h`` (rows, H): any rows, e.g. every step of an episode."""
+        if not self._float_ok:
+            hi = np.asarray(h).astype(np.int64)
+            return self._freqs(np.einsum("bk,jk->bj", hi, self.w_out_i)).astype(np.float64)
+        hf = np.asarray(h, dtype=np.float64)
+        acc = (hf.astype(self.w_out_mm.dtype) @ self.w_out_mm).astype(np.float64)
+        logits = np.floor((acc * self.m_out_f + _HALF) * _INV) + self.b_out_f  # (B, 257) Q8
+        return self._freqs_float(logits)
 
     def step_reference(self, h: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`step` in int64 arithmetic only: slow, and the definition the fast path must match."""
+        h = np.asarray(h).astype(np.int64)
         acc = np.einsum("bk,jk->bj", h, self.w_hh_i)
         h2 = self._cell(h, x, acc)
         return h2, self._freqs(np.einsum("bk,jk->bj", h2, self.w_out_i))
@@ -260,20 +303,19 @@ class IntGru:
         f[np.arange(len(f)), best] += FREQ_TOTAL - f.sum(axis=1)
         return f
 
-    def _freqs_fast(self, logits_acc: np.ndarray) -> np.ndarray:
-        """:meth:`_freqs` with the normalisation in float64, which is exact here and vectorises.
+    def _freqs_float(self, logits: np.ndarray) -> np.ndarray:
+        """:meth:`_freqs` on whole-number float64 logits (Q8), the normalisation in float64.
 
-        Every value is a whole number below 2**53 (``e <= 2**20``, ``e * FREQ_TOTAL < 2**44``,
-        row sums below 2**29), so products and sums are exact in any order. The quotient
-        ``a / b`` is correctly rounded, off by at most 2**-30 (half an ulp below 2**24), while a
-        non-whole ``a / b`` is at least ``1 / b > 2**-29`` from any whole number: its floor is ``a // b``.
+        Exact: ``e <= 2**20``, ``e * FREQ_TOTAL < 2**44`` and row sums below 2**29 are whole
+        numbers below 2**53, so products and sums are exact in any order. The quotient ``a / b``
+        is correctly rounded, off by at most 2**-30 (half an ulp below 2**24), while a non-whole
+        ``a / b`` is at least ``1 / b > 2**-29`` from any whole number: its floor is ``a // b``.
         """
-        logits = _requant(logits_acc, self.m_out) + self.b_out  # (B, 257) Q8
         rows = np.arange(len(logits))
         best = logits.argmax(axis=1)
         d = logits[rows, best][:, None] - logits
         np.minimum(d, EXP_SPAN, out=d)
-        e = self.exp_f[d]
+        e = self.exp_f[d.astype(np.intp)]
         total = e.sum(axis=1, keepdims=True)
         e *= float(FREQ_TOTAL)
         e /= total
@@ -370,12 +412,30 @@ def _requant(acc: np.ndarray, m: np.ndarray) -> np.ndarray:
     return (acc * m + (1 << (SHIFT - 1))) >> SHIFT
 
 
-def _check_exact_bound(w: np.ndarray, amax: int) -> None:
-    # The largest partial sum a float64 product can meet: sum_k |w_jk| * amax. Below 2**53 every
-    # partial sum is an exactly representable integer, so the BLAS result is exact in any order.
-    worst = int(np.abs(w.astype(np.int64)).sum(axis=1).max(initial=0)) * amax
-    if worst >= 1 << 53:
+def _check_exact_bound(w: np.ndarray, amax: int) -> np.ndarray:
+    """The largest accumulator per output row, checked: sum_k |w_jk| * amax below 2**53.
+
+    Below 2**53 every partial sum of a product is an exactly representable integer, so the BLAS
+    result is exact in any order, blocking or thread split.
+    """
+    worst = np.abs(w.astype(np.int64)).sum(axis=1) * amax
+    if (worst >= 1 << 53).any():
         raise IntegrityError("trace model weights are too large for exact products; the model is damaged")
+    return worst
+
+
+def _index(pre: np.ndarray) -> np.ndarray:
+    """Lookup-table rows of whole-number Q10 pre-activations (saturated at +-8)."""
+    np.clip(pre, -PRE_CLIP, PRE_CLIP, out=pre)
+    pre += PRE_CLIP
+    return pre.astype(np.intp)
+
+
+_HALF = float(1 << (SHIFT - 1))
+_INV = 1.0 / (1 << SHIFT)  # exact: a power of two
+_ONE_ACT = float(1 << Q_ACT)
+_HALF_ACT = float(1 << (Q_ACT - 1))
+_INV_ACT = 1.0 / (1 << Q_ACT)
 
 
 def model_digest(data: bytes) -> str:

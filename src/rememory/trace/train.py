@@ -87,8 +87,17 @@ def train_float(
     t0 = time.perf_counter()
     step = 0
     for epoch in range(cfg.epochs):
+        if epoch:
+            rng.shuffle(batches)
         for x, y in batches:
-            lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            # The learning rate anneals with whichever budget binds first, epochs or seconds, so a
+            # fit cut short by its time budget still ends on a small learning rate.
+            done = step / steps
+            if cfg.max_seconds:
+                done = max(done, (time.perf_counter() - t0) / cfg.max_seconds)
+            if done >= 1.0:
+                break
+            lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = lossf(model(x).reshape(-1, VOCAB_OUT), y.reshape(-1))
@@ -97,19 +106,20 @@ def train_float(
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
-        if progress is not None:
-            progress(
-                EncodeProgress(
-                    done=epoch + 1,
-                    total=cfg.epochs,
-                    bytes_done=total_bytes * (epoch + 1),
-                    bytes_total=total_bytes * cfg.epochs,
-                    elapsed_s=time.perf_counter() - t0,
-                    stage="train-model",
+        else:
+            if progress is not None:
+                progress(
+                    EncodeProgress(
+                        done=epoch + 1,
+                        total=cfg.epochs,
+                        bytes_done=total_bytes * (epoch + 1),
+                        bytes_total=total_bytes * cfg.epochs,
+                        elapsed_s=time.perf_counter() - t0,
+                        stage="train-model",
+                    )
                 )
-            )
-        if cfg.max_seconds and time.perf_counter() - t0 > cfg.max_seconds:
-            break
+            continue
+        break  # the time budget ran out
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
