@@ -167,7 +167,7 @@ def print_table(name: str, n: int, tb: int, rows: list[Row]) -> None:
     for r in rows:
         print(
             f"| {r.engine} | {r.bytes_per_byte:.3f} | {r.bytes_per_byte / base.bytes_per_byte:.2f}x | "
-            f"{r.decode_ms:.2f} | {r.add_ms:.2f} / {r.add_one_ms:.2f} | {r.train_s:.1f} | {r.exact:.0%} | {r.note} |"
+            f"{r.decode_ms:.3f} | {r.add_ms:.3f} / {r.add_one_ms:.3f} | {r.train_s:.1f} | {r.exact:.0%} | {r.note} |"
         )
     sys.stdout.flush()
 

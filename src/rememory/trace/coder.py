@@ -25,7 +25,7 @@ from .model import BOS, EOS, IntGru
 # A byte costs at most 24 bits under the coder (its smallest probability is 2**-24): a stream
 # longer than this for its recorded length is damaged, and is refused before decoding.
 MAX_BITS_PER_SYMBOL = 24
-MAX_TRACE_BYTES = 1 << 24  # the longest text decoded when the store did not record a length
+MAX_TRACE_BYTES = 1 << 20  # the longest text decoded when the store did not record a length (1 MiB)
 
 
 def _family() -> Any:
