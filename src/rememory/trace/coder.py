@@ -7,8 +7,9 @@ The coder is constriction's range coder (24-bit precision) with its lazy ``Categ
 float32 and float64) and the coder's quantisation is the identity plus one: no float rounding
 is left anywhere between the integer model and the bits.
 
-One step of the model advances every episode of a batch by one byte: a vectorised step shared
-by all episodes, then one coder call per episode.
+Decoding advances every episode of a batch by one byte per step: a vectorised model step shared
+by all episodes, then one coder call per episode. Encoding knows the bytes in advance, so it runs
+only the recurrence step by step and codes each episode in one call.
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ versions, so the frozen model is integer end to end:
 - sigmoid, tanh and exp from lookup tables built once from a formula and checked against a digest;
 - next-byte frequencies as integers summing to exactly :data:`FREQ_TOTAL`.
 
-The matrix products run through float64 BLAS (the fast path) because numpy's integer matmul is
-unvectorised. That is still exact: every operand is an integer and every partial sum of ``|w| * |h|``
-stays below 2**53 (checked at load by :func:`_check_exact_bound`), so any summation order,
-blocking, FMA or thread split gives the same integer. :meth:`IntGru.step_reference` does the same
-step in int64 only; the tests check both paths give identical frequencies.
+The fast path (:meth:`IntGru.step`) holds these whole numbers in float64 and runs the matrix
+products through BLAS, because numpy's integer arithmetic is not vectorised. That is still exact:
+every operand is an integer and every partial sum of ``|w| * |h|`` stays below 2**53 (below 2**24
+for the float32 products used when the weights allow it; checked at load by
+:func:`_check_exact_bound`), so any summation order, blocking, FMA or thread split gives the same
+integer. :meth:`IntGru.step_reference` does the same step in int64 only; the tests check that
+both paths give identical states and frequencies.
 """
 
 from __future__ import annotations
