@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .cells.train import TrainProgress
+from .records import EncodeProgress
 from .config import resolve_max_text_bytes
 from .episodes import load_episodes_file, validate_many
 from .errors import ConfigError, InvalidEpisodeError, NotFoundError
@@ -357,7 +357,7 @@ def _fill(
                 )
             continue
 
-        def relay(ev: TrainProgress, base: int = base) -> None:
+        def relay(ev: EncodeProgress, base: int = base) -> None:
             emit("train", base + ev.bytes_done, total_bytes)
 
         items = [{"id": e.id, "keywords": e.keywords, "text": e.text, "time": e.time} for e in eps]

@@ -79,11 +79,14 @@ class EpisodeIn(BaseModel):
 
 
 class Progress(BaseModel):
+    """A job's progress, whichever memory engine encodes its episodes."""
+
     episodes_done: int
     episodes_total: int
     bytes_done: int
     bytes_total: int
     elapsed_s: float
+    stage: str = Field(default="encode", description="What the job is doing: encode (a train job) or verify.")
 
 
 class JobError(BaseModel):
