@@ -40,9 +40,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rememory import Memory
-from rememory.records import EncodeProgress
 from rememory.embed import load_embedder
 from rememory.index.config import RankingConfig
+from rememory.records import EncodeProgress
 
 REPO = Path(__file__).resolve().parent.parent
 LOCOMO = REPO.parent / "shared" / "data" / "locomo-dev"

@@ -754,7 +754,8 @@ def test_an_artifact_is_swapped_in_place_only_for_the_same_text(store_at, backen
         if backend == "sqlite":  # the old shard, now unused, is gone; only the swaps' shards remain
             with raw_db(store_at()) as db:
                 files = {f for (f,) in db.execute("SELECT file FROM shards")}
-                used = {f for (f,) in db.execute("SELECT DISTINCT s.file FROM episodes e JOIN shards s ON s.id = e.shard")}
+                used_sql = "SELECT DISTINCT s.file FROM episodes e JOIN shards s ON s.id = e.shard"
+                used = {f for (f,) in db.execute(used_sql)}
             assert files == used and {p.name for p in (store_at() / "shards").iterdir()} == files
     finally:
         store.close()

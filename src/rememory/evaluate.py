@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from .records import EncodeProgress
 from .config import resolve_max_text_bytes
 from .episodes import load_episodes_file, validate_many
 from .errors import ConfigError, InvalidEpisodeError, NotFoundError
 from .index.config import WEIGHTS, RankingConfig
 from .index.live import RankingFeatures, best_positions, fuse, normalise
 from .memory import Memory
-from .records import Episode
+from .records import EncodeProgress, Episode
 
 DEFAULT_KS = (1, 5, 10)
 NDCG_K = 10

@@ -72,7 +72,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     lines = [
         ("episodes", f"{st.episodes}"),
         ("text bytes", f"{tb}"),
-        ("memory bytes", f"{st.memory_bytes} ({_per(st.memory_bytes, tb)}; every engine's artifacts and shared models)"),
+        ("memory bytes", f"{st.memory_bytes} ({_per(st.memory_bytes, tb)}; artifacts and shared models)"),
         ("store bytes", f"{st.store_bytes} ({_per(st.store_bytes, tb)}; everything on disk)"),
         ("embedder", f"{st.embedder} ({st.dim}-d)"),
         ("engine", f"{st.engine} (for new episodes)"),
