@@ -620,6 +620,7 @@ def test_schema_5_store_gets_its_event_times_backfilled(tmp_path: Path) -> None:
     store.close()
     with raw_db(path) as db:  # back to schema 5, as a store written before episode times were stored
         db.execute("ALTER TABLE episodes DROP COLUMN event_time")
+        db.execute("DROP TABLE models")  # (migration 7)
         db.execute("PRAGMA user_version = 5")
     store = Store(path)
     try:
@@ -642,6 +643,8 @@ def test_postgres_store_of_schema_5_gets_its_event_times_backfilled(new_postgres
     store.close()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER TABLE rememory.episodes DROP COLUMN event_time")
+        conn.execute("DROP TABLE rememory.models")  # (migration 7)
+        conn.execute("DROP FUNCTION rememory.models_immutable()")
         conn.execute("UPDATE rememory.meta SET value = '5' WHERE key = 'schema_version'")
     store = postgres.PostgresStore(url)
     try:
