@@ -441,10 +441,11 @@ class Memory:
             raise ConfigError(f"batch must be a whole number of at least 1, got {batch!r}.")
         if namespace is not None:
             namespace = validate_namespace(namespace)
-        names = [namespace] if namespace is not None else sorted(self._store.size_report().namespaces)
+        rep = self._store.size_report(namespace)
+        names = [namespace] if namespace is not None else sorted(rep.namespaces)
         failures: dict[tuple[str, str], VerifyFailure] = {}
         made: dict[str, int] = {}
-        total = sum(self._store.count(ns) for ns in names)
+        total, bytes_total = rep.episodes, rep.text_bytes
         start = time.perf_counter()
         looked = reencoded = unchanged = bytes_done = 0
 
@@ -497,9 +498,9 @@ class Memory:
                             )
                     swaps = [ArtifactSwap(r.rowid, r.id, r.namespace, r.digest, a) for (r, _), a in zip(ok, new)]
                     reencoded += len(self._store.replace_artifacts(swaps))
-                    bytes_done += sum(len(d) for _, d in ok)
+                bytes_done += sum(r.n_bytes for r in rows)
                 if progress is not None:
-                    progress(EncodeProgress(looked, max(total, looked), bytes_done, bytes_done,
+                    progress(EncodeProgress(looked, max(total, looked), bytes_done, max(bytes_total, bytes_done),
                                             time.perf_counter() - start, stage="reencode"))  # fmt: skip
         if namespace is None and target != self._store.default_engine():
             self._store.set_default_engine(target)

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from ..errors import CellTrainingError
-from ..records import EncodeProgress
+from ..records import EncodeProgress, TrainProgress
 from .codec import to_alphabet
 from .features import position_features
 from .model import CellConfig, CellShape, QuantizedCell
 
 ProgressFn = Callable[[EncodeProgress], None]
+__all__ = ["EncodeProgress", "TrainProgress", "train_cells"]  # TrainProgress: deprecated alias (one release)
 
 
 @dataclass(frozen=True)
