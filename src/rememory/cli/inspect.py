@@ -79,7 +79,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
         *(("namespace", f"{ns} ({n} episodes)") for ns, n in st.namespaces.items()),
     ]
     for label, value in lines:
-        click.echo(f"{label + ':':<14}{value}")
+        click.echo(f"{label + ':':<12} {value}")  # the columns of earlier releases
 
 
 @click.command()
