@@ -58,7 +58,7 @@ def bench_ours(episodes: list[dict], embedder) -> dict:
         mem.close()
     return {
         "exact": float(np.mean(exact)),
-        "stored_per_byte": st.cell_bytes / text_bytes,
+        "stored_per_byte": st.memory_bytes / text_bytes,
         "store_per_byte": st.store_bytes / text_bytes,
         "weights_per_byte": sum(a.nbytes for a in arts) / text_bytes,
         "train_kb_s": text_bytes / 1024 / train_s,

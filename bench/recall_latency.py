@@ -40,9 +40,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rememory import Memory
-from rememory.cells.train import TrainProgress
 from rememory.embed import load_embedder
 from rememory.index.config import RankingConfig
+from rememory.records import EncodeProgress
 
 REPO = Path(__file__).resolve().parent.parent
 LOCOMO = REPO.parent / "shared" / "data" / "locomo-dev"
@@ -110,9 +110,9 @@ def build(workdir: Path, n: int, turns: list[dict], embedder) -> tuple[Path, flo
     mem = Memory(store, embedder=embedder)
     bar = tqdm(desc=f"building {n}", unit="ep", file=sys.stderr, dynamic_ncols=True)
 
-    def on_progress(ev: TrainProgress) -> None:
-        bar.total = ev.cells_total  # a resumed build counts only what is left
-        bar.update(ev.cells_done - bar.n)
+    def on_progress(ev: EncodeProgress) -> None:
+        bar.total = ev.total  # a resumed build counts only what is left
+        bar.update(ev.done - bar.n)
 
     try:
         # One call: recall uses the neighbours within an add_many call as context. It commits

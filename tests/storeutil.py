@@ -28,8 +28,9 @@ def locate(store_dir: Path, namespace: str, id: str) -> tuple[Path, shards.Spans
     return store_dir / SHARD_DIR / file, shards.decode_spans(blob)
 
 
-def corrupt_weights(location: str | Path, namespace: str, id: str) -> None:
-    """Flip every byte of one episode's int8 weights where the backend keeps them (a file, or a row)."""
+def corrupt_weights(location: str | Path, namespace: str, id: str, stream: str = "int8") -> None:
+    """Flip every byte of one episode's one-byte ``stream`` (its int8 weights, by default) where the backend
+    keeps it (a file, or a row)."""
     if isinstance(location, str) and location.startswith("postgresql://"):
         import psycopg
 
@@ -37,7 +38,7 @@ def corrupt_weights(location: str | Path, namespace: str, id: str) -> None:
             weights, blob = conn.execute(
                 "SELECT weights, spans FROM rememory.episodes WHERE namespace = %s AND id = %s", (namespace, id)
             ).fetchone()
-            off, length = shards.decode_spans(bytes(blob))["int8"]
+            off, length = shards.decode_spans(bytes(blob))[stream]
             data = bytearray(weights)
             for i in range(off, off + length):
                 data[i] ^= 0x5A
@@ -48,10 +49,10 @@ def corrupt_weights(location: str | Path, namespace: str, id: str) -> None:
 
     victim, spans = locate(Path(location), namespace, id)
     data = bytearray(victim.read_bytes())
-    off, length = spans["int8"]
+    off, length = spans[stream]
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
-    start = 8 + header_len + header["int8"]["data_offsets"][0] + off  # the episode's own int8 span
+    start = 8 + header_len + header[stream]["data_offsets"][0] + off  # the episode's own span
     for i in range(start, start + length):
         data[i] ^= 0x5A
     victim.write_bytes(bytes(data))

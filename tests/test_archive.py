@@ -403,3 +403,65 @@ def test_cli_errors(tmp_path: Path) -> None:
     res = _run(["train", str(lines)], tmp_path / "b")
     assert res.returncode == 2 and "line 2 is not valid JSON" in res.stderr
     assert not (tmp_path / "b" / DB_NAME).exists() or _run(["stats", "--json"], tmp_path / "b").returncode == 0
+
+
+# --- issue 14: an archive carries the engines' shared models ---
+
+
+def test_an_archive_of_a_mixed_engine_store_carries_its_models(make_sqlite_memory, make_memory, tmp_path: Path) -> None:
+    from .enginekit import NAME
+
+    a = make_sqlite_memory("a")
+    a.add_many(EPISODES[:2])  # mlp-cell/1
+    a.close()
+    a = make_sqlite_memory("a", engine=NAME)
+    a.add_many(EPISODES[2:])
+    a.add_many(WORK, namespace="work")
+    a.reencode(NAME, namespace="work", retrain=True)  # work: episodes on model version 2, version 1 kept too
+    rep = a.export(tmp_path / "a.zip")
+    assert rep.episodes == 9
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        models = [json.loads(line) for line in zf.read("models.jsonl").splitlines()]
+    assert manifest["version"] == 2 and {"models.jsonl", "models/000000.bin"} <= set(manifest["files"])
+    assert [(m["namespace"], m["version"]) for m in models] == [("default", 1), ("work", 1), ("work", 2)]
+    b = make_memory("b")
+    got = b.import_archive(tmp_path / "a.zip")
+    assert (got.imported, got.skipped) == (9, 0) and b.verify().ok
+    for ns in ("default", "work"):
+        assert [(e.id, e.text) for e in b.list(ns)] == [(e.id, e.text) for e in a.list(ns)]
+        assert [s.model for s in b._store.list_models(ns)] == [s.model for s in a._store.list_models(ns)]
+    assert b.recall("when is the design review", namespace="work")[0].id == "bridge"
+    again = b.import_archive(tmp_path / "a.zip")  # the models too are already there: nothing changes
+    assert (again.imported, again.skipped) == (0, 9) and len(b._store.list_models()) == 3
+    # A store whose namespace holds another model under the same version cannot take the archive's.
+    c = make_sqlite_memory("c", engine=NAME)
+    c.add("x", "a text that makes another model", id="other", namespace="work")
+    with pytest.raises(DuplicateIdError, match="version 1 of the 'table-trace/1' model of namespace 'work'"):
+        c.import_archive(tmp_path / "a.zip")
+    assert c.count() == 1 and len(c._store.list_models()) == 1
+
+
+def test_an_archive_without_shared_models_stays_version_1(source, tmp_path: Path) -> None:
+    mem, _ = source
+    mem.export(tmp_path / "a.zip", namespace="work")
+    assert archive.read_manifest(tmp_path / "a.zip").version == 1  # older rememory still reads it
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        assert not any(n.startswith("models") for n in zf.namelist())
+
+
+def test_a_damaged_model_in_an_archive_stores_nothing(make_sqlite_memory, make_memory, tmp_path: Path) -> None:
+    from .enginekit import NAME
+
+    a = make_sqlite_memory("a", engine=NAME)
+    a.add_many(EPISODES)
+    a.export(tmp_path / "a.zip")
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(tmp_path / "a.zip") as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, data[::-1] if info.filename == "models/000000.bin" else data)
+    b = make_memory("b")
+    with pytest.raises(ArchiveError, match=r"models/000000\.bin does not match its SHA-256"):
+        b.import_archive(bad)
+    assert b.count() == 0 and b._store.list_models() == []

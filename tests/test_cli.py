@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -291,3 +293,58 @@ def test_recall_and_mcp_never_import_torch(trained) -> None:
     assert proc.returncode == 0 and reply is not None, err
     assert reply["result"]["structuredContent"]["memories"][0]["id"] == "bridge-night"
     assert _heavy(err) == []
+
+
+# --- issue 14: pluggable engines ---
+
+# `rememory` with the tests' second engine registered, as a plugin would register one before running the CLI.
+PLUGGED = [sys.executable, "-c", "import tests.enginekit; from rememory.cli.main import main; main()"]
+
+
+def test_engines_lists_the_registered_engines() -> None:
+    rows = json.loads(run(["engines", "--json"], env=dict(os.environ)).stdout)
+    assert [r["name"] for r in rows if r["default"]] == ["mlp-cell/1"]
+    assert all(r["description"] and "\n" not in r["description"] for r in rows)
+    plugged = json.loads(run(["engines", "--json"], env=dict(os.environ), exe=PLUGGED).stdout)
+    assert {r["name"] for r in plugged} == {r["name"] for r in rows} | {"table-trace/1"}
+    assert next(r for r in plugged if r["name"] == "table-trace/1")["shared_models"]
+    text = run(["engines"], env=dict(os.environ)).stdout
+    assert text.startswith("mlp-cell/1 (default): One small int8 sine network")
+
+
+def _versions(store: Path) -> list[int]:
+    with sqlite3.connect(store / "rememory.db") as db:
+        return sorted(json.loads(cell)["v"] for (cell,) in db.execute("SELECT cell FROM episodes"))
+
+
+def test_train_with_an_engine_and_a_reencode_killed_mid_way_resumes(tmp_path: Path) -> None:
+    from .enginekit import KILL_AT, NAME
+
+    env = {**os.environ, "REMEMORY_STORE": str(tmp_path / "store")}
+    data = tmp_path / "e.json"
+    eps = [{"id": f"e{i}", "keywords": f"day {i}", "text": f"On day {i} we fixed bug #{i * 7} — и всё 🎉."}
+           for i in range(8)]  # fmt: skip
+    data.write_text(json.dumps(eps, ensure_ascii=False))
+    res = run(["train", str(data), "--engine", "nope/1"], env=env)
+    assert res.returncode == 2 and "'nope/1'" in res.stderr and "mlp-cell/1" in res.stderr
+    assert not (tmp_path / "store").exists()  # refused before the store was made
+    res = run(["train", str(data), "--engine", NAME], env=env, exe=PLUGGED)
+    assert res.returncode == 0, res.stderr
+    assert "8/8 episodes" in res.stderr and _versions(tmp_path / "store") == [1] * 8
+    stats = json.loads(run(["stats", "--json"], env=env, exe=PLUGGED).stdout)
+    assert stats["engine"] == NAME and stats["memory_bytes"] == stats["cell_bytes"] > 0
+    # Without the engine registered, its memories are a clear error, never a wrong text.
+    res = run(["verify"], env=env)
+    assert res.returncode == 7 and "Unknown memory engine 'table-trace/1'" in res.stdout
+    # A new model version, then SIGKILL while the second batch is encoded: the first batch is committed.
+    res = run(["reencode", "--engine", NAME, "--retrain", "--batch", "3"], env={**env, KILL_AT: "2"}, exe=PLUGGED)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert _versions(tmp_path / "store") == [1] * 5 + [2] * 3
+    assert run(["verify"], env=env, exe=PLUGGED).returncode == 0  # both versions decode
+    res = run(["reencode", "--engine", NAME, "--batch", "3", "--json"], env=env, exe=PLUGGED)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert (report["reencoded"], report["unchanged"], report["models"], report["ok"]) == (5, 3, {}, True)
+    assert _versions(tmp_path / "store") == [2] * 8 and "Re-encoded 5 of 8 episodes" in res.stderr
+    res = run(["recall", "bug fixed on day 3", "--json"], env=env, exe=PLUGGED)
+    assert eps[3]["text"] in {h["text"] for h in json.loads(res.stdout)["hits"]}

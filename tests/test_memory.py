@@ -609,3 +609,122 @@ def test_preload_loads_the_index_before_the_first_recall(make_memory) -> None:
     assert "default" in other._indexes and other._indexes["default"].size == len(EPISODES)
     with pytest.raises(InvalidEpisodeError, match="namespace"):
         other.preload("")
+
+
+# --- issue 14: pluggable engines (a store of both engines, reencode, engine-neutral stats) ---
+
+
+def _engines_of(mem, namespace: str = "default") -> dict[str, tuple[str, int | None]]:
+    """Each episode's engine and model version, as stored."""
+    store = mem._store
+    rows = [r for batch in store.iter_rows(namespace) for r in batch]
+    arts = store.load_artifacts(rows)
+    return {r.id: (r.engine, mem._engine_for(r.engine, namespace).model_version(arts[r.rowid])) for r in rows}
+
+
+def test_a_store_holds_episodes_of_two_engines_and_each_decodes_with_its_own(make_memory) -> None:
+    from .enginekit import NAME
+
+    mem = make_memory()
+    assert mem.engine == "mlp-cell/1" and mem.stats().engine == "mlp-cell/1"
+    mem.add_many(EPISODES[:2])
+    mem.close()
+    mem = make_memory(engine=NAME)
+    mem.add_many(EPISODES[2:], namespace="default")
+    mem.add_many(EPISODES[:1], namespace="other")
+    assert _engines_of(mem) == {"bridge": ("mlp-cell/1", None), "van": ("mlp-cell/1", None),
+                                "dacha": (NAME, 1), "cat": (NAME, 1)}  # fmt: skip
+    assert mem.recall("walking on a bridge with Ilya", top_k=4)[0].id == "bridge"
+    assert {h.id: h.text for h in mem.recall("яблоки бабушка", top_k=4)} == {e["id"]: e["text"] for e in EPISODES}
+    assert mem.verify().ok and mem.verify().checked == 5
+    assert [e.text for e in mem.list(limit=4)] == [e["text"] for e in EPISODES]
+    assert all(v.verified for v in mem.browse(limit=4).items)
+    mem.close()
+    reopened = make_memory()  # the engine asked for at the first add became the store's
+    assert reopened.engine == NAME and reopened.stats().engine == NAME
+    assert reopened.get("cat").text == EPISODES[3]["text"]
+
+
+def test_engines_are_built_once_per_engine_and_namespace(make_memory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rememory import memory as memory_module
+
+    from .enginekit import NAME
+
+    mem = make_memory(engine=NAME)
+    mem.add_many(EPISODES, namespace="a")
+    mem.add_many(EPISODES, namespace="b")
+    built: list[str] = []
+    real = memory_module.create_engine
+    monkeypatch.setattr(memory_module, "create_engine", lambda name, **kw: built.append(name) or real(name, **kw))
+    mem._engines.clear()
+    for _ in range(3):
+        for ns in ("a", "b"):
+            assert mem.recall("bridge", top_k=2, namespace=ns) and mem.verify(namespace=ns).ok
+    assert built == [NAME, NAME]
+
+
+def test_an_unknown_engine_or_a_misplaced_cell_config_is_refused(make_memory) -> None:
+    from rememory.cells.model import CellConfig
+    from rememory.errors import UnknownEngineError
+
+    from .enginekit import NAME
+
+    with pytest.raises(UnknownEngineError, match="mlp-cell/1"):
+        make_memory(engine="nope/1")
+    with pytest.raises(ConfigError, match="cell_config"):
+        make_memory(engine=NAME, cell_config=CellConfig())
+    assert make_memory(cell_config=CellConfig()).engine == "mlp-cell/1"
+
+
+def test_reencode_converts_both_ways_and_old_model_versions_keep_decoding(make_memory) -> None:
+    from rememory import EncodeProgress, TrainProgress
+
+    from .enginekit import NAME
+
+    mem = make_memory(batch_size=2)
+    mem.add_many(EPISODES)
+    cells = mem.stats()
+    report = mem.reencode(NAME)
+    assert (report.reencoded, report.unchanged, report.models, report.ok) == (4, 0, {"default": 1}, True)
+    assert set(_engines_of(mem).values()) == {(NAME, 1)} and mem.engine == NAME and mem.verify().ok
+    assert [e.text for e in mem.list()] == [e["text"] for e in EPISODES]
+    st = mem.stats()
+    assert st.memory_bytes < cells.memory_bytes and st.cell_bytes == st.memory_bytes  # alias, one release
+    model = mem._store.list_models("default")[0].model
+    model_bytes = len(model.data) + len(json.dumps(model.config, separators=(",", ":")))
+    for whole in (st, mem.stats("default")):  # the shared model counts, beside each episode's trace and metadata
+        assert whole.memory_bytes > sum(e.cell_bytes for e in mem.browse(limit=10).items) + model_bytes
+    d = st.to_dict()
+    assert d["memory_bytes"] == d["cell_bytes"] and d["memory_bytes_per_text_byte"] == d["cell_bytes_per_text_byte"]
+    assert mem.reencode(NAME).reencoded == 0  # converted, and the model is not outgrown: nothing to do
+    # A new model version, interrupted after its first batch: episodes on the old version still decode.
+    events: list[EncodeProgress] = []
+
+    def stop_after_first_batch(ev: EncodeProgress) -> None:
+        events.append(ev)
+        if ev.stage == "reencode":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mem.reencode(NAME, retrain=True, batch=2, progress=stop_after_first_batch)
+    assert [e.stage for e in events] == ["train-model", "reencode"] and isinstance(events[0], TrainProgress)
+    assert sorted(v for _, v in _engines_of(mem).values()) == [1, 1, 2, 2]
+    assert mem.verify().ok and {h.id for h in mem.recall("cat vet", top_k=4)} == {e["id"] for e in EPISODES}
+    resumed = mem.reencode(NAME)  # 4 episodes, model trained on 4: no new version; the rest catch up
+    assert (resumed.reencoded, resumed.unchanged, resumed.models) == (2, 2, {})
+    assert set(_engines_of(mem).values()) == {(NAME, 2)}
+    back = mem.reencode("mlp-cell/1", retrain=True)  # retrain means nothing to an engine without models
+    assert (back.reencoded, back.models) == (4, {}) and mem.engine == "mlp-cell/1" and mem.verify().ok
+    assert set(_engines_of(mem).values()) == {("mlp-cell/1", None)}
+    assert [e.text for e in mem.list()] == [e["text"] for e in EPISODES]
+
+
+def test_reencode_leaves_a_damaged_episode_as_it_was_and_reports_it(make_sqlite_memory, tmp_path: Path) -> None:
+    from .enginekit import NAME
+
+    mem = make_sqlite_memory(engine=NAME)
+    mem.add_many(EPISODES)
+    corrupt_weights(tmp_path / "store", "default", "van", stream="uint8")
+    report = mem.reencode("mlp-cell/1")
+    assert report.reencoded == 3 and [f.id for f in report.failures] == ["van"] and not report.ok
+    assert _engines_of(mem)["van"][0] == NAME and mem.get("cat").text == EPISODES[3]["text"]

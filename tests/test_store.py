@@ -620,6 +620,7 @@ def test_schema_5_store_gets_its_event_times_backfilled(tmp_path: Path) -> None:
     store.close()
     with raw_db(path) as db:  # back to schema 5, as a store written before episode times were stored
         db.execute("ALTER TABLE episodes DROP COLUMN event_time")
+        db.execute("DROP TABLE models")  # (migration 7)
         db.execute("PRAGMA user_version = 5")
     store = Store(path)
     try:
@@ -642,6 +643,8 @@ def test_postgres_store_of_schema_5_gets_its_event_times_backfilled(new_postgres
     store.close()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER TABLE rememory.episodes DROP COLUMN event_time")
+        conn.execute("DROP TABLE rememory.models")  # (migration 7)
+        conn.execute("DROP FUNCTION rememory.models_immutable()")
         conn.execute("UPDATE rememory.meta SET value = '5' WHERE key = 'schema_version'")
     store = postgres.PostgresStore(url)
     try:
@@ -650,3 +653,126 @@ def test_postgres_store_of_schema_5_gets_its_event_times_backfilled(new_postgres
         assert {text: got[it.episode.keywords] for text, it in zip(DATED, items)} == DATED
     finally:
         store.close()
+
+
+# --- shared models and artifact swaps (engines with a per-namespace model, e.g. `rememory reencode`) ---
+
+
+def _traced(store, ids: list[str], ns: str) -> tuple[list[NewEpisode], list]:
+    """Episodes encoded by the test engine with ``store``'s models of ``ns`` (no torch needed)."""
+    from .enginekit import TableTraceEngine
+
+    eps = [Episode(id=i, keywords=f"kw {i}", text=f"text of {i} ✓", namespace=ns) for i in ids]
+    arts = TableTraceEngine(models=store.models(ns)).encode([e.keywords for e in eps], [e.text.encode() for e in eps])
+    rng = np.random.default_rng(0)
+    items = []
+    for e in eps:
+        q, s = quantize_int8(rng.normal(size=EMB[1]).astype(np.float32))
+        data = e.text.encode()
+        items.append(NewEpisode(e, episode_digest(ns, e.id, data), len(data), q, s, np.zeros(0, np.uint32), q, s))
+    return items, arts
+
+
+def _raw_update_models(backend: str, where) -> None:
+    """Try to change a stored model behind the store's back."""
+    if backend == "sqlite":
+        with raw_db(where) as db:
+            db.execute("UPDATE models SET data = x'00'")
+        return
+    import psycopg
+
+    with psycopg.connect(where, autocommit=True) as conn:
+        conn.execute("UPDATE rememory.models SET data = '\\x00'::bytea")
+
+
+def test_models_are_versioned_per_namespace_and_never_change(store_at, backend: str) -> None:
+    from rememory.store import open_store
+    from rememory.store.sql import SQLModels
+
+    store = open_store(store_at())
+    try:
+        a, b = store.models("a"), store.models("b")
+        assert isinstance(a, SQLModels) and a.latest("e/1") is None and a.latest_version("e/1") is None
+        m1 = a.put("e/1", {"h": 2}, b"\x00\x01", trained_on=10)
+        m2 = a.put("e/1", {"h": 3}, b"\x02" * 1000, trained_on=20)
+        assert (m1.version, m2.version, m2.trained_on, m2.config) == (1, 2, 20, {"h": 3})
+        assert b.put("e/1", {}, b"x", 0).version == 1  # versions count per namespace
+        assert a.put("other/1", {}, b"", 0).version == 1  # and per engine
+        assert a.latest("e/1") == m2 and a.latest_version("e/1") == 2 and a.get("e/1", 1) == m1
+        with pytest.raises(IntegrityError, match="no version 3"):
+            a.get("e/1", 3)
+        listed = store.list_models("a")
+        assert [(s.model.engine, s.model.version) for s in listed] == [("e/1", 1), ("e/1", 2), ("other/1", 1)]
+        assert all(s.namespace == "a" and s.created_at > 0 for s in listed) and len(store.list_models()) == 4
+        # An archive's model keeps its version: the same one again is a no-op, another one is refused.
+        assert not store.import_model("a", m1)
+        with pytest.raises(DuplicateIdError, match="version 1"):
+            store.import_model("a", dataclasses.replace(m1, data=b"other weights"))
+        assert store.import_model("c", m1, created_at=123) and store.models("c").get("e/1", 1) == m1
+        assert [s.created_at for s in store.list_models("c")] == [123]
+        # Shared models count in the memory bytes: data and config, per namespace and for the store.
+        assert store.size_report("a").memory_bytes == 2 + 1000 + 0 + len('{"h":2}') + len('{"h":3}') + len("{}")
+        assert store.size_report().memory_bytes == store.size_report("a").memory_bytes + (1 + 2) + (2 + 7)
+        # A version is immutable in the database itself, not only through the store's methods.
+        with pytest.raises(Exception, match="immutable"):
+            _raw_update_models(backend, store_at())
+    finally:
+        store.close()
+    store = open_store(store_at())
+    try:
+        assert store.models("a").latest("e/1") == m2 and store.models("a").get("e/1", 1) == m1
+    finally:
+        store.close()
+
+
+def test_an_artifact_is_swapped_in_place_only_for_the_same_text(store_at, backend: str) -> None:
+    from rememory.store import open_store
+    from rememory.store.records import ArtifactSwap
+
+    from .enginekit import NAME, TableTraceEngine
+
+    store = open_store(store_at())
+    try:
+        ids = ["a1", "a2", "a3"]
+        items, arts = _traced(store, ids, "a")
+        store.commit_batch(items, arts, EMB, replace=False)
+        rows = store.rows("a", ids)
+        seq = store.changes("a", None).seq
+        eng = TableTraceEngine(models=store.models("a"))
+        assert eng.fit([b"zzzz"]) is not None  # version 2
+        texts = [it.episode.text.encode() for it in items]
+        new = eng.encode([it.episode.keywords for it in items], texts)
+        swaps = [ArtifactSwap(rows[i].rowid, i, "a", rows[i].digest, art) for i, art in zip(ids, new)]
+        swaps[2] = dataclasses.replace(swaps[2], digest=b"\x00" * 16)  # replaced meanwhile: left alone
+        assert store.replace_artifacts(swaps) == ["a1", "a2"] and store.replace_artifacts([]) == []
+        after = store.rows("a", ids)
+        assert {i: after[i].rowid for i in ids} == {i: rows[i].rowid for i in ids} and after["a1"].engine == NAME
+        assert store.changes("a", seq).added == []  # recall indexes have nothing to redo
+        loaded = store.load_artifacts([after[i] for i in ids])
+        got = [loaded[after[i].rowid] for i in ids]
+        assert [eng.model_version(a) for a in got] == [2, 2, 1]  # type: ignore[arg-type]
+        fresh = TableTraceEngine(models=store.models("a"))
+        assert [fresh.decode(a, it.episode.keywords, n_bytes=len(t)) for a, it, t in zip(got, items, texts)] == texts
+        assert store.replace_artifacts([dataclasses.replace(swaps[2], digest=rows["a3"].digest)]) == ["a3"]
+        if backend == "sqlite":  # the old shard, now unused, is gone; only the swaps' shards remain
+            with raw_db(store_at()) as db:
+                files = {f for (f,) in db.execute("SELECT file FROM shards")}
+                used_sql = "SELECT DISTINCT s.file FROM episodes e JOIN shards s ON s.id = e.shard"
+                used = {f for (f,) in db.execute(used_sql)}
+            assert files == used and {p.name for p in (store_at() / "shards").iterdir()} == files
+    finally:
+        store.close()
+
+
+def test_a_shard_left_without_rows_by_a_crash_is_removed_at_open(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    items, arts = _traced(store, ["x1"], "x")
+    store.commit_batch(items, arts, EMB, replace=False)
+    store.close()
+    with raw_db(tmp_path / "s") as db:  # as if a crash came between a swap's commit and its old shard's removal
+        (file,) = db.execute("SELECT file FROM shards").fetchone()
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute("DELETE FROM episodes")
+    assert (tmp_path / "s" / "shards" / file).exists()
+    Store(tmp_path / "s").close()
+    assert not (tmp_path / "s" / "shards" / file).exists()

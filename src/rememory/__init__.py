@@ -23,15 +23,18 @@ from .errors import (
     RememoryError,
     StoreBusyError,
     StoreError,
+    UnknownEngineError,
 )
 from .records import (
     DayCount,
+    EncodeProgress,
     Episode,
     EpisodeDetail,
     EpisodePage,
     EpisodeView,
     RecallHit,
     ReembedReport,
+    ReencodeReport,
     StoreStats,
     TrainProgress,
     VerifyReport,
@@ -48,6 +51,7 @@ __all__ = [
     "DuplicateIdError",
     "EmbedderError",
     "EmbedderMismatchError",
+    "EncodeProgress",
     "Episode",
     "EpisodeDetail",
     "EpisodePage",
@@ -58,11 +62,13 @@ __all__ = [
     "NotFoundError",
     "RecallHit",
     "ReembedReport",
+    "ReencodeReport",
     "RememoryError",
     "StoreBusyError",
     "StoreError",
     "StoreStats",
-    "TrainProgress",
+    "TrainProgress",  # deprecated alias of EncodeProgress (one release)
+    "UnknownEngineError",
     "VerifyReport",
 ]
 

@@ -1,6 +1,7 @@
 """Portable archives of a store (``rememory export`` / ``rememory import``), and decoded JSONL exports.
 
-An archive is a ZIP file (format ``rememory-archive``, version 1; see docs/archive.md)::
+An archive is a ZIP file (format ``rememory-archive``, version 2, or 1 when it holds no shared
+model; see docs/archive.md)::
 
     arrays/000000.safetensors   one batch of episodes: int8 keys and context keys, uint32 token
     arrays/000001.safetensors   hashes, and the engine's streams (the memories' weights, as stored)
@@ -8,6 +9,8 @@ An archive is a ZIP file (format ``rememory-archive``, version 1; see docs/archi
     episodes.jsonl              one JSON object per episode: namespace, id, keywords, time, size,
                                 digest and its format, engine and engine config, key scales, and
                                 where its arrays sit in its batch file
+    models.jsonl                (version 2) the engines' shared models: namespace, engine, version,
+    models/000000.bin           config, trained_on; each model's data in its own member
     manifest.json               written last: format, version, embedder, counts, SHA-256 of every member
 
 It holds no decoded text and no pickle. Both directions stream one batch at a time, so a store of
@@ -35,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from .engine import Artifact, get_engine
+from .engine import Artifact, InMemoryModels, MemoryEngine, SharedModel, create_engine
 from .episodes import validate_episode
 from .errors import (
     ArchiveError,
@@ -48,13 +51,16 @@ from .errors import (
 from .integrity import DIGEST_SIZE, episode_digest
 from .records import Episode
 from .store.base import MemoryStore, check_duplicate
-from .store.records import IndexRow, NewEpisode, Row
+from .store.records import IndexRow, NewEpisode, Row, StoredModel
 from .timeparse import episode_seconds
 
 FORMAT = "rememory-archive"
-VERSION = 1
+VERSION = 2  # written when the archive holds shared models; without any, version 1 (older rememory reads it)
+VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 EPISODES = "episodes.jsonl"
+MODELS = "models.jsonl"
+MODEL_DIR = "models/"
 BATCH = 1000  # episodes per arrays file: bounds the memory an export or import needs
 MAX_MEMBER_BYTES = 1 << 31  # an arrays file this large cannot come from a batch of BATCH episodes
 _STREAM_PREFIX = "stream."
@@ -122,10 +128,28 @@ ProgressFn = Callable[[ArchiveProgress], None]
 # --- shared checks ---
 
 
-def decode_checked(ns: str, id: str, keywords: str, n_bytes: int, digest: bytes, fmt: int, art: Artifact) -> bytes:
+class Engines:
+    """Engines by (name, namespace), each reading the shared models of its namespace from ``models``."""
+
+    def __init__(self, models: Callable[[str], Any]):
+        self._models = models
+        self._engines: dict[tuple[str, str], MemoryEngine] = {}
+
+    def get(self, name: str, namespace: str) -> MemoryEngine:
+        """An unknown engine is an :class:`~rememory.errors.UnknownEngineError`."""
+        key = (name, namespace)
+        if key not in self._engines:
+            self._engines[key] = create_engine(name, models=self._models(namespace))
+        return self._engines[key]
+
+
+def decode_checked(
+    ns: str, id: str, keywords: str, n_bytes: int, digest: bytes, fmt: int, art: Artifact, engines: Engines
+) -> bytes:  # fmt: skip
     """The episode's exact text from ``art``; :class:`IntegrityError` if it does not match its size and digest."""
+    engine = engines.get(art.engine, ns)  # an unknown engine raises (a RememoryError), never reads as damage
     try:
-        data = get_engine(art.engine).decode(art, keywords, n_bytes=n_bytes)
+        data = engine.decode(art, keywords, n_bytes=n_bytes)
     except RememoryError:
         raise
     except Exception as exc:  # any engine, any damage: an artifact that fails to decode is damaged
@@ -170,6 +194,7 @@ def _source_damaged(r: Row, reason: object) -> IntegrityError:
 
 def _export_batches(store: MemoryStore, namespace: str | None) -> Iterator[list[tuple[Row, Artifact, IndexRow]]]:
     """The store's episodes in insertion order, a batch at a time, each checked to decode to its digest."""
+    engines = Engines(store.models)
     for rows in store.iter_rows(namespace, batch=BATCH):
         arts = store.load_artifacts(rows)
         index = {ir.rowid: ir for ir in store.index_rows([r.rowid for r in rows])}
@@ -183,7 +208,7 @@ def _export_batches(store: MemoryStore, namespace: str | None) -> Iterator[list[
             if ir.damage is not None:
                 raise _source_damaged(r, ir.damage)
             try:
-                decode_checked(r.namespace, r.id, r.keywords, r.n_bytes, r.digest, r.digest_format, art)
+                decode_checked(r.namespace, r.id, r.keywords, r.n_bytes, r.digest, r.digest_format, art, engines)
             except IntegrityError as exc:
                 raise _source_damaged(r, exc) from None
             out.append((r, art, ir))
@@ -223,7 +248,24 @@ def _pack(batch: int, items: list[tuple[Row, Artifact, IndexRow]]) -> tuple[byte
     }
     for name, arrs in streams.items():
         tensors[_STREAM_PREFIX + name] = np.concatenate(arrs)
-    return st_save(tensors, metadata={"format": f"{FORMAT}/{VERSION}"}), lines
+    return st_save(tensors, metadata={"format": f"{FORMAT}/1"}), lines  # (arrays files are as in version 1)
+
+
+def _write_models(zf: zipfile.ZipFile, models: list[StoredModel], files: dict[str, dict[str, Any]]) -> None:
+    """The shared models: each one's data in a member of its own, described by a line of ``models.jsonl``."""
+    lines = []
+    for k, sm in enumerate(models):
+        member = f"{MODEL_DIR}{k:06d}.bin"
+        zf.writestr(member, sm.model.data)
+        files[member] = {"sha256": hashlib.sha256(sm.model.data).hexdigest(), "bytes": len(sm.model.data)}
+        lines.append(json.dumps({
+            "namespace": sm.namespace, "engine": sm.model.engine, "version": sm.model.version,
+            "config": sm.model.config, "trained_on": sm.model.trained_on, "created_at": sm.created_at,
+            "data": member,
+        }, ensure_ascii=False, separators=(",", ":")))  # fmt: skip
+    raw = ("\n".join(lines) + "\n").encode("utf-8")
+    zf.writestr(MODELS, raw)
+    files[MODELS] = {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
 
 
 def write_archive(
@@ -238,6 +280,8 @@ def write_archive(
     total = store.count(namespace)
     counts: dict[str, int] = {}
     files: dict[str, dict[str, Any]] = {}
+    models = store.list_models(namespace)
+    version = VERSION if models else 1
 
     def write(fh: IO[bytes]) -> None:
         done = 0
@@ -264,9 +308,11 @@ def write_archive(
                     size += len(chunk)
                     out.write(chunk)
             files[EPISODES] = {"sha256": h.hexdigest(), "bytes": size}
+            if models:
+                _write_models(zf, models, files)
             manifest = {
                 "format": FORMAT,
-                "version": VERSION,
+                "version": version,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "embedder": None if bound is None else {"id": bound[0], "dim": bound[1]},
                 "namespace": namespace,
@@ -373,10 +419,11 @@ def _manifest(zf: zipfile.ZipFile, path: Path) -> Manifest:
         )
     m = cast(Any, m)  # a checked dict from here on; each field is checked below
     version = m.get("version")
-    if version != VERSION:
+    if version not in VERSIONS or isinstance(version, bool):
         newer = isinstance(version, int) and not isinstance(version, bool) and version > VERSION
         raise ArchiveError(
-            f"The archive {path} has format version {version!r}; this rememory reads version {VERSION}. "
+            f"The archive {path} has format version {version!r}; this rememory reads versions "
+            f"{', '.join(map(str, VERSIONS))}. "
             + ("Upgrade rememory to import it." if newer else "Export it again with this rememory.")
             + " Nothing was stored."
         )
@@ -404,8 +451,11 @@ def _manifest(zf: zipfile.ZipFile, path: Path) -> Manifest:
     _want(not missing, path, "its contents", f"the member(s) {missing[:3]} listed in the manifest are missing")
     extra = sorted(present - set(hashes))
     _want(not extra, path, "its contents", f"the member(s) {extra[:3]} are not in the manifest")
+    has_models = any(k == MODELS or k.startswith(MODEL_DIR) for k in hashes)
+    _want(version >= 2 or not has_models, path, where, "a version 1 archive holds models")
+    _want(MODELS in hashes or not has_models, path, where, f"it holds model data but no {MODELS}")
     return Manifest(
-        version=VERSION, embedder=None if emb is None else emb["id"], dim=None if emb is None else emb["dim"],
+        version=int(version), embedder=None if emb is None else emb["id"], dim=None if emb is None else emb["dim"],
         namespace=ns, episodes=n, namespaces=dict(counts), files=hashes,
     )  # fmt: skip
 
@@ -422,10 +472,49 @@ class ArchiveReader:
         self._zf = _open_zip(self.path)
         try:
             self.manifest = _manifest(self._zf, self.path)
+            self.models = self._read_models()
         except BaseException:
             self._zf.close()
             raise
         self._max_text_bytes = max_text_bytes
+        repos: dict[str, InMemoryModels] = {}
+        for sm in self.models:
+            repos.setdefault(sm.namespace, InMemoryModels()).add(sm.model)
+        # Episodes decode with the archive's own models (checked before any is stored).
+        self._engines = Engines(lambda ns: repos.setdefault(ns, InMemoryModels()))
+
+    def _read_models(self) -> list[StoredModel]:
+        """The archive's shared models (version 2), each member checked against its SHA-256."""
+        if MODELS not in self.manifest.files:
+            return []
+        raw = _read_member(self._zf, self.path, MODELS, self.manifest.files[MODELS])
+        out: list[StoredModel] = []
+        seen: set[tuple[str, str, int]] = set()
+        used: set[str] = set()
+        for no, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+            where = f"{MODELS} line {no}"
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise _damaged(self.path, f"{where} is not valid JSON ({exc})") from None
+            _want(isinstance(obj, dict), self.path, where, "it is not a JSON object")
+            ns, engine, version, config = obj.get("namespace"), obj.get("engine"), obj.get("version"), obj.get("config")
+            trained_on, created_at, member = obj.get("trained_on"), obj.get("created_at"), obj.get("data")
+            whole = (version, trained_on, created_at)
+            _want(isinstance(ns, str) and isinstance(engine, str) and isinstance(config, dict)
+                  and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in whole) and version >= 1,
+                  self.path, where, "its namespace, engine, version, config or counts are malformed")  # fmt: skip
+            _want(isinstance(member, str) and member.startswith(MODEL_DIR) and member in self.manifest.files
+                  and member not in used, self.path, where,
+                  f"its data member {member!r} is not in the manifest")  # fmt: skip
+            _want((ns, engine, version) not in seen, self.path, where, f"model {engine} v{version} of {ns!r} is twice")
+            seen.add((ns, engine, version))
+            used.add(member)
+            data = _read_member(self._zf, self.path, member, self.manifest.files[member])
+            out.append(StoredModel(ns, SharedModel(engine, version, config, data, trained_on), created_at))
+        unused = sorted(k for k in self.manifest.files if k.startswith(MODEL_DIR) and k not in used)
+        _want(not unused, self.path, MODELS, f"the model member(s) {unused[:3]} belong to no model")
+        return out
 
     def close(self) -> None:
         self._zf.close()
@@ -472,7 +561,7 @@ class ArchiveReader:
         if group:
             yield self._batch(next_batch, group, seen)
             next_batch += 1
-        arrays = {k for k in self.manifest.files if k != EPISODES}
+        arrays = {k for k in self.manifest.files if k.startswith("arrays/")}
         _want(n == self.manifest.episodes, self.path, EPISODES,
               f"it holds {n} episodes, the manifest says {self.manifest.episodes}")  # fmt: skip
         _want(len(arrays) == next_batch, self.path, "its contents",
@@ -544,7 +633,7 @@ class ArchiveReader:
                 art_streams[name] = src[span[0] : span[0] + span[1]]
         art = Artifact(engine, config, art_streams)
         try:
-            data = decode_checked(ns, id_, keywords, n_bytes, digest, fmt, art)
+            data = decode_checked(ns, id_, keywords, n_bytes, digest, fmt, art, self._engines)
         except IntegrityError as exc:
             raise _damaged(p, f"{where} (episode {id_!r} of namespace {ns!r}): {exc}") from None
         except RememoryError as exc:  # an engine this rememory does not know
@@ -613,8 +702,18 @@ def import_archive(
                 f"{embedder_id!r}. Nothing was stored. Open the store with embedder={m.embedder!r} "
                 f"(CLI: --embedder {m.embedder})."
             )
-        # Pass 1 checks everything and stores nothing: a damaged archive, or an episode that
-        # conflicts with the store's, fails here with the store unchanged.
+        # Pass 1 checks everything and stores nothing: a damaged archive, or an episode or a model
+        # that conflicts with the store's, fails here with the store unchanged.
+        for sm in reader.models:
+            have = {(h.model.engine, h.model.version): h.model for h in store.list_models(sm.namespace)}
+            old = have.get((sm.model.engine, sm.model.version))
+            if old is not None and (old.config, old.data, old.trained_on) != (
+                    sm.model.config, sm.model.data, sm.model.trained_on):  # fmt: skip
+                raise DuplicateIdError(
+                    f"The archive {path} holds version {sm.model.version} of the {sm.model.engine!r} model of "
+                    f"namespace {sm.namespace!r}, and this store holds another model under that version: the "
+                    "archive's memories cannot decode with it, so nothing was stored. Import into another store."
+                )
         done = 0
         for batch in reader.batches():
             existing = _existing(store, batch)
@@ -626,7 +725,10 @@ def import_archive(
             done += len(batch)
             if progress is not None:
                 progress(ArchiveProgress("verify", done, m.episodes))
-        # Pass 2 reads (and checks) the archive again and commits it batch by batch.
+        # Pass 2 reads (and checks) the archive again and commits it batch by batch, after the models
+        # its episodes decode with (a model is immutable: one already stored is kept, not rewritten).
+        for sm in reader.models:
+            store.import_model(sm.namespace, sm.model, sm.created_at)
         imported = skipped = done = 0
         bound_now = False
         for batch in reader.batches():

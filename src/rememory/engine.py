@@ -7,6 +7,8 @@ per-episode cell without touching them.
 
 from __future__ import annotations
 
+import importlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from .cells.codec import digest
-from .errors import StoreError
+from .errors import ConfigError, IntegrityError, UnknownEngineError
+from .records import EncodeProgress
+
+DEFAULT_ENGINE = "mlp-cell/1"
 
 
 @dataclass
@@ -58,6 +63,10 @@ class ModelRepository(Protocol):
         """The newest version of ``engine``'s model, or None if it has none yet."""
         ...
 
+    def latest_version(self, engine: str) -> int | None:
+        """The newest version's number, without reading its data (None if there is none)."""
+        ...
+
     def get(self, engine: str, version: int) -> SharedModel:
         """One version; a missing one is an :class:`~rememory.errors.IntegrityError`."""
         ...
@@ -77,12 +86,14 @@ class InMemoryModels:
         versions = [v for e, v in self._models if e == engine]
         return self._models[(engine, max(versions))] if versions else None
 
+    def latest_version(self, engine: str) -> int | None:
+        latest = self.latest(engine)
+        return latest.version if latest else None
+
     def get(self, engine: str, version: int) -> SharedModel:
         try:
             return self._models[(engine, version)]
         except KeyError:
-            from .errors import IntegrityError
-
             raise IntegrityError(f"engine {engine!r} has no model version {version}") from None
 
     def put(self, engine: str, config: dict[str, Any], data: bytes, trained_on: int) -> SharedModel:
@@ -91,17 +102,9 @@ class InMemoryModels:
         self._models[(engine, model.version)] = model
         return model
 
-
-@dataclass(frozen=True)
-class EncodeProgress:
-    """An engine-neutral progress event: emitted by any engine while it encodes a batch."""
-
-    done: int  # episodes finished
-    total: int
-    bytes_done: int
-    bytes_total: int
-    elapsed_s: float
-    stage: str = "encode"  # e.g. "train-model", "encode"
+    def add(self, model: SharedModel) -> None:
+        """Keep ``model`` under its own version (an archive's models, checked before import)."""
+        self._models[(model.engine, model.version)] = model
 
 
 @dataclass(frozen=True)
@@ -117,14 +120,19 @@ class MemoryEngine(ABC):
     """Encodes batches of episodes into artifacts and decodes them back to exact bytes.
 
     An engine that needs shared models (``uses_models``) gets a :class:`ModelRepository` scoped to
-    the namespace it works in; a per-episode engine ignores it.
+    the namespace it works in; a per-episode engine ignores it. Engines are built by
+    :func:`create_engine` as ``cls(models=..., config=...)`` (``config``: the engine's own settings
+    object, or None for its defaults) and cached by :class:`~rememory.Memory` per (engine, namespace),
+    so one instance serves many calls and threads: cache what is immutable (a model version's
+    weights), and ask ``models`` for the latest version when encoding (another process may have
+    trained a newer one).
     """
 
     name: str
     description: str = ""  # one line, listed by ``rememory engines``
     uses_models: bool = False
 
-    def __init__(self, models: ModelRepository | None = None) -> None:
+    def __init__(self, models: ModelRepository | None = None, config: Any = None) -> None:
         self.models = models
 
     @abstractmethod
@@ -155,18 +163,107 @@ class MemoryEngine(ABC):
                 out.append(exc)
         return out
 
+    def fit(
+        self, texts: Sequence[bytes], progress: Callable[[EncodeProgress], None] | None = None
+    ) -> SharedModel | None:
+        """Train a new shared model version on ``texts`` and ``put`` it into ``self.models``; return it.
+
+        The default: None, for an engine without shared models. ``rememory reencode`` calls it on a
+        namespace's texts before re-encoding them; later ``encode`` calls use the newest version.
+        """
+        return None
+
+    def model_version(self, artifact: Artifact) -> int | None:
+        """The shared model version ``artifact`` was encoded with (None: the engine uses no shared model)."""
+        return None
+
     def verify(self, artifact: Artifact, key: str, expected_digest: bytes) -> bool:
         """Whether ``artifact`` reconstructs bytes with digest ``expected_digest``."""
         return digest(self.decode(artifact, key)) == expected_digest
 
 
-def get_engine(name: str) -> MemoryEngine:
-    """The engine that reads artifacts tagged ``name``."""
-    from .cells.engine import MlpCellEngine
+# --- the registry ---
 
-    if name == MlpCellEngine.name:
-        return MlpCellEngine()
-    raise StoreError(
-        f"This store holds memories made by engine {name!r}, which this version of rememory does not "
-        "know. Upgrade rememory to read them."
-    )
+# name -> "module:Class". Modules import on first use, so listing or opening a store never imports
+# torch. A new built-in engine is one line here; others call register_engine() before use.
+_ENGINES: dict[str, str | type[MemoryEngine]] = {
+    "mlp-cell/1": "rememory.cells.engine:MlpCellEngine",
+    "byte-trace/1": "rememory.trace.engine:TraceEngine",
+}
+_registry_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """A registered engine, as ``rememory engines`` lists it."""
+
+    name: str
+    description: str  # one line
+    uses_models: bool  # keeps a shared model per namespace (trained by ``rememory reencode``)
+    default: bool = False  # what new stores encode with
+
+
+def register_engine(name: str, target: str | type[MemoryEngine]) -> None:
+    """Register an engine under ``name`` (its ``MemoryEngine.name``): a class, or ``"module:Class"`` imported lazily.
+
+    Registering a name again replaces it (a plugin may override a built-in in its own process).
+    """
+    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+        raise ConfigError(f"An engine name must be a non-empty string without spaces, got {name!r}.")
+    if isinstance(target, str) and (target.count(":") != 1 or not all(target.split(":"))):
+        raise ConfigError(f"Register engine {name!r} as a class or as 'module:Class', got {target!r}.")
+    with _registry_lock:
+        _ENGINES[name] = target
+
+
+def engine_names() -> list[str]:
+    """The registered engines' names, sorted."""
+    with _registry_lock:
+        return sorted(_ENGINES)
+
+
+def engine_class(name: str) -> type[MemoryEngine]:
+    """The class registered as ``name``; an unknown name is an :class:`UnknownEngineError` listing the known ones."""
+    with _registry_lock:
+        target = _ENGINES.get(name)
+    if target is None:
+        raise UnknownEngineError(
+            f"Unknown memory engine {name!r}; this rememory knows {', '.join(engine_names())} "
+            "(rememory engines). Check the name, or upgrade rememory if a newer version made these memories."
+        )
+    if isinstance(target, str):
+        module, attr = target.split(":")
+        cls = getattr(importlib.import_module(module), attr)
+        if not (isinstance(cls, type) and issubclass(cls, MemoryEngine)):
+            raise ConfigError(f"The engine {name!r} is registered as {target!r}, which is not a MemoryEngine class.")
+        with _registry_lock:
+            _ENGINES[name] = cls
+        target = cls
+    if target.name != name:
+        raise ConfigError(f"The engine registered as {name!r} names itself {target.name!r}; register it by its name.")
+    return target
+
+
+def engine_info() -> list[EngineInfo]:
+    """Every registered engine with its one-line description, sorted by name (imports each engine's module)."""
+    out = []
+    for name in engine_names():
+        cls = engine_class(name)
+        out.append(EngineInfo(name, cls.description.strip().splitlines()[0] if cls.description.strip() else "",
+                              cls.uses_models, name == DEFAULT_ENGINE))  # fmt: skip
+    return out
+
+
+def create_engine(name: str, *, models: ModelRepository | None = None, config: Any = None) -> MemoryEngine:
+    """A new instance of the engine ``name``; one with shared models and no ``models`` keeps them in memory."""
+    cls = engine_class(name)
+    if models is None and cls.uses_models:
+        models = InMemoryModels()
+    return cls(models=models, config=config)
+
+
+__all__ = [
+    "DEFAULT_ENGINE", "Artifact", "DecodeItem", "EncodeProgress", "EngineInfo", "InMemoryModels", "MemoryEngine",
+    "ModelRepository", "SharedModel", "create_engine", "engine_class", "engine_info", "engine_names",
+    "register_engine",
+]  # fmt: skip

@@ -30,6 +30,10 @@ class ConfigError(RememoryError, ValueError):
     exit_code = 2
 
 
+class UnknownEngineError(ConfigError):
+    """A memory engine name that no engine is registered under (see ``rememory engines``)."""
+
+
 class NotFoundError(RememoryError, KeyError):
     """No memory with this id exists."""
 

@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from .cells.train import TrainProgress
 from .config import resolve_max_text_bytes
 from .episodes import load_episodes_file, validate_many
 from .errors import ConfigError, InvalidEpisodeError, NotFoundError
 from .index.config import WEIGHTS, RankingConfig
 from .index.live import RankingFeatures, best_positions, fuse, normalise
 from .memory import Memory
-from .records import Episode
+from .records import EncodeProgress, Episode
 
 DEFAULT_KS = (1, 5, 10)
 NDCG_K = 10
@@ -357,7 +356,7 @@ def _fill(
                 )
             continue
 
-        def relay(ev: TrainProgress, base: int = base) -> None:
+        def relay(ev: EncodeProgress, base: int = base) -> None:
             emit("train", base + ev.bytes_done, total_bytes)
 
         items = [{"id": e.id, "keywords": e.keywords, "text": e.text, "time": e.time} for e in eps]

@@ -16,11 +16,10 @@ from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .archive import ArchiveProgress, ExportReport, ImportReport
-from .cells.engine import MlpCellEngine
 from .cells.model import CellConfig
 from .config import resolve_max_text_bytes, resolve_store_path
 from .embed import Embedder, load_embedder
-from .engine import Artifact, MemoryEngine, get_engine
+from .engine import DEFAULT_ENGINE, Artifact, DecodeItem, MemoryEngine, create_engine, engine_class
 from .episodes import validate_episode, validate_many, validate_namespace, validate_query
 from .errors import ConfigError, EmbedderMismatchError, IntegrityError, NotFoundError, RememoryError, StoreBusyError
 from .index import snapshot
@@ -32,20 +31,21 @@ from .limits import MAX_PAGE, MAX_TOP_K
 from .quant import quantize_int8
 from .records import (
     DayCount,
+    EncodeProgress,
     Episode,
     EpisodeDetail,
     EpisodePage,
     EpisodeView,
     RecallHit,
     ReembedReport,
+    ReencodeReport,
     StoreStats,
-    TrainProgress,
     VerifyFailure,
     VerifyReport,
 )
 from .store import open_store
 from .store.base import check_duplicate, mismatch
-from .store.records import NewEpisode, Row, StagedKey
+from .store.records import ArtifactSwap, NewEpisode, Row, StagedKey
 from .timeparse import TimeRange, episode_seconds, filter_range, query_range
 
 if TYPE_CHECKING:
@@ -53,10 +53,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[TrainProgress], None]
+ProgressFn = Callable[[EncodeProgress], None]
 # From this size a namespace's recall index is snapshotted (mapped by the next process, not rebuilt):
 # building it from 10k rows takes ~0.8 s of a new `rememory recall`, mapping its snapshot ~0.05 s.
 SNAPSHOT_MIN_EPISODES = 2000
+# `reencode` trains a new model version when a namespace holds this many times the episodes its newest
+# model was trained on: a model fitted on few episodes predicts a grown store's text poorly.
+REFIT_GROWTH = 2.0
+REENCODE_BATCH = 256
 
 
 def key_text(keywords: str, text: str) -> str:
@@ -79,6 +83,8 @@ class Memory:
         path: str | os.PathLike[str] | None = None,
         *,
         embedder: str | Embedder | None = None,
+        engine: str | None = None,
+        engine_config: Any = None,
         cell_config: CellConfig | None = None,
         ranking: RankingConfig | None = None,
         max_text_bytes: int | None = None,
@@ -88,6 +94,16 @@ class Memory:
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        if engine is not None:
+            engine_class(engine)  # an unknown name fails here, before the store is opened
+        if cell_config is not None:
+            if engine_config is not None:
+                raise ConfigError("Give either cell_config or engine_config, not both (cell_config is the cell's).")
+            if engine not in (None, DEFAULT_ENGINE):
+                raise ConfigError(f"cell_config configures the {DEFAULT_ENGINE!r} engine, not {engine!r}; "
+                                  "pass that engine's settings as engine_config.")  # fmt: skip
+            engine = engine or DEFAULT_ENGINE
+            engine_config = cell_config
         self.path = resolve_store_path(path)
         self.read_only = read_only
         self._store = open_store(self.path, busy_timeout=busy_timeout, read_only=read_only)
@@ -101,7 +117,13 @@ class Memory:
         except BaseException:
             self._store.close()  # a refused open leaves no connection (or pool) behind
             raise
-        self._engine: MemoryEngine = MlpCellEngine(cell_config)
+        # The engine new episodes are made with: the one asked for (recorded as the store's at its first
+        # add), else the store's own, else the default. Stored episodes each decode with their own engine.
+        self._engine_explicit = engine is not None
+        self._engine_name = engine or self._store.default_engine() or DEFAULT_ENGINE
+        self._engine_config = engine_config
+        self._engines: dict[tuple[str, str], MemoryEngine] = {}
+        self._engines_lock = threading.Lock()
         self.ranking = ranking or RankingConfig()
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
@@ -137,6 +159,27 @@ class Memory:
     @property
     def embedder(self) -> Embedder:
         return self._embedder
+
+    @property
+    def engine(self) -> str:
+        """The name of the memory engine new episodes are encoded with (see ``rememory engines``)."""
+        return self._engine_name
+
+    def _engine_for(self, name: str, namespace: str) -> MemoryEngine:
+        """The engine ``name`` working in ``namespace`` (its shared models are that namespace's), built once.
+
+        An unknown name is an :class:`~rememory.errors.UnknownEngineError`.
+        """
+        key = (name, namespace)
+        with self._engines_lock:
+            eng = self._engines.get(key)
+            if eng is None:
+                config = self._engine_config if name == self._engine_name else None
+                cls = engine_class(name)
+                models = self._store.models(namespace) if cls.uses_models else None
+                eng = create_engine(name, models=models, config=config)
+                self._engines[key] = eng
+            return eng
 
     # --- writes ---
 
@@ -192,6 +235,9 @@ class Memory:
                 todo.append((ep, data, dg))
         if todo:
             self._store.bind_embedder(self._embedder.id, self._embedder.dim)
+            if self._engine_explicit and self._store.default_engine() != self._engine_name:
+                self._store.set_default_engine(self._engine_name)  # the store's engine from now on
+            self._engine_explicit = False
         contexts = self._context_texts([ep for ep, _, _ in todo])
         total_bytes = sum(len(d) for _, d, _ in todo)
         start = time.perf_counter()
@@ -200,14 +246,23 @@ class Memory:
             chunk = todo[i : i + self._batch_size]
             vecs = self._embedder.embed_batch([key_text(ep.keywords, ep.text) for ep, _, _ in chunk])
             ctx_vecs = self._embedder.embed_batch(contexts[i : i + self._batch_size])
+            arts: builtins.list[Artifact | None] = [None] * len(chunk)
+            # One encode per namespace: an engine with shared models encodes with its namespace's model.
+            for ns in sorted({ep.namespace for ep, _, _ in chunk}):
+                pos = [j for j, (ep, _, _) in enumerate(chunk) if ep.namespace == ns]
 
-            def relay(ev: TrainProgress, base_cells: int = done_cells, base_bytes: int = done_bytes) -> None:
-                if progress is not None:
-                    progress(dc_replace(ev, cells_done=base_cells + ev.cells_done, cells_total=len(todo),
-                                        bytes_done=base_bytes + ev.bytes_done, bytes_total=total_bytes,
-                                        elapsed_s=time.perf_counter() - start))  # fmt: skip
+                def relay(ev: EncodeProgress, base_cells: int = done_cells, base_bytes: int = done_bytes) -> None:
+                    if progress is not None:
+                        progress(dc_replace(ev, done=base_cells + ev.done, total=len(todo),
+                                            bytes_done=base_bytes + ev.bytes_done, bytes_total=total_bytes,
+                                            elapsed_s=time.perf_counter() - start))  # fmt: skip
 
-            arts = self._engine.encode([ep.keywords for ep, _, _ in chunk], [d for _, d, _ in chunk], relay)
+                engine = self._engine_for(self._engine_name, ns)
+                got = engine.encode([chunk[j][0].keywords for j in pos], [chunk[j][1] for j in pos], relay)
+                for j, art in zip(pos, got, strict=True):
+                    arts[j] = art
+                done_cells += len(pos)
+                done_bytes += sum(len(chunk[j][1]) for j in pos)
             items = []
             for (ep, data, dg), vec, ctx_vec in zip(chunk, vecs, ctx_vecs):
                 q, scale = quantize_int8(vec)
@@ -215,9 +270,8 @@ class Memory:
                 tokens = token_hashes(f"{ep.keywords} {ep.text}")
                 when = episode_seconds(ep.time, ep.keywords)  # once, here: recall never parses keywords
                 items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale, event_time=when))
-            self._store.commit_batch(items, arts, (self._embedder.id, self._embedder.dim), replace=replace)
-            done_cells += len(chunk)
-            done_bytes += sum(len(d) for _, d, _ in chunk)
+            self._store.commit_batch(items, [a for a in arts if a is not None], (self._embedder.id, self._embedder.dim),
+                                     replace=replace)  # fmt: skip
         return [e.id for e in eps]
 
     def _context_texts(self, eps: list[Episode]) -> list[str]:
@@ -351,6 +405,124 @@ class Memory:
                 progress(min(done, total), total)
         return done
 
+    def reencode(
+        self,
+        engine: str | None = None,
+        *,
+        namespace: str | None = None,
+        batch: int | None = None,
+        retrain: bool | None = None,
+        progress: ProgressFn | None = None,
+    ) -> ReencodeReport:
+        """Convert stored episodes (of ``namespace``, or of the whole store) to ``engine`` (default: the store's).
+
+        Each episode is decoded from its own artifact and checked against its digest, encoded with
+        ``engine``, checked to decode to exactly the same bytes, and swapped in; ``batch`` episodes
+        (default: the store's batch size) commit at a time, so a crash loses at most the batch in
+        flight, and rerunning resumes (episodes already converted are skipped). Recall keys stay as
+        they are. A damaged episode is reported in ``failures`` and left as it was.
+
+        For an engine with shared models, a namespace first gets a new model version trained on its
+        texts (``fit``) when ``retrain`` is True, when it has none, or (``retrain`` None) when it holds
+        :data:`REFIT_GROWTH` times the episodes its newest model was trained on; ``retrain=False``
+        never trains. Episodes on an older version are then re-encoded with the newest; until they
+        are, they decode with their own version. Converting the whole store also makes ``engine``
+        the store's engine for new episodes.
+
+        >>> mem.reencode("mlp-cell/1").reencoded
+        0
+        """
+        if self.read_only:
+            raise ConfigError(f"The store at {self.location} is open read-only; open it for writing to reencode it.")
+        target = engine or self._engine_name
+        cls = engine_class(target)
+        size = self._batch_size if batch is None else batch
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"batch must be a whole number of at least 1, got {batch!r}.")
+        if namespace is not None:
+            namespace = validate_namespace(namespace)
+        rep = self._store.size_report(namespace)
+        names = [namespace] if namespace is not None else sorted(rep.namespaces)
+        failures: dict[tuple[str, str], VerifyFailure] = {}
+        made: dict[str, int] = {}
+        total, bytes_total = rep.episodes, rep.text_bytes
+        start = time.perf_counter()
+        looked = reencoded = unchanged = bytes_done = 0
+
+        def fail(r: Row, why: object) -> None:
+            failures[(r.namespace, r.id)] = VerifyFailure(r.namespace, r.id, str(why))
+
+        for ns in names:
+            eng = self._engine_for(target, ns)
+            current: int | None = None
+            if cls.uses_models:
+                assert eng.models is not None
+                latest = eng.models.latest(target)
+                n = self._store.count(ns)
+                if n and retrain is not False and (retrain or latest is None or n >= REFIT_GROWTH * latest.trained_on):
+                    texts = [data for r, data in self._namespace_texts(ns, fail)]
+                    model = eng.fit(texts, progress) if texts else None
+                    if model is not None:
+                        made[ns] = model.version
+                current = eng.models.latest_version(target)
+            for rows in self._store.iter_rows(ns, batch=size):
+                looked += len(rows)
+                arts = self._store.load_artifacts(rows)
+                todo = []
+                for r in rows:
+                    art = arts[r.rowid]
+                    if isinstance(art, Artifact) and art.engine == target and eng.model_version(art) == current:
+                        unchanged += 1
+                    else:
+                        todo.append(r)
+                got = self._decode_many(todo, arts)
+                ok: builtins.list[tuple[Row, bytes]] = []
+                for r in todo:
+                    data = got[r.rowid]
+                    if isinstance(data, bytes):
+                        ok.append((r, data))
+                    else:
+                        fail(r, data)
+                if ok:
+                    new = eng.encode([r.keywords for r, _ in ok], [d for _, d in ok])
+                    back = eng.decode_batch(
+                        [DecodeItem(a, r.keywords, len(d)) for (r, d), a in zip(ok, new, strict=True)]
+                    )
+                    for (r, d), b in zip(ok, back, strict=True):
+                        if b != d:  # an engine bug, not damage: nothing of this batch is swapped in
+                            raise IntegrityError(
+                                f"The engine {target!r} encoded memory {r.id!r} (namespace {ns!r}) into an artifact "
+                                f"that does not decode to its text ({b if isinstance(b, Exception) else 'other bytes'})"
+                                "; nothing of this batch was changed. Report this bug; the store is intact.",
+                                ids=[r.id],
+                            )
+                    swaps = [ArtifactSwap(r.rowid, r.id, r.namespace, r.digest, a) for (r, _), a in zip(ok, new)]
+                    reencoded += len(self._store.replace_artifacts(swaps))
+                bytes_done += sum(r.n_bytes for r in rows)
+                if progress is not None:
+                    progress(EncodeProgress(looked, max(total, looked), bytes_done, max(bytes_total, bytes_done),
+                                            time.perf_counter() - start, stage="reencode"))  # fmt: skip
+        if namespace is None and target != self._store.default_engine():
+            self._store.set_default_engine(target)
+        if namespace is None and target != self._engine_name:
+            self._engine_name, self._engine_config = target, None  # the settings given were the old engine's
+        return ReencodeReport(target, looked, reencoded, unchanged, builtins.list(failures.values()), made)
+
+    def _namespace_texts(
+        self, namespace: str, fail: Callable[[Row, object], None]
+    ) -> Iterable[tuple[Row, bytes]]:  # fmt: skip
+        """Every episode of ``namespace`` with its decoded, digest-checked text; damaged ones go to ``fail``."""
+        out: builtins.list[tuple[Row, bytes]] = []
+        for rows in self._store.iter_rows(namespace, batch=500):
+            got = self._reconstruct(rows)
+            for r in rows:
+                data = got[r.rowid]
+                if isinstance(data, bytes):
+                    out.append((r, data))
+                else:
+                    fail(r, data)
+        return out
+
     def _discard_snapshots(self, namespace: str | None) -> None:
         """Drop recall snapshots (of ``namespace``, or all): their keys are about to change."""
         if self._snapshot_dir is None or not self._snapshot_dir.exists():
@@ -389,25 +561,49 @@ class Memory:
 
     def _reconstruct(self, rows: Sequence[Row]) -> dict[int, bytes | IntegrityError]:
         """Each row's exact text by rowid, or the :class:`IntegrityError` that says why it is unreadable."""
-        arts = self._store.load_artifacts(rows)
-        return {r.rowid: self._decode_loaded(r, arts[r.rowid]) for r in rows}
+        return self._decode_many(rows, self._store.load_artifacts(rows))
 
-    def _decode_loaded(self, r: Row, art: Artifact | IntegrityError) -> bytes | IntegrityError:
-        if isinstance(art, IntegrityError):
-            return IntegrityError(
-                f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {art}. Run `rememory verify` "
-                "to list every affected memory, then re-add them.",
-                ids=[r.id],
-            )
-        return self._decode_checked(r, art)
+    def _decode_many(
+        self, rows: Sequence[Row], arts: dict[int, Artifact | IntegrityError]
+    ) -> dict[int, bytes | IntegrityError]:
+        """Decode ``rows`` from their loaded artifacts, a batch per (engine, namespace), each checked
+        against its digest. Damage is returned per row, never raised."""
+        out: dict[int, bytes | IntegrityError] = {}
+        groups: dict[tuple[str, str], builtins.list[Row]] = {}
+        for r in rows:
+            art = arts[r.rowid]
+            if isinstance(art, IntegrityError):
+                out[r.rowid] = IntegrityError(
+                    f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {art}. Run `rememory verify` "
+                    "to list every affected memory, then re-add them.",
+                    ids=[r.id],
+                )
+            else:
+                groups.setdefault((art.engine, r.namespace), []).append(r)
+        for (name, ns), group in groups.items():
+            try:
+                engine = self._engine_for(name, ns)
+            except RememoryError as exc:  # an engine this rememory does not know
+                for r in group:
+                    out[r.rowid] = self._malformed(r, exc)
+                continue
+            items = []
+            for r in group:
+                art = arts[r.rowid]
+                assert not isinstance(art, IntegrityError)
+                items.append(DecodeItem(art, r.keywords, r.n_bytes))
+            for r, data in zip(group, engine.decode_batch(items), strict=True):
+                out[r.rowid] = self._malformed(r, data) if isinstance(data, Exception) else self._checked(r, data)
+        return out
 
     def _views(self, rows: Sequence[Row]) -> builtins.list[EpisodeView]:
         """Each row as a viewer shows it: decoded and checked against its digest, damage named, not raised."""
         arts = self._store.load_artifacts(rows)
+        got = self._decode_many(rows, arts)
         out = []
         for r in rows:
             art = arts[r.rowid]
-            data = self._decode_loaded(r, art)
+            data = got[r.rowid]
             # What the memory costs to keep: its weight streams and its config (as stored, compact JSON).
             config = {} if isinstance(art, IntegrityError) else art.config
             cell = 0 if isinstance(art, IntegrityError) else art.nbytes + len(json.dumps(config, separators=(",", ":")))
@@ -415,15 +611,15 @@ class Memory:
             out.append(EpisodeView(r.id, r.namespace, r.keywords, r.time, r.created_at, r.n_bytes, cell, text, damage))
         return out
 
-    def _decode_checked(self, r: Row, art: Artifact) -> bytes | IntegrityError:
-        try:
-            data = get_engine(art.engine).decode(art, r.keywords, n_bytes=r.n_bytes)
-        except Exception as exc:  # any engine, any damage: stored data that fails to decode is damaged
-            what = str(exc) if isinstance(exc, RememoryError) else f"{type(exc).__name__}: {exc}"
-            return IntegrityError(
-                f"The memory {r.id!r} (namespace {r.namespace!r}) is malformed ({what}); re-add the episode.",
-                ids=[r.id],
-            )
+    def _malformed(self, r: Row, exc: Exception) -> IntegrityError:
+        # Any engine, any damage: stored data that fails to decode is damaged.
+        what = str(exc) if isinstance(exc, RememoryError) else f"{type(exc).__name__}: {exc}"
+        return IntegrityError(
+            f"The memory {r.id!r} (namespace {r.namespace!r}) is malformed ({what}); re-add the episode.", ids=[r.id]
+        )
+
+    def _checked(self, r: Row, data: bytes) -> bytes | IntegrityError:
+        """``data`` if it is the exact text ``r``'s digest names, else the IntegrityError that says so."""
         try:
             want = episode_digest(r.namespace, r.id, data, r.digest_format)
         except ValueError:
@@ -727,13 +923,17 @@ class Memory:
         return VerifyReport(checked=checked, failures=failures)
 
     def stats(self, namespace: str | None = None) -> StoreStats:
-        """Sizes of the store (or of one namespace): episodes, text, cell and on-disk bytes."""
+        """Sizes of the store (or of one namespace): episodes, text, memory and on-disk bytes.
+
+        ``memory_bytes`` counts every episode's artifact, whichever engine made it, and the engines'
+        shared models (of the namespace, or of the whole store).
+        """
         rep = self._store.size_report(namespace)
         bound = self._store.embedder_info()
         emb, dim = bound if bound is not None else (self._embedder.id, 0)
         return StoreStats(
-            episodes=rep.episodes, text_bytes=rep.text_bytes, cell_bytes=rep.cell_bytes,
-            store_bytes=rep.store_bytes, embedder=emb, dim=dim, namespaces=rep.namespaces, engine=self._engine.name,
+            episodes=rep.episodes, text_bytes=rep.text_bytes, memory_bytes=rep.memory_bytes,
+            store_bytes=rep.store_bytes, embedder=emb, dim=dim, namespaces=rep.namespaces, engine=self._engine_name,
         )  # fmt: skip
 
     # --- export and import (rememory.archive) ---

@@ -50,33 +50,59 @@ class RecallHit:
 
 
 @dataclass(frozen=True)
-class TrainProgress:
-    """A training progress event, emitted after every finished batch. The trainer itself never prints."""
+class EncodeProgress:
+    """An engine-neutral progress event, emitted by any memory engine while it encodes a batch (and by
+    ``Memory.reencode``). Engines never print; the CLI draws bars and servers report jobs from these."""
 
-    cells_done: int
-    cells_total: int
+    done: int  # episodes finished
+    total: int
     bytes_done: int
     bytes_total: int
     elapsed_s: float
+    stage: str = "encode"  # e.g. "train-model", "encode"
+
+    # Deprecated names of TrainProgress (one release): callbacks written for the cell trainer keep working.
+    @property
+    def cells_done(self) -> int:
+        return self.done
+
+    @property
+    def cells_total(self) -> int:
+        return self.total
+
+
+# Deprecated alias (one release): progress events are engine-neutral now.
+TrainProgress = EncodeProgress
 
 
 @dataclass(frozen=True)
 class StoreStats:
-    """Sizes of a store. Byte counts are on-disk sizes; ``*_per_text_byte`` divide by ``text_bytes``."""
+    """Sizes of a store. Byte counts are on-disk sizes; ``*_per_text_byte`` divide by ``text_bytes``.
+
+    ``memory_bytes`` counts what every memory costs to keep, whichever engine made it: per-episode
+    artifacts (weights, traces, their configs) and the engines' shared models.
+    """
 
     episodes: int
     text_bytes: int
-    cell_bytes: int
+    memory_bytes: int
     store_bytes: int
     embedder: str
     dim: int
     namespaces: dict[str, int] = field(default_factory=dict)
-    engine: str = ""  # the memory engine that new episodes are trained with, e.g. "mlp-cell/1"
+    engine: str = ""  # the memory engine that new episodes are encoded with, e.g. "mlp-cell/1"
+
+    @property
+    def cell_bytes(self) -> int:
+        """Deprecated alias of ``memory_bytes`` (one release)."""
+        return self.memory_bytes
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         tb = max(self.text_bytes, 1)
-        d["cell_bytes_per_text_byte"] = self.cell_bytes / tb
+        d["memory_bytes_per_text_byte"] = self.memory_bytes / tb
+        d["cell_bytes"] = self.memory_bytes  # deprecated alias (one release)
+        d["cell_bytes_per_text_byte"] = self.memory_bytes / tb
         d["store_bytes_per_text_byte"] = self.store_bytes / tb
         return d
 
@@ -164,3 +190,24 @@ class ReembedReport:
     embedder: str
     previous: str | None
     episodes: int  # keys rebuilt by this call (a resumed reembed counts only what it embedded)
+
+
+@dataclass(frozen=True)
+class ReencodeReport:
+    """Result of :meth:`rememory.Memory.reencode`: what was converted to ``engine``, and what could not be."""
+
+    engine: str
+    episodes: int  # episodes looked at
+    reencoded: int  # converted by this call (a resumed reencode counts only what it converted)
+    unchanged: int  # already made by ``engine`` (and, for an engine with shared models, its newest model)
+    failures: list[VerifyFailure] = field(default_factory=list)  # damaged: left as they were
+    models: dict[str, int] = field(default_factory=dict)  # namespace -> model version trained by this call
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..engine import Artifact, MemoryEngine, ModelRepository
-from ..errors import IntegrityError
+from ..errors import ConfigError, IntegrityError
 from .features import seed_from_key
 from .model import CellConfig, CellShape, QuantizedCell
 
@@ -32,6 +32,8 @@ class MlpCellEngine(MemoryEngine):
 
     def __init__(self, config: CellConfig | None = None, models: ModelRepository | None = None):
         super().__init__(models)
+        if config is not None and not isinstance(config, CellConfig):
+            raise ConfigError(f"The engine {self.name!r} takes a CellConfig, got {type(config).__name__}.")
         self.config = config or CellConfig()
 
     def encode(

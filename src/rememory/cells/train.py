@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from ..errors import CellTrainingError
-from ..records import TrainProgress
+from ..records import EncodeProgress, TrainProgress
 from .codec import to_alphabet
 from .features import position_features
 from .model import CellConfig, CellShape, QuantizedCell
 
-ProgressFn = Callable[[TrainProgress], None]
+ProgressFn = Callable[[EncodeProgress], None]
+__all__ = ["EncodeProgress", "TrainProgress", "train_cells"]  # TrainProgress: deprecated alias (one release)
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ def _train_all(
         pending.append(_Item(i, seed, text, alphabet, y, CellShape.for_text(len(text), len(alphabet), cfg)))
 
     if progress is not None:
-        progress(TrainProgress(0, len(items), 0, total_bytes, 0.0))
+        progress(EncodeProgress(0, len(items), 0, total_bytes, 0.0))
     for attempt in range(cfg.attempts):
         failed: list[_Item] = []
         batches = _plan_batches([it for it in pending if it.shape.n > 0], cfg)
@@ -217,7 +218,7 @@ def _train_all(
                         failed.append(it)
                 if progress is not None:
                     elapsed = time.perf_counter() - start
-                    progress(TrainProgress(cells_done, len(items), bytes_done, total_bytes, elapsed))
+                    progress(EncodeProgress(cells_done, len(items), bytes_done, total_bytes, elapsed))
         finally:
             # On Ctrl-C or an error, drop the batches not yet started instead of finishing them.
             pool.shutdown(wait=True, cancel_futures=True)

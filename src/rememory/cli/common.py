@@ -7,9 +7,10 @@ import click
 from ..memory import Memory
 
 
-def open_memory(ctx: click.Context, *, read_only: bool = False) -> Memory:
-    """The store the command line names; ``read_only`` for commands that must never write (verify, show)."""
-    return Memory(ctx.obj["store"], embedder=ctx.obj["embedder"], read_only=read_only)
+def open_memory(ctx: click.Context, *, read_only: bool = False, engine: str | None = None) -> Memory:
+    """The store the command line names; ``read_only`` for commands that must never write (verify, show);
+    ``engine`` to encode new episodes with another engine than the store's."""
+    return Memory(ctx.obj["store"], embedder=ctx.obj["embedder"], read_only=read_only, engine=engine)
 
 
 namespace_option = click.option(

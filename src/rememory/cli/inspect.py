@@ -62,20 +62,24 @@ def _per(n: int, tb: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
-    """Episodes, text bytes, cell bytes and store bytes, and the embedder."""
+    """Episodes, text bytes, memory bytes and store bytes, the embedder and the engine."""
     with open_memory(ctx, read_only=True) as mem:
         st = mem.stats()
     if as_json:
         click.echo(json.dumps(st.to_dict(), ensure_ascii=False))
         return
     tb = st.text_bytes
-    click.echo(f"episodes:    {st.episodes}")
-    click.echo(f"text bytes:  {tb}")
-    click.echo(f"cell bytes:  {st.cell_bytes} ({_per(st.cell_bytes, tb)}; weights and cell metadata)")
-    click.echo(f"store bytes: {st.store_bytes} ({_per(st.store_bytes, tb)}; everything on disk)")
-    click.echo(f"embedder:    {st.embedder} ({st.dim}-d)")
-    for ns, n in st.namespaces.items():
-        click.echo(f"namespace:   {ns} ({n} episodes)")
+    lines = [
+        ("episodes", f"{st.episodes}"),
+        ("text bytes", f"{tb}"),
+        ("memory bytes", f"{st.memory_bytes} ({_per(st.memory_bytes, tb)}; artifacts and shared models)"),
+        ("store bytes", f"{st.store_bytes} ({_per(st.store_bytes, tb)}; everything on disk)"),
+        ("embedder", f"{st.embedder} ({st.dim}-d)"),
+        ("engine", f"{st.engine} (for new episodes)"),
+        *(("namespace", f"{ns} ({n} episodes)") for ns, n in st.namespaces.items()),
+    ]
+    for label, value in lines:
+        click.echo(f"{label + ':':<12} {value}")  # the columns of earlier releases
 
 
 @click.command()

@@ -23,6 +23,8 @@ COMMANDS = {
     "reembed": "rememory.cli.reembed:reembed",
     "stats": "rememory.cli.inspect:stats",
     "embedders": "rememory.cli.inspect:embedders",
+    "engines": "rememory.cli.engines:engines",
+    "reencode": "rememory.cli.engines:reencode",
     "eval": "rememory.cli.eval:eval_command",
     "chat": "rememory.cli.chat:chat",
     "serve": "rememory.cli.serve:serve",

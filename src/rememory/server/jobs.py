@@ -2,7 +2,7 @@
 
 One worker trains one job at a time, so concurrent requests queue instead of competing for
 the CPU. A job moves ``queued`` → ``running`` → ``succeeded`` or ``failed``; its progress is
-the trainer's own :class:`~rememory.cells.train.TrainProgress`. A verify job checks a namespace's
+the engine-neutral :class:`~rememory.records.EncodeProgress`. A verify job checks a namespace's
 memories on the same thread, reporting episodes checked as its progress. Jobs live in memory: a
 restart forgets them (the episodes they stored stay stored).
 """
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, RememoryError, StoreBusyError
 from ..memory import Memory
-from ..records import Episode, TrainProgress, VerifyReport
+from ..records import EncodeProgress, Episode, VerifyReport
 from .errors import TooManyJobsError, classify
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Job:
     namespace: str
     episodes: list[Episode] = field(repr=False)
     status: JobStatus = "queued"
-    progress: TrainProgress | None = None
+    progress: EncodeProgress | None = None
     error: dict[str, str] | None = None
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
@@ -62,11 +62,12 @@ class Job:
             "ids": self.ids,
             "progress": {
                 # Episodes already stored are skipped by the trainer, so report the job's own totals.
-                "episodes_done": len(self.episodes) if finished else (p.cells_done if p else 0),
+                "episodes_done": len(self.episodes) if finished else (p.done if p else 0),
                 "episodes_total": len(self.episodes),
                 "bytes_done": total_bytes if finished else (p.bytes_done if p else 0),
                 "bytes_total": total_bytes,
                 "elapsed_s": p.elapsed_s if p else 0.0,
+                "stage": p.stage if p else "encode",
             },
             "error": self.error,
             "created_at": self.created_at,
@@ -83,7 +84,7 @@ class Job:
             "status": self.status,
             "ids": [],
             "progress": {"episodes_done": done, "episodes_total": total, "bytes_done": 0, "bytes_total": 0,
-                         "elapsed_s": (self.finished_at or time.time()) - self.created_at},
+                         "elapsed_s": (self.finished_at or time.time()) - self.created_at, "stage": "verify"},
             "error": self.error,
             "created_at": self.created_at,
             "finished_at": self.finished_at,
@@ -173,7 +174,7 @@ class JobRunner:
     def _run(self, job: Job) -> None:
         job.status = "running"
 
-        def on_progress(ev: TrainProgress) -> None:
+        def on_progress(ev: EncodeProgress) -> None:
             job.progress = ev
 
         def on_checked(done: int, total: int) -> None:

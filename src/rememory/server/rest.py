@@ -79,11 +79,14 @@ class EpisodeIn(BaseModel):
 
 
 class Progress(BaseModel):
+    """A job's progress, whichever memory engine encodes its episodes."""
+
     episodes_done: int
     episodes_total: int
     bytes_done: int
     bytes_total: int
     elapsed_s: float
+    stage: str = Field(default="encode", description="What the job is doing: encode (a train job) or verify.")
 
 
 class JobError(BaseModel):
@@ -337,7 +340,7 @@ def build_rest_router(memory: Memory, jobs: JobRunner, tenant: TenantDep, *, max
 
     @router.get("/stats", response_model=Stats, responses=_errors(403), tags=["store"])
     def stats(who: TenantArg, namespace: NamespaceQuery = None) -> Stats:
-        """Sizes of the namespace: episodes, text bytes, cell bytes."""
+        """Sizes of the namespace: episodes, text bytes, memory bytes (artifacts and shared models)."""
         return Stats.of(memory.stats(who.namespace(namespace)))
 
     @router.post("/verify", response_model=VerifyResponse, responses=_errors(403), tags=["store"])

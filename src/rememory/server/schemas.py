@@ -64,13 +64,18 @@ class Forgotten(BaseModel):
 class Stats(BaseModel):
     episodes: int = Field(description="Episodes stored.")
     text_bytes: int = Field(description="Total size of their texts, in UTF-8 bytes.")
-    cell_bytes: int = Field(description="Size of their memory cells (weights and metadata), in bytes.")
+    memory_bytes: int = Field(
+        description="What their memories take, in bytes: every episode's artifact (of whichever engine made it) "
+        "and the engines' shared models."
+    )
+    cell_bytes: int = Field(description="Deprecated alias of memory_bytes (kept for one release).")
     store_bytes: int = Field(description="Bytes on disk (0 for one namespace: the files are shared).")
     embedder: str = Field(description="The embedding model that makes the recall keys.")
     engine: str = Field(description="The memory engine that new episodes are trained with.")
     dim: int = Field(description="The size of its vectors.")
     namespaces: dict[str, int] = Field(description="Episodes per namespace.")
-    cell_bytes_per_text_byte: float
+    memory_bytes_per_text_byte: float
+    cell_bytes_per_text_byte: float = Field(description="Deprecated alias of memory_bytes_per_text_byte.")
     store_bytes_per_text_byte: float
 
     @classmethod

@@ -14,11 +14,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..engine import Artifact
+from ..engine import Artifact, ModelRepository, SharedModel
 from ..episodes import stored_time
 from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError
 from ..records import Episode
-from .records import Changes, Damage, IndexRow, NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
+from .records import (
+    ArtifactSwap,
+    Changes,
+    Damage,
+    IndexRow,
+    NewEpisode,
+    Row,
+    SizeReport,
+    StagedKey,
+    StoredModel,
+    StoredSnapshot,
+)
 
 
 class MemoryStore(Protocol):
@@ -70,6 +81,32 @@ class MemoryStore(Protocol):
     def delete(self, namespace: str, ids: Sequence[str]) -> list[str]:
         """Delete and erase episodes of a namespace; returns the ids that existed."""
         ...
+
+    def replace_artifacts(self, swaps: Sequence[ArtifactSwap]) -> list[str]:
+        """Atomically give stored episodes new artifacts (``rememory reencode``); returns the ids swapped.
+
+        A row swaps only if it still holds the text of its swap's digest; keys, tokens, ids and change
+        numbers stay as they are (recall depends on none of the artifact).
+        """
+        ...
+
+    # --- the engines' shared models (versioned, per namespace; a version never changes once written) ---
+    def models(self, namespace: str) -> ModelRepository:
+        """The shared models of ``namespace``, for the engines working in it."""
+        ...
+
+    def list_models(self, namespace: str | None = None) -> list[StoredModel]: ...
+
+    def import_model(self, namespace: str, model: SharedModel, created_at: int | None = None) -> bool:
+        """Keep ``model`` under its own version (from an archive): True if stored, False if already there;
+        a different model under that version is a :class:`DuplicateIdError`."""
+        ...
+
+    def default_engine(self) -> str | None:
+        """The engine the store encodes new episodes with (None: never chosen, i.e. the default)."""
+        ...
+
+    def set_default_engine(self, name: str) -> None: ...
 
     # --- reads ---
     def rows(self, namespace: str, ids: Sequence[str]) -> dict[str, Row]: ...

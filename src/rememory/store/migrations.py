@@ -152,8 +152,28 @@ def _m006_event_time(db: sqlite3.Connection) -> None:
     )
 
 
+# Engines' shared models (e.g. a byte model whose per-episode traces need it to decode), one
+# numbered version per (namespace, engine). A version is immutable: episodes name the version they
+# were encoded with and must decode from exactly it, so an update is refused by the database itself.
+_M007_MODELS = (
+    """CREATE TABLE models (
+        namespace TEXT NOT NULL,
+        engine TEXT NOT NULL,
+        version INTEGER NOT NULL,     -- 1, 2, ... per (namespace, engine)
+        config TEXT NOT NULL,         -- JSON: the model's shape and format constants
+        data BLOB NOT NULL,           -- the engine's weights blob
+        trained_on INTEGER NOT NULL,  -- episodes it was trained on (0: shipped)
+        created_at INTEGER NOT NULL,  -- unix seconds
+        PRIMARY KEY (namespace, engine, version)
+    )""",
+    """CREATE TRIGGER models_immutable BEFORE UPDATE ON models
+       BEGIN SELECT RAISE(ABORT, 'a model version is immutable: put a new version instead'); END""",
+)
+
+
 MIGRATIONS: list[Migration] = [
-    _M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS, _M004_STAGED_KEYS, _M005_CHANGES, _m006_event_time
+    _M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS, _M004_STAGED_KEYS, _M005_CHANGES, _m006_event_time,
+    _M007_MODELS,
 ]  # fmt: skip
 
 

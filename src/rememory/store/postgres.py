@@ -40,13 +40,14 @@ from ..engine import Artifact
 from ..errors import ConfigError, IntegrityError, StoreBusyError, StoreError
 from . import shards
 from .base import check_duplicate, mismatch
-from .records import NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
+from .records import ArtifactSwap, NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
 from .sql import (
     CLEAR_OTHER_STAGED_SQL,
     DELETION_LOG_S,
     ROW_COLS,
     SWAP_KEYS_SQL,
     UNSTAGED_SQL,
+    Execute,
     SQLReads,
     damaged_metadata,
     engine_config,
@@ -192,10 +193,30 @@ def _m006_event_time(conn: Any) -> None:
     )
 
 
+# Engines' shared models, one numbered version per (namespace, engine); immutable (see the SQLite store's
+# migration 7): episodes decode from exactly the version they name, so the database refuses an update.
+_M007_MODELS = (
+    """CREATE TABLE models (
+        namespace text NOT NULL,
+        engine text NOT NULL,
+        version integer NOT NULL,     -- 1, 2, ... per (namespace, engine)
+        config text NOT NULL,         -- JSON: the model's shape and format constants
+        data bytea NOT NULL,          -- the engine's weights blob
+        trained_on integer NOT NULL,  -- episodes it was trained on (0: shipped)
+        created_at bigint NOT NULL,   -- unix seconds
+        PRIMARY KEY (namespace, engine, version)
+    )""",
+    """CREATE FUNCTION models_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN RAISE EXCEPTION 'a model version is immutable: put a new version instead'; END $$""",
+    """CREATE TRIGGER models_immutable BEFORE UPDATE ON models
+       FOR EACH ROW EXECUTE FUNCTION models_immutable()""",
+)
+
 Migration = Sequence[str] | Callable[[Any], None]
 MIGRATIONS: list[Migration] = [
-    _M001_INITIAL, _M002_STAGED_KEYS, _M003_CHANGES, _m004_context_embeddings, _M005_INDEX_SNAPSHOTS, _m006_event_time
-]
+    _M001_INITIAL, _M002_STAGED_KEYS, _M003_CHANGES, _m004_context_embeddings, _M005_INDEX_SNAPSHOTS, _m006_event_time,
+    _M007_MODELS,
+]  # fmt: skip
 ANN_EF_SEARCH = 200  # HNSW candidate list; with iterative scans, a larger LIMIT scans on until it is met
 
 
@@ -384,6 +405,11 @@ class PostgresStore(SQLReads):
             if bump:
                 conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation'")
 
+    @contextmanager
+    def _run_write(self) -> Iterator[Execute]:
+        with self._write(bump=False) as conn:
+            yield _qmark(conn)
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         # Shared statements (rememory.store.sql) write `?`; psycopg wants `%s`. No statement holds a literal `?`.
         with self._conn() as conn:
@@ -520,6 +546,25 @@ class PostgresStore(SQLReads):
                 raise _NothingToCommitError
         return inserted
 
+    def replace_artifacts(self, swaps: Sequence[ArtifactSwap]) -> list[str]:
+        """Swap in new artifacts for stored episodes in one transaction (rows whose digest still matches)."""
+        swapped: list[str] = []
+        if not swaps:
+            return swapped
+        # No generation bump: recall indexes and their snapshots hold keys and tokens, which stay as they are.
+        with self._write(bump=False) as conn:
+            for sw in swaps:
+                weights, spans = _pack(sw.artifact.streams)
+                got = conn.execute(
+                    "UPDATE episodes SET engine = %s, cell = %s, weights = %s, spans = %s"
+                    " WHERE rowid = %s AND namespace = %s AND id = %s AND digest = %s RETURNING id",
+                    (sw.artifact.engine, json.dumps(sw.artifact.config, separators=(",", ":")), weights, spans,
+                     sw.rowid, sw.namespace, sw.id, sw.digest),
+                ).fetchone()  # fmt: skip
+                if got is not None:
+                    swapped.append(sw.id)
+        return swapped
+
     def delete(self, namespace: str, ids: Sequence[str]) -> list[str]:
         removed: list[str] = []
         with self._write() as conn:
@@ -623,8 +668,9 @@ class PostgresStore(SQLReads):
             f" + octet_length(spans) + octet_length(digest)), 0) FROM episodes {where}",
             params,
         )[0]
+        cell_bytes = int(cell_bytes) + self._models_bytes(namespace)
         if namespace is not None:
-            return SizeReport(int(n), int(text_bytes), int(cell_bytes), 0, {namespace: int(n)} if n else {})
+            return SizeReport(int(n), int(text_bytes), cell_bytes, 0, {namespace: int(n)} if n else {})
         store_bytes = self._read(
             "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace s"
             " ON s.oid = c.relnamespace WHERE s.nspname = %s AND c.relkind = 'r'",
@@ -632,7 +678,7 @@ class PostgresStore(SQLReads):
         )[0][0]
         per_ns = {str(k): int(v) for k, v in
                   self._read("SELECT namespace, COUNT(*) FROM episodes GROUP BY namespace ORDER BY 1")}  # fmt: skip
-        return SizeReport(int(n), int(text_bytes), int(cell_bytes), int(store_bytes), per_ns)
+        return SizeReport(int(n), int(text_bytes), cell_bytes, int(store_bytes), per_ns)
 
     # --- API keys, in the same database (see rememory.server.auth) ---
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..engine import Artifact, SharedModel
 from ..records import Episode
 
 
@@ -89,7 +90,7 @@ class SizeReport:
 
     episodes: int
     text_bytes: int
-    cell_bytes: int
+    memory_bytes: int  # every episode's artifact (streams and metadata) and the engines' shared models
     store_bytes: int  # 0 for one namespace: the files are shared
     namespaces: dict[str, int] = field(default_factory=dict)
 
@@ -103,3 +104,24 @@ class StagedKey:
     key_scale: float
     ctx_key: np.ndarray  # (dim,) int8
     ctx_key_scale: float
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A shared model as the store keeps it: its namespace and when it was written, beside the model."""
+
+    namespace: str
+    model: SharedModel
+    created_at: int  # unix seconds
+
+
+@dataclass(frozen=True)
+class ArtifactSwap:
+    """A new artifact for a stored episode (``rememory reencode``), swapped in only if the row still holds
+    the text of ``digest`` (an episode replaced or forgotten meanwhile is left alone)."""
+
+    rowid: int
+    id: str
+    namespace: str
+    digest: bytes
+    artifact: Artifact

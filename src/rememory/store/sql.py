@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 
-from ..errors import IntegrityError
+from ..engine import SharedModel
+from ..errors import DuplicateIdError, IntegrityError
 from ..integrity import DIGEST_SIZE
 from .base import build_index_row
-from .records import Changes, Damage, IndexRow, Row, StoredSnapshot
+from .records import Changes, Damage, IndexRow, Row, StoredModel, StoredSnapshot
 
 ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
 # What the recall index reads, with the key dimension of the embedder that made the row.
@@ -55,13 +57,69 @@ MARK_PRUNED_SQL = "UPDATE namespaces SET pruned = ? WHERE namespace = ? AND prun
 DELETION_LOG_S = 7 * 86400  # how long deletions stay logged; an index synced longer ago re-reads the namespace
 
 
+_MODEL_COLS = "namespace, engine, version, config, data, trained_on, created_at"
+
+
 class SQLReads:
-    """Rows, pages, index rows, damage and counts; the backend provides ``_read``."""
+    """Rows, pages, index rows, damage and counts, and the shared models; the backend provides ``_read``
+    and ``_run_write`` (a write transaction whose ``execute`` takes ``?`` placeholders)."""
 
     server_ann = False  # SQLite: large namespaces search their keys with an in-process HNSW graph
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
+
+    def _run_write(self) -> AbstractContextManager[Execute]:
+        """One write transaction that does not move the generation (recall indexes hold no engine data)."""
+        raise NotImplementedError
+
+    # --- the engines' shared models, and the engine new episodes are made with ---
+
+    def models(self, namespace: str) -> SQLModels:
+        """The shared models of ``namespace`` (a :class:`~rememory.engine.ModelRepository`)."""
+        return SQLModels(self, namespace)
+
+    def list_models(self, namespace: str | None = None) -> list[StoredModel]:
+        """Every model version (of ``namespace``, or of the store), by namespace, engine and version."""
+        where, params = ("WHERE namespace = ?", [namespace]) if namespace is not None else ("", [])
+        sql = f"SELECT {_MODEL_COLS} FROM models {where} ORDER BY namespace, engine, version"
+        return [stored_model(t) for t in self._read(sql, params)]
+
+    def import_model(self, namespace: str, model: SharedModel, created_at: int | None = None) -> bool:
+        """Keep ``model`` under its own version (an archive's): True if stored, False if this very model
+        already is; another model under that version is a :class:`DuplicateIdError`."""
+        with self._run_write() as run:
+            got = run(f"SELECT {_MODEL_COLS} FROM models WHERE namespace = ? AND engine = ? AND version = ?",
+                      (namespace, model.engine, model.version)).fetchone()  # fmt: skip
+            if got is None:
+                run(
+                    f"INSERT INTO models({_MODEL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (namespace, model.engine, model.version, _json(model.config), model.data, model.trained_on,
+                     int(time.time()) if created_at is None else created_at),
+                )  # fmt: skip
+                return True
+        have = stored_model(got).model
+        if (have.config, have.data, have.trained_on) != (model.config, model.data, model.trained_on):
+            raise DuplicateIdError(
+                f"Namespace {namespace!r} already holds a different version {model.version} of the {model.engine!r} "
+                "model; episodes encoded with one cannot decode with the other. Import into another store."
+            )
+        return False
+
+    def default_engine(self) -> str | None:
+        """The engine new episodes are made with, as the store records it (None: never set)."""
+        got = self._read("SELECT value FROM meta WHERE key = 'engine'")
+        return str(got[0][0]) if got else None
+
+    def set_default_engine(self, name: str) -> None:
+        with self._run_write() as run:
+            if run("UPDATE meta SET value = ? WHERE key = 'engine'", (name,)).rowcount == 0:
+                run("INSERT INTO meta(key, value) VALUES ('engine', ?)", (name,))
+
+    def _models_bytes(self, namespace: str | None) -> int:
+        where, params = ("WHERE namespace = ?", [namespace]) if namespace is not None else ("", [])
+        got = self._read(f"SELECT COALESCE(SUM(LENGTH(data) + LENGTH(config)), 0) FROM models {where}", params)
+        return int(got[0][0])
 
     def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
         raise NotImplementedError(f"{type(self).__name__} searches no keys itself (server_ann is False)")
@@ -235,6 +293,65 @@ def _blobs(values: Sequence[Any]) -> tuple[Any, ...]:
 
 
 Execute = Callable[[str, Sequence[Any]], Any]  # a connection's execute, taking ``?`` placeholders
+
+
+def _json(cfg: dict[str, Any]) -> str:
+    return json.dumps(cfg, separators=(",", ":"), sort_keys=True)
+
+
+def stored_model(t: Sequence[Any]) -> StoredModel:
+    """A :class:`StoredModel` from ``_MODEL_COLS``."""
+    ns, engine, version, cfg, data, trained_on, created_at = _blobs(t)
+    return StoredModel(str(ns), SharedModel(str(engine), int(version), engine_config(cfg), bytes(data),
+                                            int(trained_on)), int(created_at))  # fmt: skip
+
+
+class SQLModels:
+    """A namespace's shared models in the store's ``models`` table (a :class:`~rememory.engine.ModelRepository`).
+
+    A version, once written, never changes (the database refuses updates): ``put`` adds the next one.
+    """
+
+    def __init__(self, store: SQLReads, namespace: str):
+        self._store = store
+        self.namespace = namespace
+
+    def latest_version(self, engine: str) -> int | None:
+        got = self._store._read("SELECT MAX(version) FROM models WHERE namespace = ? AND engine = ?",
+                                (self.namespace, engine))  # fmt: skip
+        return None if not got or got[0][0] is None else int(got[0][0])
+
+    def latest(self, engine: str) -> SharedModel | None:
+        got = self._store._read(
+            f"SELECT {_MODEL_COLS} FROM models WHERE namespace = ? AND engine = ? ORDER BY version DESC LIMIT 1",
+            (self.namespace, engine),
+        )
+        return self._model(got[0], engine) if got else None
+
+    def get(self, engine: str, version: int) -> SharedModel:
+        got = self._store._read(f"SELECT {_MODEL_COLS} FROM models WHERE namespace = ? AND engine = ? AND version = ?",
+                                (self.namespace, engine, int(version)))  # fmt: skip
+        if not got:
+            raise IntegrityError(
+                f"namespace {self.namespace!r} has no version {version} of the {engine!r} model that its memories "
+                "need; restore the store from a backup, or re-add the affected episodes"
+            )
+        return self._model(got[0], engine)
+
+    def _model(self, t: Sequence[Any], engine: str) -> SharedModel:
+        try:
+            return stored_model(t).model
+        except (ValueError, TypeError) as exc:
+            raise IntegrityError(f"the {engine!r} model of namespace {self.namespace!r} is damaged ({exc})") from None
+
+    def put(self, engine: str, config: dict[str, Any], data: bytes, trained_on: int) -> SharedModel:
+        with self._store._run_write() as run:
+            version = int(run("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE namespace = ? AND engine = ?",
+                              (self.namespace, engine)).fetchone()[0])  # fmt: skip
+            run(f"INSERT INTO models({_MODEL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.namespace, engine, version, _json(config), bytes(data), int(trained_on),
+                 int(time.time())))  # fmt: skip
+        return SharedModel(engine, version, json.loads(_json(config)), bytes(data), int(trained_on))
 
 
 def next_seq(execute: Execute, namespace: str) -> int:

@@ -32,13 +32,14 @@ from ..fsutil import FILE_MODE, private_dir, private_file, tighten
 from . import shards
 from .base import check_duplicate, mismatch
 from .migrations import MIGRATIONS, check_version, migrate
-from .records import NewEpisode, Row, SizeReport, StagedKey
+from .records import ArtifactSwap, NewEpisode, Row, SizeReport, StagedKey
 from .sql import (
     CLEAR_OTHER_STAGED_SQL,
     DELETION_LOG_S,
     ROW_COLS,
     SWAP_KEYS_SQL,
     UNSTAGED_SQL,
+    Execute,
     SQLReads,
     damaged_metadata,
     engine_config,
@@ -172,6 +173,11 @@ class Store(SQLReads):
                     raise self._translate(exc) from exc
                 raise
 
+    @contextmanager
+    def _run_write(self) -> Iterator[Execute]:
+        with self._write(bump=False) as db:
+            yield db.execute
+
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
@@ -207,6 +213,10 @@ class Store(SQLReads):
             self._shard_path(file).unlink(missing_ok=True)
             with self._write(bump=False) as db:
                 db.execute("DELETE FROM pending_shards WHERE file = ?", (file,))
+        # A shard no row uses: the rows left it (forgotten, or re-encoded) and a crash came before its removal.
+        unused = "SELECT id FROM shards s WHERE NOT EXISTS (SELECT 1 FROM episodes e WHERE e.shard = s.id)"
+        for (sid,) in self._read(unused):
+            self._scrub(int(sid))
         # A temporary file is never referenced by name: an old one is a write that crashed.
         for p in (self.path / SHARD_DIR).glob(".tmp-*"):
             if now - p.stat().st_mtime > _ORPHAN_AGE_S:
@@ -355,6 +365,54 @@ class Store(SQLReads):
             self.erase_log()
         return inserted
 
+    def replace_artifacts(self, swaps: Sequence[ArtifactSwap]) -> list[str]:
+        """Swap in new artifacts for stored episodes, all in one transaction; returns the ids swapped.
+
+        A row swaps only if it still holds the text of its ``digest``. The new streams go to a new
+        shard (pending until the rows point at it, as for a commit); the old shards are then rewritten
+        without the old streams, or removed. A crash at any point leaves every row on one whole artifact.
+        """
+        if not swaps:
+            return []
+        tensors, spans = shards.pack([sw.artifact.streams for sw in swaps])
+        file = f"{uuid.uuid4().hex}.safetensors"
+        with self._write(bump=False) as db:
+            db.execute("INSERT INTO pending_shards(file, since) VALUES (?, ?)", (file, int(time.time())))
+        swapped: list[str] = []
+        old_shards: set[int] = set()
+        try:
+            shards.write_atomic(self._shard_path(file), tensors)
+            # No generation bump: recall indexes hold keys and tokens, which a new artifact leaves as they are.
+            with self._write(bump=False) as db:
+                shard_id = db.execute("INSERT INTO shards(file, created_at) VALUES (?, ?)",
+                                      (file, int(time.time()))).lastrowid  # fmt: skip
+                for sw, sp in zip(swaps, spans):
+                    got = db.execute(
+                        "SELECT shard FROM episodes WHERE rowid = ? AND namespace = ? AND id = ? AND digest = ?",
+                        (sw.rowid, sw.namespace, sw.id, sw.digest),
+                    ).fetchone()
+                    if got is None:
+                        continue
+                    db.execute(
+                        "UPDATE episodes SET engine = ?, cell = ?, shard = ?, spans = ? WHERE rowid = ?",
+                        (sw.artifact.engine, json.dumps(sw.artifact.config, separators=(",", ":")), shard_id,
+                         shards.encode_spans(sp), sw.rowid),
+                    )  # fmt: skip
+                    old_shards.add(int(got[0]))
+                    swapped.append(sw.id)
+                if swapped:
+                    db.execute("DELETE FROM pending_shards WHERE file = ?", (file,))
+                else:
+                    db.execute("DELETE FROM shards WHERE id = ?", (shard_id,))
+        except BaseException:
+            self._drop_pending(file)
+            raise
+        if not swapped:
+            self._drop_pending(file)
+        for sid in old_shards:
+            self._scrub(sid)
+        return swapped
+
     def _drop_pending(self, file: str) -> None:
         """Remove a pending shard's file, then its mark (a crash in between leaves the mark for cleanup)."""
         self._shard_path(file).unlink(missing_ok=True)
@@ -489,7 +547,8 @@ class Store(SQLReads):
                     continue
                 stream_bytes += sum(length * np.dtype(name).itemsize for name, (_, length) in spans.items())
             per_ns = {namespace: int(n)} if n else {}
-            return SizeReport(int(n), int(text_bytes), int(stream_bytes + meta_bytes), 0, per_ns)
+            models = self._models_bytes(namespace)
+            return SizeReport(int(n), int(text_bytes), int(stream_bytes + meta_bytes + models), 0, per_ns)
         if not self.read_only:
             with self._lock:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # report settled sizes, not a transient WAL
@@ -502,7 +561,8 @@ class Store(SQLReads):
         store_bytes = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
         namespaces = {str(k): int(v) for k, v in
                       self._read("SELECT namespace, COUNT(*) FROM episodes GROUP BY namespace ORDER BY 1")}  # fmt: skip
-        return SizeReport(int(n), int(text_bytes), int(shard_bytes + meta_bytes), int(store_bytes), namespaces)
+        models = self._models_bytes(None)
+        return SizeReport(int(n), int(text_bytes), int(shard_bytes + meta_bytes + models), int(store_bytes), namespaces)
 
 
 __all__ = ["DB_NAME", "SHARD_DIR", "SNAPSHOT_DIR", "Store"]

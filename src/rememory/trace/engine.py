@@ -83,6 +83,10 @@ class TraceEngine(MemoryEngine):
             self._cache[key] = model
         return model
 
+    def model_version(self, artifact: Artifact) -> int | None:
+        v = artifact.config.get("v")
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
     def fit(self, texts: Sequence[bytes], progress: Callable[[Any], None] | None = None) -> SharedModel:
         """Train a new model version on ``texts`` (fine-tuned from the current one) and store it.
 

@@ -542,8 +542,8 @@ function stats() {
       const facts = [
         ["Episodes", String(s.episodes)],
         ["Text", bytes(s.text_bytes)],
-        ["Memory", bytes(s.cell_bytes)],
-        ["Bytes per text byte", s.cell_bytes_per_text_byte.toFixed(2)],
+        ["Memory", bytes(s.memory_bytes)],
+        ["Bytes per text byte", s.memory_bytes_per_text_byte.toFixed(2)],
         ["Embedder", `${s.embedder} (${s.dim} dimensions)`],
         ["Engine", s.engine],
       ];
