@@ -309,7 +309,8 @@ def test_engines_lists_the_registered_engines() -> None:
     assert {r["name"] for r in plugged} == {r["name"] for r in rows} | {"table-trace/1"}
     assert next(r for r in plugged if r["name"] == "table-trace/1")["shared_models"]
     text = run(["engines"], env=dict(os.environ)).stdout
-    assert text.startswith("mlp-cell/1 (default): One small int8 sine network")
+    assert "\nmlp-cell/1 (default): One small int8 sine network" in "\n" + text
+    assert {"mlp-cell/1", "byte-trace/1"} <= {r["name"] for r in rows}
 
 
 def _versions(store: Path) -> list[int]:
