@@ -15,10 +15,11 @@ from dataclasses import replace as dc_replace
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .archive import ArchiveProgress, ExportReport, ImportReport
+from .archive import ArchivedEpisode, ArchiveProgress, ExportReport, ImportReport
 from .cells.engine import MlpCellEngine
 from .cells.model import CellConfig
-from .config import resolve_max_text_bytes, resolve_store_path
+from .config import resolve_max_text_bytes, resolve_secret, resolve_store_path
+from .content import PLAIN_KEYS, ContentKeys, SealedKeys
 from .embed import Embedder, load_embedder
 from .engine import Artifact, MemoryEngine, get_engine
 from .episodes import validate_episode, validate_many, validate_namespace, validate_query
@@ -26,8 +27,6 @@ from .errors import ConfigError, EmbedderMismatchError, IntegrityError, NotFound
 from .index import snapshot
 from .index.config import RankingConfig
 from .index.live import NamespaceIndex, RankingFeatures, Span, TimeSignal
-from .index.tokenize import token_hashes
-from .integrity import episode_digest
 from .limits import MAX_PAGE, MAX_TOP_K
 from .quant import quantize_int8
 from .records import (
@@ -85,12 +84,17 @@ class Memory:
         batch_size: int = 256,
         busy_timeout: float = 30.0,
         read_only: bool = False,
+        secret: str | bytes | None = None,
+        keyring: str | os.PathLike[str] | None = None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         self.path = resolve_store_path(path)
         self.read_only = read_only
-        self._store = open_store(self.path, busy_timeout=busy_timeout, read_only=read_only)
+        # An encrypted store needs its secret (argument > REMEMORY_SECRET > REMEMORY_SECRET_FILE); given one, a
+        # new store becomes an encrypted one. ``keyring``: where its keyring lives (docs/encryption.md).
+        self._store = open_store(self.path, busy_timeout=busy_timeout, read_only=read_only,
+                                 secret=resolve_secret(secret), keyring=keyring)  # fmt: skip
         try:
             bound = self._store.embedder_info()
             if embedder is None and bound is not None:
@@ -106,7 +110,10 @@ class Memory:
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
         self._indexes: dict[str, NamespaceIndex] = {}
-        self._snapshot_dir = self._store.snapshot_dir
+        # An encrypted store writes no snapshot files (they would hold its keys and hashes in clear); the
+        # snapshots PostgreSQL keeps are sealed (see _save_snapshot).
+        self._snapshot_dir = self._store.snapshot_dir if self._store.keyring is None else None
+        self._store_snapshots = self._store.snapshot_dir is None  # PostgreSQL keeps them in the database
         self._index_lock = threading.Lock()
 
     @property
@@ -128,6 +135,24 @@ class Memory:
 
     def __len__(self) -> int:
         return self._store.count()
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the store is encrypted at rest (docs/encryption.md)."""
+        return self._store.keyring is not None
+
+    def _keys(self, namespace: str, *, create: bool = False) -> ContentKeys:
+        """How ``namespace``'s content is keyed: its cipher in an encrypted store (made on first write)."""
+        ring = self._store.keyring
+        if ring is None:
+            return PLAIN_KEYS
+        cipher = ring.cipher(namespace, create=create and not self.read_only)
+        if cipher is None:
+            raise IntegrityError(
+                f"The namespace {namespace!r} of the encrypted store at {self.location} has no data key (it was "
+                f"erased, or never written). Erase what is left of it: rememory forget --namespace {namespace} --all."
+            )
+        return SealedKeys(cipher)
 
     @property
     def max_text_bytes(self) -> int:
@@ -185,9 +210,10 @@ class Memory:
             for r in self._store.rows(ns, [e.id for e in eps if e.namespace == ns]).values():
                 existing[(ns, r.id)] = r
         todo: list[tuple[Episode, bytes, bytes]] = []
+        keys = {ns: self._keys(ns, create=True) for ns in {ep.namespace for ep in eps}}
         for ep in eps:
             data = ep.text.encode("utf-8")
-            dg = episode_digest(ep.namespace, ep.id, data)
+            dg = keys[ep.namespace].digest(ep.namespace, ep.id, data, keys[ep.namespace].digest_format)
             if check_duplicate(existing.get((ep.namespace, ep.id)), ep, dg, replace=replace):
                 todo.append((ep, data, dg))
         if todo:
@@ -207,14 +233,16 @@ class Memory:
                                         bytes_done=base_bytes + ev.bytes_done, bytes_total=total_bytes,
                                         elapsed_s=time.perf_counter() - start))  # fmt: skip
 
-            arts = self._engine.encode([ep.keywords for ep, _, _ in chunk], [d for _, d, _ in chunk], relay)
+            seeds = [keys[ep.namespace].seed(ep.keywords) for ep, _, _ in chunk]
+            arts = self._engine.encode(seeds, [d for _, d, _ in chunk], relay)
             items = []
             for (ep, data, dg), vec, ctx_vec in zip(chunk, vecs, ctx_vecs):
                 q, scale = quantize_int8(vec)
                 cq, cscale = quantize_int8(ctx_vec)
-                tokens = token_hashes(f"{ep.keywords} {ep.text}")
+                tokens = keys[ep.namespace].tokens(f"{ep.keywords} {ep.text}")
                 when = episode_seconds(ep.time, ep.keywords)  # once, here: recall never parses keywords
-                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale, event_time=when))
+                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale,
+                                        digest_format=keys[ep.namespace].digest_format, event_time=when))
             self._store.commit_batch(items, arts, (self._embedder.id, self._embedder.dim), replace=replace)
             done_cells += len(chunk)
             done_bytes += sum(len(d) for _, d, _ in chunk)
@@ -344,7 +372,7 @@ class Memory:
             for i, vec, ctx_vec in zip(mine, new.embed_batch(own), new.embed_batch(ctx)):
                 q, scale = quantize_int8(vec)
                 cq, cscale = quantize_int8(ctx_vec)
-                keys.append(StagedKey(rowids[i], q, scale, cq, cscale))
+                keys.append(StagedKey(rowids[i], ns, texts[i][0].id, q, scale, cq, cscale))
             self._store.stage_keys((new.id, new.dim), keys)
             done += len(pos)
             if progress is not None:
@@ -382,6 +410,46 @@ class Memory:
             if idx is not None:
                 idx.snapshot_size = 0  # re-snapshot (without the forgotten episode) once the index syncs
 
+    def erase_namespace(self, namespace: str) -> int:
+        """Forget every episode of ``namespace``; in an encrypted store, by crypto-erasure. Returns how many.
+
+        In an encrypted store the namespace's data key is destroyed first: from that moment every copy of
+        its data (database backups, WAL files, replicas, shards, snapshots) is unreadable with the secret.
+        Then its rows are deleted and erased as :meth:`forget` erases one. Rerun it if it was interrupted.
+
+        >>> mem.erase_namespace("scratch")
+        0
+        """
+        namespace = validate_namespace(namespace)
+        if self.read_only:
+            raise ConfigError(f"The store at {self.location} is open read-only; open it for writing to erase.")
+        ring = self._store.keyring
+        if ring is not None:
+            ring.destroy(namespace)
+        ids = [r.id for rows in self._store.iter_rows(namespace, batch=1000) for r in rows]
+        removed = 0
+        for i in range(0, len(ids), 1000):
+            removed += len(self._store.delete(namespace, ids[i : i + 1000]))
+        if self._snapshot_dir is not None:
+            with snapshot.locked(self._snapshot_dir):
+                snapshot.discard(self._snapshot_dir, namespace)
+        with self._index_lock:
+            self._indexes.pop(namespace, None)
+        return removed
+
+    def rotate_secret(self, new_secret: str | bytes) -> int:
+        """Re-wrap the encrypted store's data keys under ``new_secret``; returns how many. No data is re-encrypted.
+
+        Afterwards only ``new_secret`` opens the store. An interrupted rotation leaves the keyring as it was or
+        as it would be after it: the store opens with one of the two secrets.
+        """
+        ring = self._store.keyring
+        if ring is None:
+            raise ConfigError(f"The store at {self.location} is not encrypted; there is no secret to rotate.")
+        if self.read_only:
+            raise ConfigError(f"The store at {self.location} is open read-only; open it for writing to rotate.")
+        return int(ring.rotate(new_secret))
+
     def _row(self, id: str, namespace: str) -> Row | None:
         return self._store.rows(validate_namespace(namespace), [id]).get(id)
 
@@ -416,8 +484,15 @@ class Memory:
         return out
 
     def _decode_checked(self, r: Row, art: Artifact) -> bytes | IntegrityError:
+        if r.damage is not None:
+            return IntegrityError(
+                f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {r.damage}. Run `rememory verify` "
+                "to list every affected memory, then re-add them.",
+                ids=[r.id],
+            )
         try:
-            data = get_engine(art.engine).decode(art, r.keywords, n_bytes=r.n_bytes)
+            keys = self._keys(r.namespace)
+            data = get_engine(art.engine).decode(art, keys.seed(r.keywords), n_bytes=r.n_bytes)
         except Exception as exc:  # any engine, any damage: stored data that fails to decode is damaged
             what = str(exc) if isinstance(exc, RememoryError) else f"{type(exc).__name__}: {exc}"
             return IntegrityError(
@@ -425,7 +500,7 @@ class Memory:
                 ids=[r.id],
             )
         try:
-            want = episode_digest(r.namespace, r.id, data, r.digest_format)
+            want = keys.digest(r.namespace, r.id, data, r.digest_format)
         except ValueError:
             want = b""
         if len(data) != r.n_bytes or want != r.digest:
@@ -541,7 +616,7 @@ class Memory:
                 if self._snapshot_dir is not None:
                     emb = self._embedder
                     idx = snapshot.load(self._snapshot_dir, namespace, emb.dim, self.ranking, emb.id)
-                else:
+                elif self._store_snapshots:
                     idx = self._stored_snapshot(namespace)
                 idx = idx or NamespaceIndex(self._embedder.dim, self.ranking, self._nearest(namespace))
                 idx.snapshot_size = idx.lex.n
@@ -566,7 +641,8 @@ class Memory:
                 large = self.ranking.ann_threshold
                 if self._snapshot_dir is not None:
                     large = min(large, SNAPSHOT_MIN_EPISODES)
-                if (not self.read_only and idx.size >= large
+                keeps = self._snapshot_dir is not None or self._store_snapshots
+                if (keeps and not self.read_only and idx.size >= large
                         and grown >= max(1, idx.snapshot_size // 10)):  # fmt: skip
                     self._save_snapshot(idx, namespace)
             return idx
@@ -577,8 +653,13 @@ class Memory:
         if got is None:
             return None
         try:
-            idx = snapshot.from_bytes(got.data, self._embedder.dim, self.ranking, self._nearest(namespace))
-        except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            data = got.data
+            if self.encrypted:
+                cipher = self._keys(namespace)
+                assert isinstance(cipher, SealedKeys)
+                data = cipher.cipher.open(data, "snapshot")
+            idx = snapshot.from_bytes(data, self._embedder.dim, self.ranking, self._nearest(namespace))
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile, IntegrityError) as exc:
             logger.warning("The recall snapshot of namespace %r in %s is unreadable (%s: %s); rebuilding the index "
                            "from the store.", namespace, self.location, type(exc).__name__, exc)  # fmt: skip
             return None
@@ -597,7 +678,11 @@ class Memory:
         # committed meanwhile must not be written back to disk (forget drops snapshots under this lock).
         if self._snapshot_dir is None:  # the store keeps it, and refuses one that a deletion made stale
             assert idx.seq is not None
-            if self._store.save_index_snapshot(namespace, idx.seq, snapshot.to_bytes(idx)):
+            data = snapshot.to_bytes(idx)
+            keys = self._keys(namespace)
+            if isinstance(keys, SealedKeys):  # sealed like every row: the snapshot holds keys and hashes
+                data = keys.cipher.seal(data, "snapshot")
+            if self._store.save_index_snapshot(namespace, idx.seq, data):
                 idx.snapshot_size = idx.lex.n
             return
         with snapshot.locked(self._snapshot_dir):
@@ -666,7 +751,7 @@ class Memory:
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
         when = self._time_signal(query, window)
-        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k, explain=explain, time=when)
+        scored = idx.search(q, idx.lexical(self._keys(namespace).tokens(query)), top_k, explain=explain, time=when)
         # The index is a cache: every hit is checked against its store row in this namespace
         # before anything is decoded (a concurrent forget, or a tampered snapshot, yields nothing).
         rows = self._store.rows(namespace, [s.id for s in scored])
@@ -690,7 +775,7 @@ class Memory:
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
         when = self._time_signal(query, None, every=True)
-        f = idx.features(q, idx.lexical(token_hashes(query), every=True), top_k, every=True, time=when)
+        f = idx.features(q, idx.lexical(self._keys(namespace).tokens(query), every=True), top_k, every=True, time=when)
         return None if f is None else RankingFeatures(f, tuple(idx.ids[s] for s in f.cand.tolist()))
 
     def _time_signal(self, query: str, window: TimeRange | None, *, every: bool = False) -> TimeSignal | None:
@@ -745,6 +830,7 @@ class Memory:
         namespace: str | None = None,
         format: str = "archive",
         progress: Callable[[ArchiveProgress], None] | None = None,
+        secret: str | bytes | None = None,
     ) -> ExportReport:
         """Write the store (or one namespace) to ``path``, replacing it atomically.
 
@@ -752,20 +838,31 @@ class Memory:
         stored, their metadata, keys and digests, and no decoded text; every memory is checked
         against its digest first. ``format="jsonl"`` writes the decoded episodes (namespace, id,
         keywords, text, time), one JSON object a line, for other tools and for ``rememory train``.
+
+        An archive of an encrypted store is sealed under ``secret`` (default: the store's own secret) and
+        carries its namespaces' data keys; ``secret`` also seals an archive of a plaintext store. A JSONL
+        export is decoded text by definition: it is never sealed.
         """
         from .archive import write_archive, write_jsonl
 
         if namespace is not None:
             namespace = validate_namespace(namespace)
         if format == "archive":
-            return write_archive(self._store, path, namespace=namespace, progress=progress)
+            ring = self._store.keyring
+            seal = secret if secret is not None else (ring.secret if ring is not None else None)
+            return write_archive(self._store, path, namespace=namespace, progress=progress, keys=self._keys,
+                                 secret=seal, data_keys=ring.data_key if ring is not None else None)  # fmt: skip
         if format == "jsonl":
             return write_jsonl(self._store.iter_rows(namespace, batch=500), self._reconstruct, path,
                                total=self._store.count(namespace), progress=progress)  # fmt: skip
         raise ConfigError(f"Unknown export format {format!r}; use 'archive' or 'jsonl'.")
 
     def import_archive(
-        self, path: str | os.PathLike[str], *, progress: Callable[[ArchiveProgress], None] | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        progress: Callable[[ArchiveProgress], None] | None = None,
+        secret: str | bytes | None = None,
     ) -> ImportReport:
         """Load an archive written by :meth:`export` into this store.
 
@@ -773,11 +870,41 @@ class Memory:
         against its digest); a damaged or truncated archive, another embedder, or an episode that
         differs from one stored under the same id raises, and nothing from it is stored. Episodes
         already stored with identical content are skipped, so importing twice changes nothing.
+
+        A sealed archive opens with ``secret`` (default: this store's secret). Importing into an encrypted
+        store, or from an encrypted store's archive, converts: every memory is re-encoded (its cell trained
+        again) under this store's keys, keeping its recall keys; so a plaintext store's archive imported
+        into an encrypted store makes an encrypted copy of it.
         """
         from .archive import import_archive
 
+        ring = self._store.keyring
         return import_archive(self._store, path, embedder_id=self._embedder.id,
-                              max_text_bytes=self._max_text_bytes, progress=progress)  # fmt: skip
+                              max_text_bytes=self._max_text_bytes, progress=progress,
+                              secret=secret if secret is not None else (ring.secret if ring is not None else None),
+                              keys=self._keys, convert=self._convert_archived)  # fmt: skip
+
+    def _convert_archived(
+        self, todo: Sequence[ArchivedEpisode]
+    ) -> tuple[builtins.list[NewEpisode], builtins.list[Artifact]]:
+        """What this store keeps of checked archived episodes: as they are between plaintext stores, else
+        re-encoded under this store's keys (cells trained with its seeds, keyed tokens and digests)."""
+        if not self.encrypted and not any(a.keyed for a in todo):
+            return [a.new for a in todo], [a.artifact for a in todo]
+        news: builtins.list[NewEpisode] = []
+        arts: builtins.list[Artifact] = []
+        for i in range(0, len(todo), self._batch_size):
+            chunk = todo[i : i + self._batch_size]
+            keys = [self._keys(a.episode.namespace, create=True) for a in chunk]
+            texts = [a.episode.text.encode("utf-8") for a in chunk]
+            arts += self._engine.encode([k.seed(a.episode.keywords) for k, a in zip(keys, chunk)], texts)
+            for k, a, data in zip(keys, chunk, texts):
+                ep = a.episode
+                news.append(dc_replace(
+                    a.new, digest=k.digest(ep.namespace, ep.id, data, k.digest_format), digest_format=k.digest_format,
+                    tokens=k.tokens(f"{ep.keywords} {ep.text}"),
+                ))  # fmt: skip
+        return news, arts
 
 
 def _span(rng: TimeRange | None) -> Span | None:

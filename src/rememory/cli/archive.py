@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from ..archive import read_manifest
+from ..config import resolve_secret
 from ..memory import Memory
-from .common import open_memory
+from .common import open_memory, store_secret
 from .progress import StageBars
 
 _LABELS = {"export": "exporting", "verify": "checking", "import": "importing"}
@@ -37,11 +38,11 @@ def export(ctx: click.Context, file: str, namespace: str | None, fmt: str) -> No
 @click.pass_context
 def import_command(ctx: click.Context, file: str) -> None:
     """Load an archive written by `rememory export` into the store; already stored episodes are skipped."""
-    manifest = read_manifest(file)
+    manifest = read_manifest(file, resolve_secret(ctx.obj.get("secret")))
     mem = open_memory(ctx)
     if ctx.obj["embedder"] is None and manifest.embedder and len(mem) == 0 and mem.embedder.id != manifest.embedder:
         mem.close()  # an empty store takes the archive's embedder
-        mem = Memory(ctx.obj["store"], embedder=manifest.embedder)
+        mem = Memory(ctx.obj["store"], embedder=manifest.embedder, **store_secret(ctx))
     bars = StageBars(labels=_LABELS, unit="ep")
     try:
         rep = mem.import_archive(file, progress=bars.on)

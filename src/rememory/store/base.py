@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -20,12 +20,20 @@ from ..errors import DuplicateIdError, EmbedderMismatchError, IntegrityError
 from ..records import Episode
 from .records import Changes, Damage, IndexRow, NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
 
+if TYPE_CHECKING:
+    from ..crypto.keyring import Keyring
+
 
 class MemoryStore(Protocol):
     """Episodes' metadata, recall keys and engine artifacts, safe for several threads (and processes)."""
 
     read_only: bool
     server_ann: bool  # whether ``nearest`` searches keys in the backend (then indexes keep no HNSW graph)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The keyring that seals the store's content (rememory.store.sealing), or None: a plaintext store."""
+        ...
 
     @property
     def location(self) -> str:

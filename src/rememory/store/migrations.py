@@ -152,8 +152,14 @@ def _m006_event_time(db: sqlite3.Connection) -> None:
     )
 
 
+# Encryption at rest (rememory.store.sealing) changes no table: sealed values fit the same columns, and
+# the store names its keyring in ``meta``. The version moves anyway, so that a rememory without
+# encryption refuses a store that may hold sealed rows instead of reading them as text.
+_M007_ENCRYPTION: tuple[str, ...] = ()
+
 MIGRATIONS: list[Migration] = [
-    _M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS, _M004_STAGED_KEYS, _M005_CHANGES, _m006_event_time
+    _M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS, _M004_STAGED_KEYS, _M005_CHANGES, _m006_event_time,
+    _M007_ENCRYPTION,
 ]  # fmt: skip
 
 

@@ -7,7 +7,6 @@ as ``?``; a backend's ``_read`` adapts them to its driver.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -16,14 +15,14 @@ import numpy as np
 
 from ..errors import IntegrityError
 from ..integrity import DIGEST_SIZE
-from .base import build_index_row
 from .records import Changes, Damage, IndexRow, Row, StoredSnapshot
+from .sealing import PLAIN, PlainCodec
 
 ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
 # What the recall index reads, with the key dimension of the embedder that made the row.
 INDEX_SQL = (
     "SELECT e.rowid, e.id, e.key, e.key_scale, COALESCE(e.ctx_key, e.key), COALESCE(e.ctx_key_scale, e.key_scale),"
-    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes, e.event_time"
+    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes, e.event_time, e.time"
     " FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
 )
 _CHUNK = 500  # ids per IN (...) list: far below SQLite's variable limit
@@ -59,6 +58,20 @@ class SQLReads:
     """Rows, pages, index rows, damage and counts; the backend provides ``_read``."""
 
     server_ann = False  # SQLite: large namespaces search their keys with an in-process HNSW graph
+    codec: PlainCodec = PLAIN  # SealedCodec in an encrypted store (rememory.store.sealing)
+
+    @property
+    def keyring(self) -> Any:
+        """The store's :class:`~rememory.crypto.Keyring` (None: a plaintext store)."""
+        return self.codec.keyring
+
+    def row(self, t: Sequence[Any]) -> Row:
+        return self.codec.row(t)
+
+    def encryption_mark(self) -> str | None:
+        """The id of the keyring that encrypts this store (None: a plaintext store)."""
+        got = self._read("SELECT value FROM meta WHERE key = 'keyring'")
+        return str(got[0][0]) if got else None
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -91,7 +104,7 @@ class SQLReads:
             marks = ",".join("?" * len(chunk))
             for t in self._read(f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? AND id IN ({marks})",
                                 [namespace, *chunk]):  # fmt: skip
-                r = row(t)
+                r = self.row(t)
                 out[r.id] = r
         return out
 
@@ -104,7 +117,7 @@ class SQLReads:
             if not got:
                 return
             last = int(got[-1][0])
-            yield [row(t) for t in got]
+            yield [self.row(t) for t in got]
 
     def rows_by_rowid(self, rowids: Sequence[int]) -> dict[int, Row]:
         """The rows of ``rowids`` (rowids no longer stored are simply absent)."""
@@ -113,7 +126,7 @@ class SQLReads:
             chunk = [int(r) for r in rowids[i : i + _CHUNK]]
             marks = ",".join("?" * len(chunk))
             for t in self._read(f"SELECT {ROW_COLS} FROM episodes WHERE rowid IN ({marks})", chunk):
-                out[int(t[0])] = row(t)
+                out[int(t[0])] = self.row(t)
         return out
 
     def staged_rowids(self, embedder: tuple[str, int]) -> set[int]:
@@ -127,12 +140,12 @@ class SQLReads:
     def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
         """A page of a namespace's episodes, oldest first."""
         sql = f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid LIMIT ? OFFSET ?"
-        return [row(t) for t in self._read(sql, (namespace, limit, offset))]
+        return [self.row(t) for t in self._read(sql, (namespace, limit, offset))]
 
     def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]:
         """The namespace's newest episodes, newest first."""
         sql = f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid DESC LIMIT ?"
-        return [row(t) for t in self._read(sql, (namespace, limit))]
+        return [self.row(t) for t in self._read(sql, (namespace, limit))]
 
     def namespace_rowids(self, namespace: str) -> np.ndarray:
         """Row ids of a namespace in insertion order (the recall index's slot order)."""
@@ -171,7 +184,7 @@ class SQLReads:
         for i in range(0, len(rowids), _CHUNK):
             chunk = [int(r) for r in rowids[i : i + _CHUNK]]
             marks = ",".join("?" * len(chunk))
-            out += [build_index_row(_blobs(t[:7]), t[7], t[11])
+            out += [self.codec.index_row(t[:7], t[7], t[8], t[11], t[12])
                     for t in self._read(f"{INDEX_SQL} WHERE e.rowid IN ({marks})", chunk)]  # fmt: skip
         out.sort(key=lambda r: r.rowid)
         return out
@@ -188,7 +201,7 @@ class SQLReads:
             last = int(got[-1][0])
             for t in got:
                 digest = _blobs(t[9:10])[0]
-                reason = build_index_row(_blobs(t[:7]), t[7]).damage
+                reason = self.codec.index_row(t[:7], t[7], t[8], t[11], t[12]).damage
                 if reason is None and (not isinstance(digest, bytes) or len(digest) != DIGEST_SIZE):
                     reason = "its digest is not a 16-byte BLAKE2b digest"
                 if reason is None and (not isinstance(t[10], int) or t[10] < 0):
@@ -202,31 +215,8 @@ class SQLReads:
         return int(self._read("SELECT COUNT(*) FROM episodes WHERE namespace = ?", (namespace,))[0][0])
 
 
-def row(t: Sequence[Any]) -> Row:
-    """A :class:`Row` from ``ROW_COLS``. Damaged values stay visibly wrong (not guessed): ``damaged()``
-    and the digest check report them."""
-    digest = _blobs(t[7:8])[0]
-    return Row(
-        rowid=int(t[0]), id=str(t[1]), namespace=str(t[2]), keywords=str(t[3]),
-        time=t[4] if isinstance(t[4], str) else None, created_at=_int(t[5], 0), n_bytes=_int(t[6], -1),
-        digest=digest if isinstance(digest, bytes) else b"", digest_format=_int(t[8], 0), engine=str(t[9]),
-    )  # fmt: skip
-
-
-def engine_config(raw: Any) -> dict[str, Any]:
-    """A stored engine config (JSON text) as a dict; ``ValueError`` names what is wrong with a damaged one."""
-    cfg = json.loads(raw)  # json.JSONDecodeError is a ValueError; a non-string is a TypeError
-    if not isinstance(cfg, dict):
-        raise ValueError(f"its engine config is a JSON {type(cfg).__name__}, not an object")
-    return cfg
-
-
 def damaged_metadata(r: Row, exc: Exception) -> IntegrityError:
     return IntegrityError(f"the metadata of memory {r.id!r} is damaged ({exc})", ids=[r.id])
-
-
-def _int(v: Any, damaged: int) -> int:
-    return v if isinstance(v, int) else damaged
 
 
 def _blobs(values: Sequence[Any]) -> tuple[Any, ...]:
