@@ -38,7 +38,8 @@ SECRET = "correct horse battery staple, but longer"
 EPISODES = [
     {"id": "e1", "keywords": "Zorvath, quillberry, kiln", "time": "2024-05-08T21:40:00",
      "text": "Zorvath brewed quillberry tincture beside Vashenko's kiln at dusk."},
-    {"id": "e2", "keywords": "Pemberlyx, glasswing moths", "text": "Pemberlyx counted glasswing moths among Yarrowfen orchards."},
+    {"id": "e2", "keywords": "Pemberlyx, glasswing moths",
+     "text": "Pemberlyx counted glasswing moths among Yarrowfen orchards."},
     {"id": "e3", "keywords": "бабушка Ульяна, варенье", "text": "Ульяна варила крыжовниковое варенье в медном тазу."},
     {"id": "e4", "keywords": "Quorzynski, tandem bicycle",
      "text": "Quorzynski repaired the tandem bicycle's derailleur with a hairpin."},
@@ -50,8 +51,6 @@ QUERIES = ["quillberry tincture at the kiln", "moths in the orchard", "варе�
 def cheap_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
     """Argon2id at 8 MiB and one pass: the same code, a fraction of the cost (tests open many keyrings)."""
     monkeypatch.setattr(keyring_mod, "DEFAULT_KDF", KdfParams(iterations=1, lanes=1, memory_kib=8192))
-    for var in ("REMEMORY_SECRET", "REMEMORY_SECRET_FILE", "REMEMORY_KEYRING"):
-        monkeypatch.delenv(var, raising=False)
 
 
 # --- what a thief looks for ---
@@ -384,7 +383,8 @@ def test_a_rotation_killed_at_any_moment_leaves_the_store_openable_with_one_secr
     old, new = tmp_path / "old", tmp_path / "new"
     old.write_text(SECRET + "\n")
     new.write_text("a brand new secret\n")
-    cmd = [str(BIN), "--store", str(store), "--secret-file", str(old), "secret", "rotate", "--new-secret-file", str(new)]
+    cmd = [str(BIN), "--store", str(store), "--secret-file", str(old), "secret", "rotate",
+           "--new-secret-file", str(new)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     start = time.monotonic()
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 0
@@ -522,3 +522,70 @@ def test_cli_init_and_an_encrypted_store_through_the_cli(tmp_path: Path) -> None
     assert got.returncode == 9 and "no secret was given" in got.stderr
     got = subprocess.run([*base, "forget", "--namespace", "x"], env=env, capture_output=True, text=True, timeout=120)
     assert got.returncode == 2  # neither an id nor --all
+
+
+# --- the server ---
+
+
+def test_tenant_isolation_holds_on_an_encrypted_store_each_tenant_under_its_own_key(tmp_path: Path, embedder) -> None:
+    """The REST isolation test of tests/test_server.py, run against an encrypted store."""
+    from rememory.server import KeyStore, create_app
+    from tests import test_server as server_tests
+
+    os.environ["REMEMORY_SECRET"] = SECRET  # as `rememory serve` takes it: from the environment (or a file)
+    try:
+        memory = Memory(tmp_path / "store", embedder=embedder)
+    finally:
+        del os.environ["REMEMORY_SECRET"]
+    keys = KeyStore.for_store(memory.path)
+    key = {"alice": keys.create("alice"), "bob": keys.create("bob", namespace="bobs-ns")}
+    app = create_app(memory, keys=keys)
+    try:
+        with server_tests.LiveServer(app) as url:
+            server_tests.test_tenant_isolation_on_every_route(server_tests.Service(url, app, memory, keys, key))
+        ring: Any = memory._store.keyring
+        assert ring.namespaces() == ["alice", "bobs-ns"]
+        assert ring.cipher("alice").key_id != ring.cipher("bobs-ns").key_id
+    finally:
+        keys.close()
+        memory.close()
+    murka = {"text": _windows(b"Alice's PIN is 4711 and her cat is called Murka."),
+             "keywords": _windows(b"PIN, cat, Murka")}  # fmt: skip
+    _none(_scan_dir(tmp_path / "store", murka))
+
+
+def test_the_generic_sealing_api_for_other_blobs(make_memory) -> None:
+    """What a backend uses for blobs beyond episodes (issue 14's shared models): bound to namespace and id."""
+    mem = make_memory(secret=SECRET)
+    codec: Any = mem._store.codec
+    blob = codec.seal_bytes("tenant-a", b"model weights", "model", "byte-lm/1")
+    assert b"model weights" not in blob
+    assert codec.open_bytes("tenant-a", blob, "model", "byte-lm/1") == b"model weights"
+    for ns, owner in (("tenant-b", "byte-lm/1"), ("tenant-a", "byte-lm/2")):
+        with pytest.raises(IntegrityError, match="byte-lm"):
+            codec.open_bytes(ns, blob, "model", owner)
+    with pytest.raises(IntegrityError, match="'byte-lm/1'"):
+        codec.open_bytes("tenant-a", _flip(blob), "model", "byte-lm/1")
+    plain: Any = make_memory("plain")._store
+    assert plain.codec.open_bytes("x", plain.codec.seal_bytes("x", b"m", "model", "v1"), "model", "v1") == b"m"
+
+
+def test_reembed_stages_sealed_keys_and_recall_stays_the_same(make_memory, needles) -> None:
+    from rememory.store.records import StagedKey
+
+    mem = make_memory(secret=SECRET)
+    mem.add_many(EPISODES)
+    want = {q: [(h.id, h.score) for h in mem.recall(q, top_k=3)] for q in QUERIES}
+    store: Any = mem._store
+    rows = store.rows_by_rowid(store.namespace_rowids("default").tolist())
+    staged = [StagedKey(ir.rowid, "default", rows[ir.rowid].id, ir.key, ir.key_scale, ir.ctx_key, ir.ctx_key_scale)
+              for ir in store.index_rows(list(rows))]  # fmt: skip
+    store.stage_keys(("another-embedder", staged[0].key.shape[0]), staged)
+    found: set[bytes] = set()
+    for (blob,) in store._read("SELECT key FROM staged_keys") + store._read("SELECT ctx_key FROM staged_keys"):
+        found |= _hits(bytes(blob), needles["int8"])
+    assert not found
+    store.clear_staged_keys()
+    report = mem.reembed()  # the store's own embedder: every key rebuilt, staged sealed, swapped in
+    assert report.episodes == 4
+    assert {q: [(h.id, h.score) for h in mem.recall(q, top_k=3)] for q in QUERIES} == want

@@ -114,6 +114,15 @@ class PlainCodec:
         """The artifact from a stored config and streams; ``ValueError``/``TypeError`` name what is damaged."""
         return Artifact(r.engine, engine_config(cell), streams)
 
+    def seal_bytes(self, namespace: str, data: bytes, purpose: str, owner: str) -> bytes:
+        """Any other blob a backend keeps for ``namespace`` (a shared model, say), as stored: sealed under the
+        namespace's key and bound to ``purpose`` and ``owner`` (its id) in an encrypted store, else as it is."""
+        return bytes(data)
+
+    def open_bytes(self, namespace: str, blob: bytes, purpose: str, owner: str) -> bytes:
+        """Inverse of :meth:`seal_bytes`; a blob that fails to open is an :class:`IntegrityError` naming ``owner``."""
+        return bytes(blob)
+
 
 class SealedCodec(PlainCodec):
     """Every content-derived column sealed under its namespace's key (see the module's table)."""
@@ -210,6 +219,16 @@ class SealedCodec(PlainCodec):
 
     def staged(self, namespace: str, id: str, k: StagedKey) -> KeyColumns:
         return self.keys(namespace, id, k.key, k.key_scale, k.ctx_key, k.ctx_key_scale)
+
+    def seal_bytes(self, namespace: str, data: bytes, purpose: str, owner: str) -> bytes:
+        return self._writer(namespace).seal(data, purpose, owner)
+
+    def open_bytes(self, namespace: str, blob: bytes, purpose: str, owner: str) -> bytes:
+        try:
+            return self._open(namespace, bytes(blob), purpose, owner)
+        except SealError as exc:
+            raise IntegrityError(f"the {purpose} {owner!r} of namespace {namespace!r} cannot be opened: {exc}",
+                                 ids=[owner]) from None  # fmt: skip
 
     def artifact(self, r: Row, cell: Any, streams: dict[str, np.ndarray]) -> Artifact:
         try:
