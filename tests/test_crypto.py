@@ -221,12 +221,14 @@ def test_nothing_readable_in_an_encrypted_sqlite_store_or_its_archive(tmp_path: 
     before = _scan_dir(store, needles)  # an empty store's files: its schema's comments are English, too
     mem.add_many(EPISODES)
     mem.add_many([{"id": "e5", "keywords": "Zorvath, later", "text": "Zorvath came back for the quillberry jars."}])
+    mem.forget("e5")
     for q in QUERIES:
         assert mem.recall(q, top_k=2)
-    mem.forget("e5")
     mem.export(tmp_path / "backup.rma")
     mem.close()
-    assert not [p for p in (store / "index").rglob("*") if p.is_file() and p.name != ".lock"]  # no snapshots
+    assert [p.name for p in (store / "index").glob("*-sealed.bin")]  # the snapshot was written: it is scanned
+    with Memory(store, embedder=embedder, secret=SECRET, ranking=RankingConfig(ann_threshold=2)) as again:
+        assert again.recall(QUERIES[0], top_k=1)[0].id == "e1"  # (from the sealed snapshot)
     _none(_scan_dir(store, needles), before)
     _none(_scan(_sqlite_rows(store / DB_NAME), needles))
     archive = (tmp_path / "backup.rma").read_bytes()

@@ -110,9 +110,10 @@ class Memory:
         self._max_text_bytes = resolve_max_text_bytes(max_text_bytes)
         self._batch_size = batch_size
         self._indexes: dict[str, NamespaceIndex] = {}
-        # An encrypted store writes no snapshot files (they would hold its keys and hashes in clear); the
-        # snapshots PostgreSQL keeps are sealed (see _save_snapshot).
-        self._snapshot_dir = self._store.snapshot_dir if self._store.keyring is None else None
+        self._snapshot_dir = self._store.snapshot_dir
+        # An encrypted store's snapshots are sealed (they hold keys and token hashes): one file of
+        # snapshot.to_bytes, read whole, instead of memory-mapped arrays; PostgreSQL's are sealed in their table.
+        self._sealed_files = self._store.keyring is not None and self._snapshot_dir is not None
         self._store_snapshots = self._store.snapshot_dir is None  # PostgreSQL keeps them in the database
         self._index_lock = threading.Lock()
 
@@ -613,7 +614,9 @@ class Memory:
             idx = self._indexes.get(namespace)
             if idx is None:
                 idx = None
-                if self._snapshot_dir is not None:
+                if self._sealed_files:
+                    idx = self._sealed_file_snapshot(namespace)
+                elif self._snapshot_dir is not None:
                     emb = self._embedder
                     idx = snapshot.load(self._snapshot_dir, namespace, emb.dim, self.ranking, emb.id)
                 elif self._store_snapshots:
@@ -666,6 +669,22 @@ class Memory:
         idx.seq = got.seq
         return idx
 
+    def _sealed_file_snapshot(self, namespace: str) -> NamespaceIndex | None:
+        """An encrypted store's snapshot file of ``namespace``, opened; None if there is none usable."""
+        assert self._snapshot_dir is not None
+        data = snapshot.read_sealed(self._snapshot_dir, namespace)
+        if data is None:
+            return None
+        try:
+            keys = self._keys(namespace)
+            assert isinstance(keys, SealedKeys)
+            plain = keys.cipher.open(data, "snapshot", self._embedder.id)
+            return snapshot.from_bytes(plain, self._embedder.dim, self.ranking, None)
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile, IntegrityError) as exc:
+            logger.warning("The sealed recall snapshot of namespace %r in %s is unusable (%s: %s); rebuilding the "
+                           "index from the store.", namespace, self.location, type(exc).__name__, exc)  # fmt: skip
+            return None
+
     def _nearest(self, namespace: str) -> Callable[[np.ndarray, int, bool], builtins.list[int]] | None:
         """The store's key search for ``namespace``'s index, where the store has one."""
         if not self._store.server_ann:
@@ -687,7 +706,14 @@ class Memory:
             return
         with snapshot.locked(self._snapshot_dir):
             if set(idx.slot_of) <= set(self._store.namespace_rowids(namespace).tolist()):
-                snapshot.save(idx, self._snapshot_dir, namespace, self._embedder.id)
+                if self._sealed_files:
+                    keys = self._keys(namespace)
+                    assert isinstance(keys, SealedKeys)
+                    # Bound to the embedder: a snapshot of another model's keys fails to open, and is rebuilt.
+                    data = keys.cipher.seal(snapshot.to_bytes(idx), "snapshot", self._embedder.id)
+                    snapshot.write_sealed(self._snapshot_dir, namespace, data)
+                else:
+                    snapshot.save(idx, self._snapshot_dir, namespace, self._embedder.id)
                 idx.snapshot_size = idx.lex.n
 
     def preload(self, namespace: str = "default") -> None:
