@@ -591,3 +591,18 @@ def test_reembed_stages_sealed_keys_and_recall_stays_the_same(make_memory, needl
     report = mem.reembed()  # the store's own embedder: every key rebuilt, staged sealed, swapped in
     assert report.episodes == 4
     assert {q: [(h.id, h.score) for h in mem.recall(q, top_k=3)] for q in QUERIES} == want
+
+
+def test_a_process_holding_the_old_secret_cannot_add_a_key_after_a_rotation(tmp_path: Path, embedder) -> None:
+    """A server started before a rotation keeps its namespaces, but wraps no new key under the old KEK."""
+    server = Memory(tmp_path / "s", embedder=embedder, secret=SECRET)
+    server.add_many(EPISODES[:1])
+    with Memory(tmp_path / "s", embedder=embedder, secret=SECRET) as admin:
+        admin.rotate_secret("new secret")
+    assert server.get("e1").text == EPISODES[0]["text"]  # its keys are the same keys
+    with pytest.raises(WrongSecretError, match="re-wrapped under a new secret"):
+        server.add_many(EPISODES[1:2], namespace="fresh")
+    server.close()
+    with Memory(tmp_path / "s", embedder=embedder, secret="new secret") as mem:
+        mem.add_many(EPISODES[1:2], namespace="fresh")
+        assert mem.get("e2", namespace="fresh").text == EPISODES[1]["text"]

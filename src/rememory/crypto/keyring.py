@@ -320,6 +320,12 @@ class Keyring:
 
         def change(old: bytes | None) -> bytes | None:
             doc = _Doc.parse(old, self.storage.location) if old is not None else self._doc
+            if doc.salt != self._doc.salt:  # rotated meanwhile: a key wrapped under our KEK would be lost
+                raise WrongSecretError(
+                    f"The keyring at {self.storage.location} was re-wrapped under a new secret by another process "
+                    f"(`rememory secret rotate`), so no key can be added for namespace {namespace!r}. Reopen the "
+                    "store (restart the server) with the new secret."
+                )
             if namespace in doc.keys:  # another process made it first: use theirs
                 added.append(doc.keys[namespace])
                 self._doc = doc
