@@ -606,3 +606,22 @@ def test_a_process_holding_the_old_secret_cannot_add_a_key_after_a_rotation(tmp_
     with Memory(tmp_path / "s", embedder=embedder, secret="new secret") as mem:
         mem.add_many(EPISODES[1:2], namespace="fresh")
         assert mem.get("e2", namespace="fresh").text == EPISODES[1]["text"]
+
+
+def test_mcp_tenant_isolation_holds_on_an_encrypted_store(tmp_path: Path, embedder) -> None:
+    """The MCP-over-HTTP tenants test of tests/test_mcp.py, run against an encrypted store."""
+    from rememory.server import KeyStore, create_app
+    from tests import test_mcp as mcp_tests
+    from tests import test_server as server_tests
+
+    memory = Memory(tmp_path / "store", embedder=embedder, secret=SECRET)
+    keys = KeyStore.for_store(memory.path)
+    key = {"dora": keys.create("dora"), "eve": keys.create("eve")}
+    try:
+        with server_tests.LiveServer(create_app(memory, keys=keys)) as url:
+            mcp_tests.test_http_tenants_and_auth((url, key))
+        ring: Any = memory._store.keyring
+        assert ring.namespaces()  # what was written, was written sealed
+    finally:
+        keys.close()
+        memory.close()
