@@ -67,8 +67,15 @@ def _attach_keyring(store: Any, secret: str | bytes | None, keyring: str | os.Pa
             )
         if store.read_only:
             raise StoreError(f"The store at {store.location} is new; open it once for writing to encrypt it.")
-        ring = Keyring.create(storage, secret, kdf)
-        store.set_encryption_mark(ring.id)
+        try:
+            ring = Keyring.create(storage, secret, kdf)
+        except StoreError:
+            if store.encryption_mark() is None:
+                raise
+            # Another process (a second replica starting) encrypted the new store a moment ago: open its keyring.
+            ring = Keyring.open(storage, secret, store=store.location)
+        else:
+            store.set_encryption_mark(ring.id)
         mark = store.encryption_mark()
     elif secret is None:
         raise SecretRequiredError(
