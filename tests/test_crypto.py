@@ -625,3 +625,46 @@ def test_mcp_tenant_isolation_holds_on_an_encrypted_store(tmp_path: Path, embedd
     finally:
         keys.close()
         memory.close()
+
+
+# --- the keyring itself ---
+
+
+def test_keyring_binds_each_wrapped_key_to_its_namespace_and_refuses_a_damaged_document(tmp_path: Path) -> None:
+    from rememory.crypto import FileKeyringStorage, Keyring
+    from rememory.errors import StoreError
+
+    storage = FileKeyringStorage(tmp_path / "keyring.json")
+    ring = Keyring.create(storage, SECRET)
+    a, b = ring.cipher("a", create=True), ring.cipher("b", create=True)
+    assert a is not None and b is not None and a.key_id != b.key_id
+    assert (tmp_path / "keyring.json").stat().st_mode & 0o077 == 0  # private to its user
+    doc = json.loads((tmp_path / "keyring.json").read_text())
+    assert SECRET not in json.dumps(doc)
+    doc["keys"]["a"], doc["keys"]["b"] = doc["keys"]["b"], doc["keys"]["a"]  # swap two wrapped keys
+    (tmp_path / "keyring.json").write_text(json.dumps(doc))
+    fresh = Keyring.open(storage, SECRET, store="test")
+    with pytest.raises(StoreError, match="data key of namespace 'a'.*damaged"):
+        fresh.cipher("a")
+    (tmp_path / "keyring.json").write_text("{not json")
+    with pytest.raises(StoreError, match="keyring .* is damaged"):
+        Keyring.open(storage, SECRET, store="test")
+    with pytest.raises(StoreError, match="already exists"):
+        Keyring.create(storage, SECRET)
+
+
+def test_a_sealed_value_opens_only_for_its_namespace_purpose_and_owner(tmp_path: Path) -> None:
+    from rememory.crypto import FileKeyringStorage, Keyring, SealError
+
+    ring = Keyring.create(FileKeyringStorage(tmp_path / "k.json"), SECRET)
+    c = ring.cipher("ns", create=True)
+    assert c is not None
+    blob = c.seal(b"keywords", "keywords", "e1")
+    assert c.open(blob, "keywords", "e1") == b"keywords"
+    for purpose, owner in (("time", "e1"), ("keywords", "e2")):
+        with pytest.raises(SealError):
+            c.open(blob, purpose, owner)
+    assert c.seed("tea") != c.seed("coffee") and c.seed("tea") == c.seed("tea") != "tea"
+    other = ring.cipher("other", create=True)
+    assert other is not None and other.seed("tea") != c.seed("tea")
+    assert other.token_hash("tea") != c.token_hash("tea")
