@@ -644,10 +644,10 @@ def test_keyring_binds_each_wrapped_key_to_its_namespace_and_refuses_a_damaged_d
     doc["keys"]["a"], doc["keys"]["b"] = doc["keys"]["b"], doc["keys"]["a"]  # swap two wrapped keys
     (tmp_path / "keyring.json").write_text(json.dumps(doc))
     fresh = Keyring.open(storage, SECRET, store="test")
-    with pytest.raises(StoreError, match="data key of namespace 'a'.*damaged"):
+    with pytest.raises(StoreError, match=r"data key of namespace 'a'.*damaged"):
         fresh.cipher("a")
     (tmp_path / "keyring.json").write_text("{not json")
-    with pytest.raises(StoreError, match="keyring .* is damaged"):
+    with pytest.raises(StoreError, match=r"keyring .* is damaged"):
         Keyring.open(storage, SECRET, store="test")
     with pytest.raises(StoreError, match="already exists"):
         Keyring.create(storage, SECRET)
