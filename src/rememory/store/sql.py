@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from ..errors import IntegrityError
 from ..integrity import DIGEST_SIZE
 from .records import Changes, Damage, IndexRow, Row, StoredSnapshot
 from .sealing import PLAIN, PlainCodec
+
+if TYPE_CHECKING:
+    from ..crypto.keyring import Keyring
 
 ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
 # What the recall index reads, with the key dimension of the embedder that made the row.
@@ -61,7 +64,7 @@ class SQLReads:
     codec: PlainCodec = PLAIN  # SealedCodec in an encrypted store (rememory.store.sealing)
 
     @property
-    def keyring(self) -> Any:
+    def keyring(self) -> Keyring | None:
         """The store's :class:`~rememory.crypto.Keyring` (None: a plaintext store)."""
         return self.codec.keyring
 
