@@ -65,7 +65,7 @@ def _percentiles(ms: list[float]) -> tuple[float, float]:
     return statistics.median(ms), ms[int(0.95 * (len(ms) - 1))]
 
 
-def _measure(where: Path | str, embedder, questions: list[str], extra: list[dict], secret: str | None) -> dict:
+def _measure(where: Path | str, embedder, questions: list[str], secret: str | None) -> dict:
     out: dict[str, float] = {}
     with Memory(where, embedder=embedder, secret=secret, read_only=True) as mem:
         t = time.perf_counter()
@@ -137,8 +137,8 @@ def main() -> None:
             tag = backend.lower()
             _build(plain, size, embedder, None, args.workdir / f"{tag}-plain-{size}.done")
             _build(sealed, size, embedder, SECRET, args.workdir / f"{tag}-sealed-{size}.done")
-            got = {"plain": _measure(plain, embedder, questions, extra, None),
-                   "sealed": _measure(sealed, embedder, questions, extra, SECRET)}  # fmt: skip
+            got = {"plain": _measure(plain, embedder, questions, None),
+                   "sealed": _measure(sealed, embedder, questions, SECRET)}  # fmt: skip
             adds = _add_in_turns({"plain": (plain, None), "sealed": (sealed, SECRET)}, embedder, extra)
             for kind, kbs in adds.items():
                 got[kind]["add_kbs"] = kbs
