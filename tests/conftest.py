@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("REMEMORY_HOME", str(home))
-    for var in ("REMEMORY_STORE", "REMEMORY_EMBEDDER", "REMEMORY_MAX_TEXT_BYTES"):
+    for var in ("REMEMORY_STORE", "REMEMORY_EMBEDDER", "REMEMORY_MAX_TEXT_BYTES", "REMEMORY_SECRET",
+                "REMEMORY_SECRET_FILE", "REMEMORY_KEYRING"):  # fmt: skip
         monkeypatch.delenv(var, raising=False)
     return home
 

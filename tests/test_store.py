@@ -645,6 +645,7 @@ def test_postgres_store_of_schema_5_gets_its_event_times_backfilled(new_postgres
         conn.execute("ALTER TABLE rememory.episodes DROP COLUMN event_time")
         conn.execute("DROP TABLE rememory.models")  # (migration 7)
         conn.execute("DROP FUNCTION rememory.models_immutable()")
+        conn.execute("DROP TABLE rememory.keyring")  # schema 8's: a schema-5 store has none
         conn.execute("UPDATE rememory.meta SET value = '5' WHERE key = 'schema_version'")
     store = postgres.PostgresStore(url)
     try:

@@ -13,14 +13,22 @@ model; see docs/archive.md)::
     models/000000.bin           config, trained_on; each model's data in its own member
     manifest.json               written last: format, version, embedder, counts, SHA-256 of every member
 
-It holds no decoded text and no pickle. Both directions stream one batch at a time, so a store of
-any size needs only one batch in memory. Import checks the whole archive (hashes, structure, and
-every episode decoded against its digest) before it stores anything.
+It holds no decoded text and no pickle. An archive of an encrypted store (or any archive exported with
+a secret) is that ZIP sealed as a whole (rememory.crypto.sealed_file) under a key derived from the
+secret; inside, the manifest also carries the data keys of its namespaces, so that it can be checked
+and imported anywhere the secret is known (see docs/encryption.md).
+
+Both directions stream one batch at a time, so a (plaintext) store of any size needs only one batch
+in memory. Import checks the whole archive (hashes, structure, and every episode decoded against its
+digest) before it stores anything.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import io
 import json
 import math
 import os
@@ -38,6 +46,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from .content import PLAIN_KEYS, ContentKeys, SealedKeys
 from .engine import Artifact, InMemoryModels, MemoryEngine, SharedModel, create_engine
 from .episodes import validate_episode
 from .errors import (
@@ -47,8 +56,9 @@ from .errors import (
     IntegrityError,
     InvalidEpisodeError,
     RememoryError,
+    SecretRequiredError,
 )
-from .integrity import DIGEST_SIZE, episode_digest
+from .integrity import DIGEST_SIZE
 from .records import Episode
 from .store.base import MemoryStore, check_duplicate
 from .store.records import IndexRow, NewEpisode, Row, StoredModel
@@ -110,6 +120,8 @@ class Manifest:
     episodes: int
     namespaces: dict[str, int]
     files: dict[str, str]  # member name -> SHA-256 (hex), every member but the manifest
+    sealed: bool = False  # the archive file was sealed under a secret
+    keys: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # namespace -> (key id, data key)
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,7 @@ class ArchivedEpisode:
     episode: Episode
     artifact: Artifact
     new: NewEpisode
+    keyed: bool = False  # its namespace was encrypted: its seed, tokens and digest are under the archive's key
 
 
 ProgressFn = Callable[[ArchiveProgress], None]
@@ -144,18 +157,19 @@ class Engines:
 
 
 def decode_checked(
-    ns: str, id: str, keywords: str, n_bytes: int, digest: bytes, fmt: int, art: Artifact, engines: Engines
+    ns: str, id: str, keywords: str, n_bytes: int, digest: bytes, fmt: int, art: Artifact, engines: Engines,
+    keys: ContentKeys = PLAIN_KEYS,
 ) -> bytes:  # fmt: skip
     """The episode's exact text from ``art``; :class:`IntegrityError` if it does not match its size and digest."""
     engine = engines.get(art.engine, ns)  # an unknown engine raises (a RememoryError), never reads as damage
     try:
-        data = engine.decode(art, keywords, n_bytes=n_bytes)
+        data = engine.decode(art, keys.seed(keywords), n_bytes=n_bytes)
     except RememoryError:
         raise
     except Exception as exc:  # any engine, any damage: an artifact that fails to decode is damaged
         raise IntegrityError(f"its memory does not decode ({type(exc).__name__}: {exc})", ids=[id]) from None
     try:
-        want = episode_digest(ns, id, data, fmt)
+        want = keys.digest(ns, id, data, fmt)
     except ValueError:
         raise IntegrityError(f"its digest format {fmt!r} is unknown", ids=[id]) from None
     if len(data) != n_bytes or want != digest:
@@ -192,7 +206,12 @@ def _source_damaged(r: Row, reason: object) -> IntegrityError:
     )
 
 
-def _export_batches(store: MemoryStore, namespace: str | None) -> Iterator[list[tuple[Row, Artifact, IndexRow]]]:
+KeysFor = Callable[[str], ContentKeys]  # a namespace's content keys (rememory.content)
+
+
+def _export_batches(
+    store: MemoryStore, namespace: str | None, keys: KeysFor
+) -> Iterator[list[tuple[Row, Artifact, IndexRow]]]:
     """The store's episodes in insertion order, a batch at a time, each checked to decode to its digest."""
     engines = Engines(store.models)
     for rows in store.iter_rows(namespace, batch=BATCH):
@@ -208,7 +227,8 @@ def _export_batches(store: MemoryStore, namespace: str | None) -> Iterator[list[
             if ir.damage is not None:
                 raise _source_damaged(r, ir.damage)
             try:
-                decode_checked(r.namespace, r.id, r.keywords, r.n_bytes, r.digest, r.digest_format, art, engines)
+                decode_checked(r.namespace, r.id, r.keywords, r.n_bytes, r.digest, r.digest_format, art, engines,
+                               keys(r.namespace))  # fmt: skip
             except IntegrityError as exc:
                 raise _source_damaged(r, exc) from None
             out.append((r, art, ir))
@@ -274,8 +294,17 @@ def write_archive(
     *,
     namespace: str | None = None,
     progress: ProgressFn | None = None,
+    keys: KeysFor = lambda ns: PLAIN_KEYS,
+    secret: str | bytes | None = None,
+    data_keys: Callable[[str], tuple[bytes, bytes] | None] | None = None,
 ) -> ExportReport:
-    """Write the store's (or one namespace's) episodes to an archive at ``path``, replacing it atomically."""
+    """Write the store's (or one namespace's) episodes to an archive at ``path``, replacing it atomically.
+
+    With ``secret`` the archive is sealed under it as a whole; ``data_keys`` (an encrypted store's)
+    puts each namespace's data key in the sealed manifest, so its keyed memories can be read back.
+    """
+    if data_keys is not None and secret is None:
+        raise ValueError("an archive carrying data keys must be sealed")
     bound = store.embedder_info()
     total = store.count(namespace)
     counts: dict[str, int] = {}
@@ -286,7 +315,7 @@ def write_archive(
     def write(fh: IO[bytes]) -> None:
         done = 0
         with tempfile.TemporaryFile() as lines, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-            for k, items in enumerate(_export_batches(store, namespace)):
+            for k, items in enumerate(_export_batches(store, namespace, keys)):
                 data, meta = _pack(k, items)
                 member = f"arrays/{k:06d}.safetensors"
                 zf.writestr(member, data, compress_type=zipfile.ZIP_STORED)  # int8 weights barely compress
@@ -320,9 +349,27 @@ def write_archive(
                 "namespaces": dict(sorted(counts.items())),
                 "files": files,
             }
+            if data_keys is not None:
+                found = {ns: data_keys(ns) for ns in sorted(counts)}
+                manifest["keys"] = {ns: {"id": got[0].hex(), "key": base64.b64encode(got[1]).decode("ascii")}
+                                    for ns, got in found.items() if got is not None}  # fmt: skip
             zf.writestr(MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
 
-    _write_atomic(Path(path), write)
+    if secret is None:
+        _write_atomic(Path(path), write)
+    else:  # sealed as a whole: the plaintext ZIP only ever exists in memory
+        from .crypto.keyring import DEFAULT_KDF
+        from .crypto.sealed_file import seal_bytes
+
+        buf = io.BytesIO()
+        write(buf)
+        sealed = seal_bytes(buf.getvalue(), secret, DEFAULT_KDF, FORMAT)
+        del buf
+
+        def write_sealed(fh: IO[bytes]) -> None:
+            fh.write(sealed)
+
+        _write_atomic(Path(path), write_sealed)
     return ExportReport(str(path), "archive", sum(counts.values()), dict(sorted(counts.items())))
 
 
@@ -367,9 +414,27 @@ def _damaged(path: Path, problem: str) -> ArchiveError:
     )
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
+def _open_zip(path: Path, secret: str | bytes | None = None) -> tuple[zipfile.ZipFile, bool]:
+    """The archive's ZIP, and whether it was sealed (then it is opened in memory with ``secret``)."""
+    from .crypto.format import SealError
+
     try:
-        return zipfile.ZipFile(path)
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+        if head.startswith(b"rememory-sealed/"):
+            from .crypto.sealed_file import open_bytes
+
+            if secret is None:
+                raise SecretRequiredError(
+                    f"The archive {path} is sealed (it was exported from an encrypted store, or with a secret). Give "
+                    "its secret: --secret-file FILE, REMEMORY_SECRET, or secret=... Nothing was stored."
+                )
+            try:
+                plain = open_bytes(path.read_bytes(), secret, f"The archive {path}")
+            except (ValueError, KeyError, TypeError, SealError, binascii.Error) as exc:
+                raise _damaged(path, f"its sealed envelope is unreadable ({type(exc).__name__}: {exc})") from None
+            return zipfile.ZipFile(io.BytesIO(plain)), True
+        return zipfile.ZipFile(path), False
     except FileNotFoundError:
         raise ArchiveError(f"There is no archive at {path}. Check the path.") from None
     except OSError as exc:
@@ -399,14 +464,15 @@ def _want(cond: bool, path: Path, where: str, what: str) -> None:
         raise _damaged(path, f"{where}: {what}")
 
 
-def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+def read_manifest(path: str | os.PathLike[str], secret: str | bytes | None = None) -> Manifest:
     """The checked manifest of the archive at ``path`` (an :class:`ArchiveError` if it is not one)."""
     path = Path(path)
-    with _open_zip(path) as zf:
-        return _manifest(zf, path)
+    zf, sealed = _open_zip(path, secret)
+    with zf:
+        return _manifest(zf, path, sealed)
 
 
-def _manifest(zf: zipfile.ZipFile, path: Path) -> Manifest:
+def _manifest(zf: zipfile.ZipFile, path: Path, sealed: bool = False) -> Manifest:
     raw = _read_member(zf, path, MANIFEST, None)
     try:
         m: Any = json.loads(raw.decode("utf-8"))
@@ -454,9 +520,19 @@ def _manifest(zf: zipfile.ZipFile, path: Path) -> Manifest:
     has_models = any(k == MODELS or k.startswith(MODEL_DIR) for k in hashes)
     _want(version >= 2 or not has_models, path, where, "a version 1 archive holds models")
     _want(MODELS in hashes or not has_models, path, where, f"it holds model data but no {MODELS}")
+    keys: dict[str, tuple[bytes, bytes]] = {}
+    raw_keys = m.get("keys", {})
+    _want(isinstance(raw_keys, dict) and (sealed or not raw_keys), path, where, "its data keys are malformed")
+    for kns, entry in raw_keys.items():
+        try:
+            keys[str(kns)] = (bytes.fromhex(entry["id"]), base64.b64decode(entry["key"], validate=True))
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            _want(False, path, where, f"the data key of namespace {kns!r} is malformed")
+        _want(len(keys[str(kns)][0]) == 8 and len(keys[str(kns)][1]) == 32, path, where,
+              f"the data key of namespace {kns!r} is malformed")  # fmt: skip
     return Manifest(
         version=int(version), embedder=None if emb is None else emb["id"], dim=None if emb is None else emb["dim"],
-        namespace=ns, episodes=n, namespaces=dict(counts), files=hashes,
+        namespace=ns, episodes=n, namespaces=dict(counts), files=hashes, sealed=sealed, keys=keys,
     )  # fmt: skip
 
 
@@ -467,16 +543,22 @@ class ArchiveReader:
     decoded text against its digest), so what is committed is what was checked.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_text_bytes: int):
+    def __init__(self, path: str | os.PathLike[str], *, max_text_bytes: int, secret: str | bytes | None = None):
         self.path = Path(path)
-        self._zf = _open_zip(self.path)
+        self._zf, sealed = _open_zip(self.path, secret)
         try:
-            self.manifest = _manifest(self._zf, self.path)
+            self.manifest = _manifest(self._zf, self.path, sealed)
             self.models = self._read_models()
         except BaseException:
             self._zf.close()
             raise
         self._max_text_bytes = max_text_bytes
+        self._keys: dict[str, ContentKeys] = {}
+        if self.manifest.keys:
+            from .crypto.cipher import NamespaceCipher
+
+            for kns, (kid, key) in self.manifest.keys.items():
+                self._keys[kns] = SealedKeys(NamespaceCipher(kns, kid, key))
         repos: dict[str, InMemoryModels] = {}
         for sm in self.models:
             repos.setdefault(sm.namespace, InMemoryModels()).add(sm.model)
@@ -594,7 +676,7 @@ class ArchiveReader:
             _want((ep.namespace, ep.id) not in seen, self.path, where,
                   f"the id {ep.id!r} of namespace {ep.namespace!r} appears twice")  # fmt: skip
             seen.add((ep.namespace, ep.id))
-            out.append(ArchivedEpisode(no, ep, art, item))
+            out.append(ArchivedEpisode(no, ep, art, item, keyed=ep.namespace in self._keys))
         return out
 
     def _episode(
@@ -633,7 +715,8 @@ class ArchiveReader:
                 art_streams[name] = src[span[0] : span[0] + span[1]]
         art = Artifact(engine, config, art_streams)
         try:
-            data = decode_checked(ns, id_, keywords, n_bytes, digest, fmt, art, self._engines)
+            data = decode_checked(ns, id_, keywords, n_bytes, digest, fmt, art, self._engines,
+                                  self._keys.get(ns, PLAIN_KEYS))  # fmt: skip
         except IntegrityError as exc:
             raise _damaged(p, f"{where} (episode {id_!r} of namespace {ns!r}): {exc}") from None
         except RememoryError as exc:  # an engine this rememory does not know
@@ -669,13 +752,13 @@ def _existing(store: MemoryStore, batch: Sequence[ArchivedEpisode]) -> dict[tupl
     return out
 
 
-def _is_new(store_row: Row | None, a: ArchivedEpisode) -> bool:
+def _is_new(store_row: Row | None, a: ArchivedEpisode, keys: KeysFor) -> bool:
     """Whether ``a`` must be stored: an identical stored episode (in its own digest format) is skipped."""
     if store_row is None:
         return True
     data = a.episode.text.encode("utf-8")
     try:
-        dg = episode_digest(a.episode.namespace, a.episode.id, data, store_row.digest_format)
+        dg = keys(a.episode.namespace).digest(a.episode.namespace, a.episode.id, data, store_row.digest_format)
     except ValueError:  # the stored row's format is damaged: it cannot be the same episode
         dg = b""
     return check_duplicate(store_row, a.episode, dg, replace=False)
@@ -683,11 +766,16 @@ def _is_new(store_row: Row | None, a: ArchivedEpisode) -> bool:
 
 def import_archive(
     store: MemoryStore, path: str | os.PathLike[str], *, embedder_id: str, max_text_bytes: int,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, secret: str | bytes | None = None, keys: KeysFor = lambda ns: PLAIN_KEYS,
+    convert: Callable[[list[ArchivedEpisode]], tuple[list[NewEpisode], list[Artifact]]] | None = None,
 ) -> ImportReport:  # fmt: skip
-    """Check the whole archive, then store its episodes that ``store`` lacks (see ``Memory.import_archive``)."""
+    """Check the whole archive, then store its episodes that ``store`` lacks (see ``Memory.import_archive``).
+
+    ``secret`` opens a sealed archive; ``keys`` are the store's content keys; ``convert`` turns checked
+    episodes into what the store keeps (an encrypted store re-encodes them under its own keys).
+    """
     path = Path(path)
-    with ArchiveReader(path, max_text_bytes=max_text_bytes) as reader:
+    with ArchiveReader(path, max_text_bytes=max_text_bytes, secret=secret) as reader:
         m = reader.manifest
         bound = store.embedder_info()
         if m.embedder is not None and bound is not None and bound != (m.embedder, m.dim):
@@ -719,7 +807,7 @@ def import_archive(
             existing = _existing(store, batch)
             for a in batch:
                 try:
-                    _is_new(existing.get((a.episode.namespace, a.episode.id)), a)
+                    _is_new(existing.get((a.episode.namespace, a.episode.id)), a, keys)
                 except DuplicateIdError:
                     raise _conflict(path, a) from None
             done += len(batch)
@@ -736,7 +824,7 @@ def import_archive(
             todo = []
             for a in batch:
                 try:
-                    if _is_new(existing.get((a.episode.namespace, a.episode.id)), a):
+                    if _is_new(existing.get((a.episode.namespace, a.episode.id)), a, keys):
                         todo.append(a)
                 except DuplicateIdError:  # written by another process since pass 1
                     raise _conflict(path, a) from None
@@ -746,8 +834,11 @@ def import_archive(
                 if not bound_now:
                     store.bind_embedder(m.embedder, m.dim)  # an empty store takes the archive's embedder
                     bound_now = True
-                got = store.commit_batch([a.new for a in todo], [a.artifact for a in todo], (m.embedder, m.dim),
-                                         replace=False)  # fmt: skip
+                if convert is not None:
+                    news, arts = convert(todo)
+                else:
+                    news, arts = [a.new for a in todo], [a.artifact for a in todo]
+                got = store.commit_batch(news, arts, (m.embedder, m.dim), replace=False)
                 imported += len(got)
                 skipped += len(todo) - len(got)
             done += len(batch)

@@ -39,6 +39,34 @@ def resolve_store_path(path: str | os.PathLike[str] | None) -> Path | str:
     return Path(path)
 
 
+def resolve_secret(secret: str | bytes | None) -> str | bytes | None:
+    """An encrypted store's secret: ``secret``, else ``$REMEMORY_SECRET``, else the file ``$REMEMORY_SECRET_FILE``.
+
+    Never a command-line argument (those show in ``ps``). A file's one trailing newline is dropped.
+    """
+    if secret is not None:
+        return secret
+    env = os.environ.get("REMEMORY_SECRET")
+    if env:
+        return env
+    path = os.environ.get("REMEMORY_SECRET_FILE")
+    return read_secret_file(path) if path else None
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> bytes:
+    """The secret kept in the file ``path`` (its trailing newline dropped)."""
+    from .errors import ConfigError
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the secret file {path}: {exc.strerror or exc}. Check the path.") from None
+    raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+    if not raw.strip():
+        raise ConfigError(f"The secret file {path} is empty. Put the secret in it (say 32+ random characters).")
+    return raw
+
+
 def dataclass_from_dict(cls: type[T], d: dict, what: str) -> T:
     """Build config dataclass ``cls`` from ``d``, naming unknown keys (a typo must not silently use a default)."""
     from .errors import ConfigError

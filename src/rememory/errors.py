@@ -89,3 +89,17 @@ class ArchiveError(RememoryError):
     """An archive file is unreadable, damaged, truncated or of an unknown format. Nothing from it was stored."""
 
     exit_code = 2
+
+
+class SecretError(RememoryError):
+    """An encrypted store (or sealed archive) cannot be opened: its secret is missing or wrong."""
+
+    exit_code = 9
+
+
+class SecretRequiredError(SecretError):
+    """The store or archive is encrypted and no secret was given."""
+
+
+class WrongSecretError(SecretError):
+    """The secret given does not open the keyring (or the sealed archive)."""

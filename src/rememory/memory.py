@@ -15,9 +15,10 @@ from dataclasses import replace as dc_replace
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .archive import ArchiveProgress, ExportReport, ImportReport
+from .archive import ArchivedEpisode, ArchiveProgress, ExportReport, ImportReport
 from .cells.model import CellConfig
-from .config import resolve_max_text_bytes, resolve_store_path
+from .config import resolve_max_text_bytes, resolve_secret, resolve_store_path
+from .content import PLAIN_KEYS, ContentKeys, SealedKeys
 from .embed import Embedder, load_embedder
 from .engine import DEFAULT_ENGINE, Artifact, DecodeItem, MemoryEngine, create_engine, engine_class
 from .episodes import validate_episode, validate_many, validate_namespace, validate_query
@@ -25,8 +26,6 @@ from .errors import ConfigError, EmbedderMismatchError, IntegrityError, NotFound
 from .index import snapshot
 from .index.config import RankingConfig
 from .index.live import NamespaceIndex, RankingFeatures, Span, TimeSignal
-from .index.tokenize import token_hashes
-from .integrity import episode_digest
 from .limits import MAX_PAGE, MAX_TOP_K
 from .quant import quantize_int8
 from .records import (
@@ -91,6 +90,8 @@ class Memory:
         batch_size: int = 256,
         busy_timeout: float = 30.0,
         read_only: bool = False,
+        secret: str | bytes | None = None,
+        keyring: str | os.PathLike[str] | None = None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
@@ -106,7 +107,10 @@ class Memory:
             engine_config = cell_config
         self.path = resolve_store_path(path)
         self.read_only = read_only
-        self._store = open_store(self.path, busy_timeout=busy_timeout, read_only=read_only)
+        # An encrypted store needs its secret (argument > REMEMORY_SECRET > REMEMORY_SECRET_FILE); given one, a
+        # new store becomes an encrypted one. ``keyring``: where its keyring lives (docs/encryption.md).
+        self._store = open_store(self.path, busy_timeout=busy_timeout, read_only=read_only,
+                                 secret=resolve_secret(secret), keyring=keyring)  # fmt: skip
         try:
             bound = self._store.embedder_info()
             if embedder is None and bound is not None:
@@ -129,6 +133,10 @@ class Memory:
         self._batch_size = batch_size
         self._indexes: dict[str, NamespaceIndex] = {}
         self._snapshot_dir = self._store.snapshot_dir
+        # An encrypted store's snapshots are sealed (they hold keys and token hashes): one file of
+        # snapshot.to_bytes, read whole, instead of memory-mapped arrays; PostgreSQL's are sealed in their table.
+        self._sealed_files = self._store.keyring is not None and self._snapshot_dir is not None
+        self._store_snapshots = self._store.snapshot_dir is None  # PostgreSQL keeps them in the database
         self._index_lock = threading.Lock()
 
     @property
@@ -150,6 +158,24 @@ class Memory:
 
     def __len__(self) -> int:
         return self._store.count()
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the store is encrypted at rest (docs/encryption.md)."""
+        return self._store.keyring is not None
+
+    def _keys(self, namespace: str, *, create: bool = False) -> ContentKeys:
+        """How ``namespace``'s content is keyed: its cipher in an encrypted store (made on first write)."""
+        ring = self._store.keyring
+        if ring is None:
+            return PLAIN_KEYS
+        cipher = ring.cipher(namespace, create=create and not self.read_only)
+        if cipher is None:
+            raise IntegrityError(
+                f"The namespace {namespace!r} of the encrypted store at {self.location} has no data key (it was "
+                f"erased, or never written). Erase what is left of it: rememory forget --namespace {namespace} --all."
+            )
+        return SealedKeys(cipher)
 
     @property
     def max_text_bytes(self) -> int:
@@ -228,9 +254,10 @@ class Memory:
             for r in self._store.rows(ns, [e.id for e in eps if e.namespace == ns]).values():
                 existing[(ns, r.id)] = r
         todo: list[tuple[Episode, bytes, bytes]] = []
+        keys = {ns: self._keys(ns, create=True) for ns in {ep.namespace for ep in eps}}
         for ep in eps:
             data = ep.text.encode("utf-8")
-            dg = episode_digest(ep.namespace, ep.id, data)
+            dg = keys[ep.namespace].digest(ep.namespace, ep.id, data, keys[ep.namespace].digest_format)
             if check_duplicate(existing.get((ep.namespace, ep.id)), ep, dg, replace=replace):
                 todo.append((ep, data, dg))
         if todo:
@@ -258,7 +285,8 @@ class Memory:
                                             elapsed_s=time.perf_counter() - start))  # fmt: skip
 
                 engine = self._engine_for(self._engine_name, ns)
-                got = engine.encode([chunk[j][0].keywords for j in pos], [chunk[j][1] for j in pos], relay)
+                seeds = [keys[ns].seed(chunk[j][0].keywords) for j in pos]
+                got = engine.encode(seeds, [chunk[j][1] for j in pos], relay)
                 for j, art in zip(pos, got, strict=True):
                     arts[j] = art
                 done_cells += len(pos)
@@ -267,9 +295,10 @@ class Memory:
             for (ep, data, dg), vec, ctx_vec in zip(chunk, vecs, ctx_vecs):
                 q, scale = quantize_int8(vec)
                 cq, cscale = quantize_int8(ctx_vec)
-                tokens = token_hashes(f"{ep.keywords} {ep.text}")
+                tokens = keys[ep.namespace].tokens(f"{ep.keywords} {ep.text}")
                 when = episode_seconds(ep.time, ep.keywords)  # once, here: recall never parses keywords
-                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale, event_time=when))
+                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale,
+                                        digest_format=keys[ep.namespace].digest_format, event_time=when))
             self._store.commit_batch(items, [a for a in arts if a is not None], (self._embedder.id, self._embedder.dim),
                                      replace=replace)  # fmt: skip
         return [e.id for e in eps]
@@ -398,7 +427,7 @@ class Memory:
             for i, vec, ctx_vec in zip(mine, new.embed_batch(own), new.embed_batch(ctx)):
                 q, scale = quantize_int8(vec)
                 cq, cscale = quantize_int8(ctx_vec)
-                keys.append(StagedKey(rowids[i], q, scale, cq, cscale))
+                keys.append(StagedKey(rowids[i], ns, texts[i][0].id, q, scale, cq, cscale))
             self._store.stage_keys((new.id, new.dim), keys)
             done += len(pos)
             if progress is not None:
@@ -484,9 +513,10 @@ class Memory:
                     else:
                         fail(r, data)
                 if ok:
-                    new = eng.encode([r.keywords for r, _ in ok], [d for _, d in ok])
+                    keys = self._keys(ns)
+                    new = eng.encode([keys.seed(r.keywords) for r, _ in ok], [d for _, d in ok])
                     back = eng.decode_batch(
-                        [DecodeItem(a, r.keywords, len(d)) for (r, d), a in zip(ok, new, strict=True)]
+                        [DecodeItem(a, keys.seed(r.keywords), len(d)) for (r, d), a in zip(ok, new, strict=True)]
                     )
                     for (r, d), b in zip(ok, back, strict=True):
                         if b != d:  # an engine bug, not damage: nothing of this batch is swapped in
@@ -554,6 +584,51 @@ class Memory:
             if idx is not None:
                 idx.snapshot_size = 0  # re-snapshot (without the forgotten episode) once the index syncs
 
+    def erase_namespace(self, namespace: str) -> int:
+        """Forget every episode of ``namespace``; in an encrypted store, by crypto-erasure. Returns how many.
+
+        In an encrypted store the namespace's data key is destroyed first: from that moment every copy of
+        its data (database backups, WAL files, replicas, shards, snapshots) is unreadable with the secret.
+        Then its rows are deleted and erased as :meth:`forget` erases one. Rerun it if it was interrupted.
+
+        >>> mem.erase_namespace("scratch")
+        0
+        """
+        namespace = validate_namespace(namespace)
+        if self.read_only:
+            raise ConfigError(f"The store at {self.location} is open read-only; open it for writing to erase.")
+        ring = self._store.keyring
+        if ring is not None:
+            ring.destroy(namespace)
+        ids = [r.id for rows in self._store.iter_rows(namespace, batch=1000) for r in rows]
+        removed = 0
+        for i in range(0, len(ids), 1000):
+            removed += len(self._store.delete(namespace, ids[i : i + 1000]))
+        # A shared model (byte-trace/1) learnt from the namespace's episodes: it goes with them.
+        self._store.delete_models(namespace)
+        with self._engines_lock:
+            for key in [k for k in self._engines if k[1] == namespace]:
+                del self._engines[key]
+        if self._snapshot_dir is not None:
+            with snapshot.locked(self._snapshot_dir):
+                snapshot.discard(self._snapshot_dir, namespace)
+        with self._index_lock:
+            self._indexes.pop(namespace, None)
+        return removed
+
+    def rotate_secret(self, new_secret: str | bytes) -> int:
+        """Re-wrap the encrypted store's data keys under ``new_secret``; returns how many. No data is re-encrypted.
+
+        Afterwards only ``new_secret`` opens the store. An interrupted rotation leaves the keyring as it was or
+        as it would be after it: the store opens with one of the two secrets.
+        """
+        ring = self._store.keyring
+        if ring is None:
+            raise ConfigError(f"The store at {self.location} is not encrypted; there is no secret to rotate.")
+        if self.read_only:
+            raise ConfigError(f"The store at {self.location} is open read-only; open it for writing to rotate.")
+        return int(ring.rotate(new_secret))
+
     def _row(self, id: str, namespace: str) -> Row | None:
         return self._store.rows(validate_namespace(namespace), [id]).get(id)
 
@@ -572,9 +647,10 @@ class Memory:
         groups: dict[tuple[str, str], builtins.list[Row]] = {}
         for r in rows:
             art = arts[r.rowid]
-            if isinstance(art, IntegrityError):
+            if r.damage is not None or isinstance(art, IntegrityError):  # sealed metadata or artifact unreadable
+                bad = r.damage if r.damage is not None else art
                 out[r.rowid] = IntegrityError(
-                    f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {art}. Run `rememory verify` "
+                    f"The memory {r.id!r} (namespace {r.namespace!r}) is unreadable: {bad}. Run `rememory verify` "
                     "to list every affected memory, then re-add them.",
                     ids=[r.id],
                 )
@@ -587,11 +663,12 @@ class Memory:
                 for r in group:
                     out[r.rowid] = self._malformed(r, exc)
                 continue
+            keys = self._keys(ns)  # the cell seed is keyed by the namespace's key in an encrypted store
             items = []
             for r in group:
                 art = arts[r.rowid]
                 assert not isinstance(art, IntegrityError)
-                items.append(DecodeItem(art, r.keywords, r.n_bytes))
+                items.append(DecodeItem(art, keys.seed(r.keywords), r.n_bytes))
             for r, data in zip(group, engine.decode_batch(items), strict=True):
                 out[r.rowid] = self._malformed(r, data) if isinstance(data, Exception) else self._checked(r, data)
         return out
@@ -620,8 +697,9 @@ class Memory:
 
     def _checked(self, r: Row, data: bytes) -> bytes | IntegrityError:
         """``data`` if it is the exact text ``r``'s digest names, else the IntegrityError that says so."""
+        keys = self._keys(r.namespace)
         try:
-            want = episode_digest(r.namespace, r.id, data, r.digest_format)
+            want = keys.digest(r.namespace, r.id, data, r.digest_format)
         except ValueError:
             want = b""
         if len(data) != r.n_bytes or want != r.digest:
@@ -734,10 +812,12 @@ class Memory:
             idx = self._indexes.get(namespace)
             if idx is None:
                 idx = None
-                if self._snapshot_dir is not None:
+                if self._sealed_files:
+                    idx = self._sealed_file_snapshot(namespace)
+                elif self._snapshot_dir is not None:
                     emb = self._embedder
                     idx = snapshot.load(self._snapshot_dir, namespace, emb.dim, self.ranking, emb.id)
-                else:
+                elif self._store_snapshots:
                     idx = self._stored_snapshot(namespace)
                 idx = idx or NamespaceIndex(self._embedder.dim, self.ranking, self._nearest(namespace))
                 idx.snapshot_size = idx.lex.n
@@ -762,7 +842,8 @@ class Memory:
                 large = self.ranking.ann_threshold
                 if self._snapshot_dir is not None:
                     large = min(large, SNAPSHOT_MIN_EPISODES)
-                if (not self.read_only and idx.size >= large
+                keeps = self._snapshot_dir is not None or self._store_snapshots
+                if (keeps and not self.read_only and idx.size >= large
                         and grown >= max(1, idx.snapshot_size // 10)):  # fmt: skip
                     self._save_snapshot(idx, namespace)
             return idx
@@ -773,13 +854,34 @@ class Memory:
         if got is None:
             return None
         try:
-            idx = snapshot.from_bytes(got.data, self._embedder.dim, self.ranking, self._nearest(namespace))
-        except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            data = got.data
+            if self.encrypted:
+                cipher = self._keys(namespace)
+                assert isinstance(cipher, SealedKeys)
+                data = cipher.cipher.open(data, "snapshot")
+            idx = snapshot.from_bytes(data, self._embedder.dim, self.ranking, self._nearest(namespace))
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile, IntegrityError) as exc:
             logger.warning("The recall snapshot of namespace %r in %s is unreadable (%s: %s); rebuilding the index "
                            "from the store.", namespace, self.location, type(exc).__name__, exc)  # fmt: skip
             return None
         idx.seq = got.seq
         return idx
+
+    def _sealed_file_snapshot(self, namespace: str) -> NamespaceIndex | None:
+        """An encrypted store's snapshot file of ``namespace``, opened; None if there is none usable."""
+        assert self._snapshot_dir is not None
+        data = snapshot.read_sealed(self._snapshot_dir, namespace)
+        if data is None:
+            return None
+        try:
+            keys = self._keys(namespace)
+            assert isinstance(keys, SealedKeys)
+            plain = keys.cipher.open(data, "snapshot", self._embedder.id)
+            return snapshot.from_bytes(plain, self._embedder.dim, self.ranking, None)
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile, IntegrityError) as exc:
+            logger.warning("The sealed recall snapshot of namespace %r in %s is unusable (%s: %s); rebuilding the "
+                           "index from the store.", namespace, self.location, type(exc).__name__, exc)  # fmt: skip
+            return None
 
     def _nearest(self, namespace: str) -> Callable[[np.ndarray, int, bool], builtins.list[int]] | None:
         """The store's key search for ``namespace``'s index, where the store has one."""
@@ -793,12 +895,23 @@ class Memory:
         # committed meanwhile must not be written back to disk (forget drops snapshots under this lock).
         if self._snapshot_dir is None:  # the store keeps it, and refuses one that a deletion made stale
             assert idx.seq is not None
-            if self._store.save_index_snapshot(namespace, idx.seq, snapshot.to_bytes(idx)):
+            data = snapshot.to_bytes(idx)
+            keys = self._keys(namespace)
+            if isinstance(keys, SealedKeys):  # sealed like every row: the snapshot holds keys and hashes
+                data = keys.cipher.seal(data, "snapshot")
+            if self._store.save_index_snapshot(namespace, idx.seq, data):
                 idx.snapshot_size = idx.lex.n
             return
         with snapshot.locked(self._snapshot_dir):
             if set(idx.slot_of) <= set(self._store.namespace_rowids(namespace).tolist()):
-                snapshot.save(idx, self._snapshot_dir, namespace, self._embedder.id)
+                if self._sealed_files:
+                    keys = self._keys(namespace)
+                    assert isinstance(keys, SealedKeys)
+                    # Bound to the embedder: a snapshot of another model's keys fails to open, and is rebuilt.
+                    data = keys.cipher.seal(snapshot.to_bytes(idx), "snapshot", self._embedder.id)
+                    snapshot.write_sealed(self._snapshot_dir, namespace, data)
+                else:
+                    snapshot.save(idx, self._snapshot_dir, namespace, self._embedder.id)
                 idx.snapshot_size = idx.lex.n
 
     def preload(self, namespace: str = "default") -> None:
@@ -862,7 +975,7 @@ class Memory:
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
         when = self._time_signal(query, window)
-        scored = idx.search(q, idx.lexical(token_hashes(query)), top_k, explain=explain, time=when)
+        scored = idx.search(q, idx.lexical(self._keys(namespace).tokens(query)), top_k, explain=explain, time=when)
         # The index is a cache: every hit is checked against its store row in this namespace
         # before anything is decoded (a concurrent forget, or a tampered snapshot, yields nothing).
         rows = self._store.rows(namespace, [s.id for s in scored])
@@ -886,7 +999,7 @@ class Memory:
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
         when = self._time_signal(query, None, every=True)
-        f = idx.features(q, idx.lexical(token_hashes(query), every=True), top_k, every=True, time=when)
+        f = idx.features(q, idx.lexical(self._keys(namespace).tokens(query), every=True), top_k, every=True, time=when)
         return None if f is None else RankingFeatures(f, tuple(idx.ids[s] for s in f.cand.tolist()))
 
     def _time_signal(self, query: str, window: TimeRange | None, *, every: bool = False) -> TimeSignal | None:
@@ -945,6 +1058,7 @@ class Memory:
         namespace: str | None = None,
         format: str = "archive",
         progress: Callable[[ArchiveProgress], None] | None = None,
+        secret: str | bytes | None = None,
     ) -> ExportReport:
         """Write the store (or one namespace) to ``path``, replacing it atomically.
 
@@ -952,20 +1066,31 @@ class Memory:
         stored, their metadata, keys and digests, and no decoded text; every memory is checked
         against its digest first. ``format="jsonl"`` writes the decoded episodes (namespace, id,
         keywords, text, time), one JSON object a line, for other tools and for ``rememory train``.
+
+        An archive of an encrypted store is sealed under ``secret`` (default: the store's own secret) and
+        carries its namespaces' data keys; ``secret`` also seals an archive of a plaintext store. A JSONL
+        export is decoded text by definition: it is never sealed.
         """
         from .archive import write_archive, write_jsonl
 
         if namespace is not None:
             namespace = validate_namespace(namespace)
         if format == "archive":
-            return write_archive(self._store, path, namespace=namespace, progress=progress)
+            ring = self._store.keyring
+            seal = secret if secret is not None else (ring.secret if ring is not None else None)
+            return write_archive(self._store, path, namespace=namespace, progress=progress, keys=self._keys,
+                                 secret=seal, data_keys=ring.data_key if ring is not None else None)  # fmt: skip
         if format == "jsonl":
             return write_jsonl(self._store.iter_rows(namespace, batch=500), self._reconstruct, path,
                                total=self._store.count(namespace), progress=progress)  # fmt: skip
         raise ConfigError(f"Unknown export format {format!r}; use 'archive' or 'jsonl'.")
 
     def import_archive(
-        self, path: str | os.PathLike[str], *, progress: Callable[[ArchiveProgress], None] | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        progress: Callable[[ArchiveProgress], None] | None = None,
+        secret: str | bytes | None = None,
     ) -> ImportReport:
         """Load an archive written by :meth:`export` into this store.
 
@@ -973,11 +1098,48 @@ class Memory:
         against its digest); a damaged or truncated archive, another embedder, or an episode that
         differs from one stored under the same id raises, and nothing from it is stored. Episodes
         already stored with identical content are skipped, so importing twice changes nothing.
+
+        A sealed archive opens with ``secret`` (default: this store's secret). Importing into an encrypted
+        store, or from an encrypted store's archive, converts: every memory is re-encoded (its cell trained
+        again) under this store's keys, keeping its recall keys; so a plaintext store's archive imported
+        into an encrypted store makes an encrypted copy of it.
         """
         from .archive import import_archive
 
+        ring = self._store.keyring
         return import_archive(self._store, path, embedder_id=self._embedder.id,
-                              max_text_bytes=self._max_text_bytes, progress=progress)  # fmt: skip
+                              max_text_bytes=self._max_text_bytes, progress=progress,
+                              secret=secret if secret is not None else (ring.secret if ring is not None else None),
+                              keys=self._keys, convert=self._convert_archived)  # fmt: skip
+
+    def _convert_archived(
+        self, todo: Sequence[ArchivedEpisode]
+    ) -> tuple[builtins.list[NewEpisode], builtins.list[Artifact]]:
+        """What this store keeps of checked archived episodes: as they are between plaintext stores, else
+        re-encoded under this store's keys (cells trained with its seeds, keyed tokens and digests)."""
+        if not self.encrypted and not any(a.keyed for a in todo):
+            return [a.new for a in todo], [a.artifact for a in todo]
+        news: builtins.list[NewEpisode] = []
+        arts: builtins.list[Artifact] = []
+        for i in range(0, len(todo), self._batch_size):
+            chunk = todo[i : i + self._batch_size]
+            keys = [self._keys(a.episode.namespace, create=True) for a in chunk]
+            texts = [a.episode.text.encode("utf-8") for a in chunk]
+            got: builtins.list[Artifact | None] = [None] * len(chunk)
+            for ns in sorted({a.episode.namespace for a in chunk}):  # each namespace with its own engine instance
+                pos = [j for j, a in enumerate(chunk) if a.episode.namespace == ns]
+                made = self._engine_for(self._engine_name, ns).encode(
+                    [keys[j].seed(chunk[j].episode.keywords) for j in pos], [texts[j] for j in pos])
+                for j, art in zip(pos, made, strict=True):
+                    got[j] = art
+            arts += [a for a in got if a is not None]
+            for k, a, data in zip(keys, chunk, texts):
+                ep = a.episode
+                news.append(dc_replace(
+                    a.new, digest=k.digest(ep.namespace, ep.id, data, k.digest_format), digest_format=k.digest_format,
+                    tokens=k.tokens(f"{ep.keywords} {ep.text}"),
+                ))  # fmt: skip
+        return news, arts
 
 
 def _span(rng: TimeRange | None) -> Span | None:

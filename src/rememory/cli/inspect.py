@@ -29,12 +29,25 @@ def show(ctx: click.Context, id: str, namespace: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("id")
+@click.argument("id", required=False)
 @namespace_option
+@click.option(
+    "--all", "everything", is_flag=True,
+    help="Forget every episode of the namespace. In an encrypted store this is crypto-erasure: the namespace's data "
+    "key is destroyed, so every copy of its data (backups, WAL, replicas) becomes unreadable.",
+)  # fmt: skip
 @click.pass_context
-def forget(ctx: click.Context, id: str, namespace: str) -> None:
-    """Delete the episode with this ID and erase it from every file of the store."""
+def forget(ctx: click.Context, id: str | None, namespace: str, everything: bool) -> None:
+    """Delete the episode with this ID (or, with --all, the whole namespace) and erase it from every file."""
+    if (id is None) == (not everything):
+        raise click.UsageError("Give either an episode ID or --all (with --namespace NS), not both.")
     with open_memory(ctx) as mem:
+        if everything:
+            n = mem.erase_namespace(namespace)
+            how = " and destroyed its data key" if mem.encrypted else ""
+            click.echo(f"Forgot all {n} episodes of namespace {namespace!r}{how}.", err=True)
+            return
+        assert id is not None
         mem.forget(id, namespace=namespace)
     click.echo(f"Forgot {id}.", err=True)
 

@@ -32,6 +32,8 @@ COMMANDS = {
     "keys": "rememory.cli.keys:keys",
     "export": "rememory.cli.archive:export",
     "import": "rememory.cli.archive:import_command",
+    "init": "rememory.cli.secret:init",
+    "secret": "rememory.cli.secret:secret",
 }
 
 
@@ -70,11 +72,30 @@ class _Group(click.Group):
     help="Embedder name (multilingual-e5-small, all-MiniLM-L6-v2) or sentence-transformers model name or path "
     "(default: the store's, else multilingual-e5-small).",
 )
+@click.option(
+    "--secret-file",
+    envvar="REMEMORY_SECRET_FILE",
+    type=click.Path(dir_okay=False),
+    help="File holding the secret of an encrypted store (or $REMEMORY_SECRET_FILE; or the secret itself in "
+    "$REMEMORY_SECRET). Never pass a secret as an argument: `ps` shows arguments.",
+)
+@click.option(
+    "--keyring",
+    envvar="REMEMORY_KEYRING",
+    type=click.Path(dir_okay=False),
+    help="Keyring file of an encrypted store (default: keyring.json in the store directory; for PostgreSQL, "
+    "its keyring table). See docs/encryption.md.",
+)
 @click.version_option(package_name="rememory")
 @click.pass_context
-def cli(ctx: click.Context, store: str | None, embedder: str | None) -> None:
+def cli(
+    ctx: click.Context, store: str | None, embedder: str | None, secret_file: str | None, keyring: str | None
+) -> None:
     """ReMemory: exact reconstructive episodic memory for LLM agents."""
-    ctx.obj = {"store": store, "embedder": embedder}
+    from ..config import read_secret_file
+
+    secret = read_secret_file(secret_file) if secret_file else None
+    ctx.obj = {"store": store, "embedder": embedder, "secret": secret, "keyring": keyring}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..memory import Memory
+from .common import store_secret
 
 
 @click.command()
@@ -33,7 +34,7 @@ def reembed(ctx: click.Context, target: str | None, namespace: str | None) -> No
     target = target or ctx.obj["embedder"]
     bars = StageBars(unit="ep")
     # Opened with the store's own embedder: the one given on the command line is the target here.
-    with Memory(ctx.obj["store"]) as mem:
+    with Memory(ctx.obj["store"], **store_secret(ctx)) as mem:
         try:
             report = mem.reembed(target, namespace=namespace, progress=lambda d, t: bars.update("reembedding", d, t))
         finally:

@@ -71,6 +71,24 @@ def discard(directory: Path, namespace: str) -> None:
         p.unlink(missing_ok=True)
 
 
+def _sealed(directory: Path, namespace: str) -> Path:
+    """An encrypted store's snapshot: one sealed file (``<stem>-sealed.bin``, so :func:`discard` removes it)."""
+    return _part(_stem(directory, namespace), "sealed", "bin")
+
+
+def write_sealed(directory: Path, namespace: str, data: bytes) -> None:
+    """Replace ``namespace``'s sealed snapshot with ``data`` (call under :func:`locked`)."""
+    private_dir(directory)
+    _atomic(_sealed(directory, namespace), lambda p: Path(p).write_bytes(data))
+
+
+def read_sealed(directory: Path, namespace: str) -> bytes | None:
+    try:
+        return _sealed(directory, namespace).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def _atomic(target: Path, write: Callable[[str], object]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
     os.close(fd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -31,12 +31,20 @@ from .records import (
     StoredSnapshot,
 )
 
+if TYPE_CHECKING:
+    from ..crypto.keyring import Keyring
+
 
 class MemoryStore(Protocol):
     """Episodes' metadata, recall keys and engine artifacts, safe for several threads (and processes)."""
 
     read_only: bool
     server_ann: bool  # whether ``nearest`` searches keys in the backend (then indexes keep no HNSW graph)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The keyring that seals the store's content (rememory.store.sealing), or None: a plaintext store."""
+        ...
 
     @property
     def location(self) -> str:
@@ -96,6 +104,10 @@ class MemoryStore(Protocol):
         ...
 
     def list_models(self, namespace: str | None = None) -> list[StoredModel]: ...
+
+    def delete_models(self, namespace: str) -> int:
+        """Delete every shared model of ``namespace`` (when the namespace is erased); returns how many."""
+        ...
 
     def import_model(self, namespace: str, model: SharedModel, created_at: int | None = None) -> bool:
         """Keep ``model`` under its own version (from an archive): True if stored, False if already there;

@@ -171,9 +171,14 @@ _M007_MODELS = (
 )
 
 
+# Encryption at rest (rememory.store.sealing) changes no table: sealed values fit the same columns, and
+# the store names its keyring in ``meta``. The version moves anyway, so that a rememory without
+# encryption refuses a store that may hold sealed rows instead of reading them as text.
+_M008_ENCRYPTION: tuple[str, ...] = ()
+
 MIGRATIONS: list[Migration] = [
     _M001_INITIAL, _M002_RECALL_INDEX, _M003_TENANT_IDS, _M004_STAGED_KEYS, _M005_CHANGES, _m006_event_time,
-    _M007_MODELS,
+    _M007_MODELS, _M008_ENCRYPTION,
 ]  # fmt: skip
 
 

@@ -25,7 +25,6 @@ at once; for the WAL and backups, the answer is encryption with per-tenant keys.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,11 +49,9 @@ from .sql import (
     Execute,
     SQLReads,
     damaged_metadata,
-    engine_config,
     log_deletions,
     log_rekeyed,
     next_seq,
-    row,
 )
 
 SCHEMA = "rememory"
@@ -212,10 +209,22 @@ _M007_MODELS = (
        FOR EACH ROW EXECUTE FUNCTION models_immutable()""",
 )
 
+
+# Encryption at rest (rememory.store.sealing): a sealed row has no pgvector copy of its keys, staged ones
+# included, and the keyring (the wrapped data keys, rememory.crypto.keyring) gets a table of its own.
+_M008_ENCRYPTION = (
+    "ALTER TABLE staged_keys ALTER COLUMN embedding DROP NOT NULL",
+    "ALTER TABLE staged_keys ALTER COLUMN ctx_embedding DROP NOT NULL",
+    """CREATE TABLE keyring (
+        id smallint PRIMARY KEY CHECK (id = 1),  -- one document
+        doc bytea NOT NULL                        -- the keyring's JSON (wrapped keys only, never a plain key)
+    )""",
+)
+
 Migration = Sequence[str] | Callable[[Any], None]
 MIGRATIONS: list[Migration] = [
     _M001_INITIAL, _M002_STAGED_KEYS, _M003_CHANGES, _m004_context_embeddings, _M005_INDEX_SNAPSHOTS, _m006_event_time,
-    _M007_MODELS,
+    _M007_MODELS, _M008_ENCRYPTION,
 ]  # fmt: skip
 ANN_EF_SEARCH = 200  # HNSW candidate list; with iterative scans, a larger LIMIT scans on until it is met
 
@@ -415,6 +424,16 @@ class PostgresStore(SQLReads):
         with self._conn() as conn:
             return list(conn.execute(sql.replace("?", "%s"), params).fetchall())
 
+    # --- encryption (rememory.store.sealing) ---
+
+    def default_keyring(self) -> PostgresKeyringStorage:
+        """Where an encrypted store's keyring lives unless told otherwise: its own table in the database."""
+        return PostgresKeyringStorage(self)
+
+    def set_encryption_mark(self, keyring_id: str) -> None:
+        with self._write(bump=False) as conn:
+            conn.execute("INSERT INTO meta(key, value) VALUES ('keyring', %s) ON CONFLICT DO NOTHING", (keyring_id,))
+
     # --- embedder bookkeeping ---
 
     def bind_embedder(self, embedder_id: str, dim: int) -> None:
@@ -436,8 +455,7 @@ class PostgresStore(SQLReads):
             conn.execute("INSERT INTO embedders(name, dim) VALUES (%s, %s) ON CONFLICT DO NOTHING", embedder)
             ref = conn.execute("SELECT id FROM embedders WHERE name = %s AND dim = %s", embedder).fetchone()[0]
             for k in keys:
-                unit = k.key.astype(np.float32) * np.float32(k.key_scale)
-                ctx_unit = k.ctx_key.astype(np.float32) * np.float32(k.ctx_key_scale)
+                c = self.codec.staged(k.namespace, k.id, k)
                 conn.execute(
                     "INSERT INTO staged_keys(rowid, embedder, key, key_scale, embedding, ctx_key, ctx_key_scale,"
                     " ctx_embedding) SELECT rowid, %s, %s, %s, %s::halfvec, %s, %s, %s::halfvec FROM episodes"
@@ -445,8 +463,8 @@ class PostgresStore(SQLReads):
                     " key = EXCLUDED.key, key_scale = EXCLUDED.key_scale, embedding = EXCLUDED.embedding,"
                     " ctx_key = EXCLUDED.ctx_key, ctx_key_scale = EXCLUDED.ctx_key_scale,"
                     " ctx_embedding = EXCLUDED.ctx_embedding",
-                    (ref, k.key.astype(np.int8).tobytes(), float(k.key_scale), _vector_text(unit),
-                     k.ctx_key.astype(np.int8).tobytes(), float(k.ctx_key_scale), _vector_text(ctx_unit), k.rowid),
+                    (ref, c.key, c.key_scale, _vector_text(c.unit), c.ctx_key, c.ctx_key_scale,
+                     _vector_text(c.ctx_unit), k.rowid),
                 )  # fmt: skip
 
     def clear_staged_keys(self, keep: tuple[str, int] | None = None) -> None:
@@ -516,16 +534,15 @@ class PostgresStore(SQLReads):
                     f"SELECT {ROW_COLS} FROM episodes WHERE namespace = %s AND id = %s FOR UPDATE",
                     (ep.namespace, ep.id),
                 ).fetchone()
-                old = row(got) if got is not None else None
+                old = self.row(got) if got is not None else None
                 if not check_duplicate(old, ep, item.digest, replace=replace):
                     continue
                 if old is not None:
                     conn.execute("DELETE FROM episodes WHERE rowid = %s", (old.rowid,))
                     log_deletions(run, ep.namespace, [old.rowid], seqs[ep.namespace], keep_s=self.deletion_log_s)
                     conn.execute("DELETE FROM index_snapshots WHERE namespace = %s", (ep.namespace,))
-                weights, spans = _pack(art.streams)
-                unit = item.key.astype(np.float32) * np.float32(item.key_scale)
-                ctx_unit = item.ctx_key.astype(np.float32) * np.float32(item.ctx_key_scale)
+                col = self.codec.episode(item, art)
+                weights, spans = shards.pack_streams(col.streams)
                 conn.execute(
                     "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest, digest_format,"
                     " key, key_scale, embedding, ctx_key, ctx_key_scale, ctx_embedding, tokens, embedder, engine, cell,"
@@ -533,12 +550,10 @@ class PostgresStore(SQLReads):
                     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::halfvec, %s, %s, %s::halfvec, %s, %s, %s, %s,"
                     " %s, %s, %s, %s)",
                     (
-                        ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest, item.digest_format,
-                        item.key.astype(np.int8).tobytes(), float(item.key_scale), _vector_text(unit),
-                        item.ctx_key.astype(np.int8).tobytes(), float(item.ctx_key_scale), _vector_text(ctx_unit),
-                        item.tokens.astype("<u4").tobytes(), emb_ref, art.engine,
-                        json.dumps(art.config, separators=(",", ":")), weights, spans, seqs[ep.namespace],
-                        item.event_time,
+                        ep.id, ep.namespace, col.keywords, col.time, now, item.n_bytes, item.digest,
+                        item.digest_format, col.keys.key, col.keys.key_scale, _vector_text(col.keys.unit),
+                        col.keys.ctx_key, col.keys.ctx_key_scale, _vector_text(col.keys.ctx_unit), col.tokens, emb_ref,
+                        art.engine, col.cell, weights, spans, seqs[ep.namespace], col.event_time,
                     ),
                 )  # fmt: skip
                 inserted.append(ep.id)
@@ -554,12 +569,12 @@ class PostgresStore(SQLReads):
         # No generation bump: recall indexes and their snapshots hold keys and tokens, which stay as they are.
         with self._write(bump=False) as conn:
             for sw in swaps:
-                weights, spans = _pack(sw.artifact.streams)
+                cell, streams = self.codec.artifact_columns(sw.namespace, sw.id, sw.artifact)  # sealed if encrypted
+                weights, spans = shards.pack_streams(streams)
                 got = conn.execute(
                     "UPDATE episodes SET engine = %s, cell = %s, weights = %s, spans = %s"
                     " WHERE rowid = %s AND namespace = %s AND id = %s AND digest = %s RETURNING id",
-                    (sw.artifact.engine, json.dumps(sw.artifact.config, separators=(",", ":")), weights, spans,
-                     sw.rowid, sw.namespace, sw.id, sw.digest),
+                    (sw.artifact.engine, cell, weights, spans, sw.rowid, sw.namespace, sw.id, sw.digest),
                 ).fetchone()  # fmt: skip
                 if got is not None:
                     swapped.append(sw.id)
@@ -653,12 +668,11 @@ class PostgresStore(SQLReads):
                 out[r.rowid] = IntegrityError(f"the memory {r.id!r} was deleted while being read", ids=[r.id])
                 continue
             try:
-                cfg = engine_config(t[1])
-                streams = _unpack(bytes(t[2]), bytes(t[3]))
+                out[r.rowid] = self.codec.artifact(r, t[1], shards.unpack_streams(bytes(t[2]), bytes(t[3])))
+            except IntegrityError as exc:
+                out[r.rowid] = exc
             except (ValueError, TypeError) as exc:
                 out[r.rowid] = damaged_metadata(r, exc)
-                continue
-            out[r.rowid] = Artifact(r.engine, cfg, streams)
         return out
 
     def size_report(self, namespace: str | None = None) -> SizeReport:
@@ -721,6 +735,34 @@ class PostgresKeys:
         """The store owns the connections."""
 
 
+class PostgresKeyringStorage:
+    """The ``keyring`` table: one row, replaced in one transaction under its row lock (see crypto.keyring)."""
+
+    def __init__(self, store: PostgresStore):
+        self._store = store
+
+    @property
+    def location(self) -> str:
+        return f"{self._store.location} (table {SCHEMA}.keyring)"
+
+    def read(self) -> bytes | None:
+        got = self._store._read("SELECT doc FROM keyring WHERE id = 1")
+        return bytes(got[0][0]) if got else None
+
+    def update(self, change: Callable[[bytes | None], bytes | None]) -> None:
+        with self._store._write(bump=False) as conn:
+            conn.execute("LOCK TABLE keyring IN SHARE ROW EXCLUSIVE MODE")  # also serialises the first insert
+            got = conn.execute("SELECT doc FROM keyring WHERE id = 1").fetchone()
+            new = change(bytes(got[0]) if got else None)
+            if new is None:
+                return
+            conn.execute(
+                "INSERT INTO keyring(id, doc) VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc", (new,)
+            )
+        with self._store._conn() as conn:
+            conn.execute("VACUUM keyring")  # the old version (say, an erased key) leaves the heap now
+
+
 class _NothingToCommitError(Exception):
     """Rolls back a batch whose every episode was already stored (no generation change)."""
 
@@ -753,31 +795,7 @@ def _unit(key: bytes, scale: Any) -> np.ndarray | None:
     return np.frombuffer(key, dtype=np.int8).astype(np.float32) * np.float32(scale)
 
 
-def _vector_text(vec: np.ndarray) -> str:
+def _vector_text(vec: np.ndarray | None) -> str | None:
+    if vec is None:  # a sealed row: no plaintext copy of its key
+        return None
     return "[" + ",".join(f"{float(x):.6g}" for x in vec) + "]"
-
-
-def _pack(streams: dict[str, np.ndarray]) -> tuple[bytes, bytes]:
-    """One artifact's streams as one blob, and spans of (byte offset, element count) per stream."""
-    parts: list[bytes] = []
-    spans: shards.Spans = {}
-    offset = 0
-    for name in sorted(streams):
-        arr = np.ascontiguousarray(streams[name]).reshape(-1)
-        if arr.dtype.name != name:
-            raise ValueError(f"stream {name!r} holds dtype {arr.dtype.name}")
-        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        spans[name] = (offset, int(arr.size))
-        parts.append(data)
-        offset += len(data)
-    return b"".join(parts), shards.encode_spans(spans)
-
-
-def _unpack(weights: bytes, spans_blob: bytes) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for name, (offset, count) in shards.decode_spans(spans_blob).items():
-        dtype = np.dtype(name).newbyteorder("<")
-        if offset + count * dtype.itemsize > len(weights):
-            raise ValueError(f"stream {name!r} runs past the end of its weights")
-        out[name] = np.frombuffer(weights, dtype=dtype, count=count, offset=offset).astype(name)
-    return out

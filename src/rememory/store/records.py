@@ -24,6 +24,7 @@ class Row:
     digest: bytes
     digest_format: int  # see rememory.integrity
     engine: str
+    damage: str | None = None  # why its sealed metadata cannot be opened (then keywords and time are empty)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class StagedKey:
     """A row's recall keys made by another embedder, staged until a reembed switches the whole store."""
 
     rowid: int
+    namespace: str  # the row's (an encrypted store seals the keys for their episode)
+    id: str
     key: np.ndarray  # (dim,) int8
     key_scale: float
     ctx_key: np.ndarray  # (dim,) int8

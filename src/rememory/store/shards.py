@@ -136,3 +136,29 @@ def rewrite_keeping(path: Path, live: list[Spans]) -> None:
         arr[~keep] = 0
         tensors[name] = arr
     write_atomic(path, tensors)
+
+
+def pack_streams(streams: dict[str, np.ndarray]) -> tuple[bytes, bytes]:
+    """One artifact's streams as one blob, and spans of (byte offset, element count) per stream."""
+    parts: list[bytes] = []
+    spans: Spans = {}
+    offset = 0
+    for name in sorted(streams):
+        arr = np.ascontiguousarray(streams[name]).reshape(-1)
+        if arr.dtype.name != name:
+            raise ValueError(f"stream {name!r} holds dtype {arr.dtype.name}")
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        spans[name] = (offset, int(arr.size))
+        parts.append(data)
+        offset += len(data)
+    return b"".join(parts), encode_spans(spans)
+
+
+def unpack_streams(weights: bytes, spans_blob: bytes) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, (offset, count) in decode_spans(spans_blob).items():
+        dtype = np.dtype(name).newbyteorder("<")
+        if offset + count * dtype.itemsize > len(weights):
+            raise ValueError(f"stream {name!r} runs past the end of its weights")
+        out[name] = np.frombuffer(weights, dtype=dtype, count=count, offset=offset).astype(name)
+    return out

@@ -11,21 +11,24 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..engine import SharedModel
 from ..errors import DuplicateIdError, IntegrityError
 from ..integrity import DIGEST_SIZE
-from .base import build_index_row
 from .records import Changes, Damage, IndexRow, Row, StoredModel, StoredSnapshot
+from .sealing import PLAIN, PlainCodec
+
+if TYPE_CHECKING:
+    from ..crypto.keyring import Keyring
 
 ROW_COLS = "rowid, id, namespace, keywords, time, created_at, n_bytes, digest, digest_format, engine"
 # What the recall index reads, with the key dimension of the embedder that made the row.
 INDEX_SQL = (
     "SELECT e.rowid, e.id, e.key, e.key_scale, COALESCE(e.ctx_key, e.key), COALESCE(e.ctx_key_scale, e.key_scale),"
-    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes, e.event_time"
+    " e.tokens, m.dim, e.namespace, e.digest, e.n_bytes, e.event_time, e.time"
     " FROM episodes e LEFT JOIN embedders m ON m.id = e.embedder"
 )
 _CHUNK = 500  # ids per IN (...) list: far below SQLite's variable limit
@@ -65,6 +68,20 @@ class SQLReads:
     and ``_run_write`` (a write transaction whose ``execute`` takes ``?`` placeholders)."""
 
     server_ann = False  # SQLite: large namespaces search their keys with an in-process HNSW graph
+    codec: PlainCodec = PLAIN  # SealedCodec in an encrypted store (rememory.store.sealing)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        """The store's :class:`~rememory.crypto.Keyring` (None: a plaintext store)."""
+        return self.codec.keyring
+
+    def row(self, t: Sequence[Any]) -> Row:
+        return self.codec.row(t)
+
+    def encryption_mark(self) -> str | None:
+        """The id of the keyring that encrypts this store (None: a plaintext store)."""
+        got = self._read("SELECT value FROM meta WHERE key = 'keyring'")
+        return str(got[0][0]) if got else None
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -83,7 +100,12 @@ class SQLReads:
         """Every model version (of ``namespace``, or of the store), by namespace, engine and version."""
         where, params = ("WHERE namespace = ?", [namespace]) if namespace is not None else ("", [])
         sql = f"SELECT {_MODEL_COLS} FROM models {where} ORDER BY namespace, engine, version"
-        return [stored_model(t) for t in self._read(sql, params)]
+        return [self.codec.model(t) for t in self._read(sql, params)]
+
+    def delete_models(self, namespace: str) -> int:
+        """Delete every shared model of ``namespace``: what its engines learnt from its episodes goes with them."""
+        with self._run_write() as run:
+            return len(run("DELETE FROM models WHERE namespace = ? RETURNING version", (namespace,)).fetchall())
 
     def import_model(self, namespace: str, model: SharedModel, created_at: int | None = None) -> bool:
         """Keep ``model`` under its own version (an archive's): True if stored, False if this very model
@@ -92,13 +114,14 @@ class SQLReads:
             got = run(f"SELECT {_MODEL_COLS} FROM models WHERE namespace = ? AND engine = ? AND version = ?",
                       (namespace, model.engine, model.version)).fetchone()  # fmt: skip
             if got is None:
+                cfg, data = self.codec.model_columns(namespace, model)
                 run(
                     f"INSERT INTO models({_MODEL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (namespace, model.engine, model.version, _json(model.config), model.data, model.trained_on,
+                    (namespace, model.engine, model.version, cfg, data, model.trained_on,
                      int(time.time()) if created_at is None else created_at),
                 )  # fmt: skip
                 return True
-        have = stored_model(got).model
+        have = self.codec.model(got).model
         if (have.config, have.data, have.trained_on) != (model.config, model.data, model.trained_on):
             raise DuplicateIdError(
                 f"Namespace {namespace!r} already holds a different version {model.version} of the {model.engine!r} "
@@ -149,7 +172,7 @@ class SQLReads:
             marks = ",".join("?" * len(chunk))
             for t in self._read(f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? AND id IN ({marks})",
                                 [namespace, *chunk]):  # fmt: skip
-                r = row(t)
+                r = self.row(t)
                 out[r.id] = r
         return out
 
@@ -162,7 +185,7 @@ class SQLReads:
             if not got:
                 return
             last = int(got[-1][0])
-            yield [row(t) for t in got]
+            yield [self.row(t) for t in got]
 
     def rows_by_rowid(self, rowids: Sequence[int]) -> dict[int, Row]:
         """The rows of ``rowids`` (rowids no longer stored are simply absent)."""
@@ -171,7 +194,7 @@ class SQLReads:
             chunk = [int(r) for r in rowids[i : i + _CHUNK]]
             marks = ",".join("?" * len(chunk))
             for t in self._read(f"SELECT {ROW_COLS} FROM episodes WHERE rowid IN ({marks})", chunk):
-                out[int(t[0])] = row(t)
+                out[int(t[0])] = self.row(t)
         return out
 
     def staged_rowids(self, embedder: tuple[str, int]) -> set[int]:
@@ -185,12 +208,12 @@ class SQLReads:
     def list_rows(self, namespace: str, *, limit: int, offset: int) -> list[Row]:
         """A page of a namespace's episodes, oldest first."""
         sql = f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid LIMIT ? OFFSET ?"
-        return [row(t) for t in self._read(sql, (namespace, limit, offset))]
+        return [self.row(t) for t in self._read(sql, (namespace, limit, offset))]
 
     def list_rows_desc(self, namespace: str, *, limit: int) -> list[Row]:
         """The namespace's newest episodes, newest first."""
         sql = f"SELECT {ROW_COLS} FROM episodes WHERE namespace = ? ORDER BY rowid DESC LIMIT ?"
-        return [row(t) for t in self._read(sql, (namespace, limit))]
+        return [self.row(t) for t in self._read(sql, (namespace, limit))]
 
     def namespace_rowids(self, namespace: str) -> np.ndarray:
         """Row ids of a namespace in insertion order (the recall index's slot order)."""
@@ -229,7 +252,7 @@ class SQLReads:
         for i in range(0, len(rowids), _CHUNK):
             chunk = [int(r) for r in rowids[i : i + _CHUNK]]
             marks = ",".join("?" * len(chunk))
-            out += [build_index_row(_blobs(t[:7]), t[7], t[11])
+            out += [self.codec.index_row(t[:7], t[7], t[8], t[11], t[12])
                     for t in self._read(f"{INDEX_SQL} WHERE e.rowid IN ({marks})", chunk)]  # fmt: skip
         out.sort(key=lambda r: r.rowid)
         return out
@@ -246,7 +269,7 @@ class SQLReads:
             last = int(got[-1][0])
             for t in got:
                 digest = _blobs(t[9:10])[0]
-                reason = build_index_row(_blobs(t[:7]), t[7]).damage
+                reason = self.codec.index_row(t[:7], t[7], t[8], t[11], t[12]).damage
                 if reason is None and (not isinstance(digest, bytes) or len(digest) != DIGEST_SIZE):
                     reason = "its digest is not a 16-byte BLAKE2b digest"
                 if reason is None and (not isinstance(t[10], int) or t[10] < 0):
@@ -260,31 +283,8 @@ class SQLReads:
         return int(self._read("SELECT COUNT(*) FROM episodes WHERE namespace = ?", (namespace,))[0][0])
 
 
-def row(t: Sequence[Any]) -> Row:
-    """A :class:`Row` from ``ROW_COLS``. Damaged values stay visibly wrong (not guessed): ``damaged()``
-    and the digest check report them."""
-    digest = _blobs(t[7:8])[0]
-    return Row(
-        rowid=int(t[0]), id=str(t[1]), namespace=str(t[2]), keywords=str(t[3]),
-        time=t[4] if isinstance(t[4], str) else None, created_at=_int(t[5], 0), n_bytes=_int(t[6], -1),
-        digest=digest if isinstance(digest, bytes) else b"", digest_format=_int(t[8], 0), engine=str(t[9]),
-    )  # fmt: skip
-
-
-def engine_config(raw: Any) -> dict[str, Any]:
-    """A stored engine config (JSON text) as a dict; ``ValueError`` names what is wrong with a damaged one."""
-    cfg = json.loads(raw)  # json.JSONDecodeError is a ValueError; a non-string is a TypeError
-    if not isinstance(cfg, dict):
-        raise ValueError(f"its engine config is a JSON {type(cfg).__name__}, not an object")
-    return cfg
-
-
 def damaged_metadata(r: Row, exc: Exception) -> IntegrityError:
     return IntegrityError(f"the metadata of memory {r.id!r} is damaged ({exc})", ids=[r.id])
-
-
-def _int(v: Any, damaged: int) -> int:
-    return v if isinstance(v, int) else damaged
 
 
 def _blobs(values: Sequence[Any]) -> tuple[Any, ...]:
@@ -293,17 +293,6 @@ def _blobs(values: Sequence[Any]) -> tuple[Any, ...]:
 
 
 Execute = Callable[[str, Sequence[Any]], Any]  # a connection's execute, taking ``?`` placeholders
-
-
-def _json(cfg: dict[str, Any]) -> str:
-    return json.dumps(cfg, separators=(",", ":"), sort_keys=True)
-
-
-def stored_model(t: Sequence[Any]) -> StoredModel:
-    """A :class:`StoredModel` from ``_MODEL_COLS``."""
-    ns, engine, version, cfg, data, trained_on, created_at = _blobs(t)
-    return StoredModel(str(ns), SharedModel(str(engine), int(version), engine_config(cfg), bytes(data),
-                                            int(trained_on)), int(created_at))  # fmt: skip
 
 
 class SQLModels:
@@ -340,7 +329,7 @@ class SQLModels:
 
     def _model(self, t: Sequence[Any], engine: str) -> SharedModel:
         try:
-            return stored_model(t).model
+            return self._store.codec.model(t).model
         except (ValueError, TypeError) as exc:
             raise IntegrityError(f"the {engine!r} model of namespace {self.namespace!r} is damaged ({exc})") from None
 
@@ -348,10 +337,11 @@ class SQLModels:
         with self._store._run_write() as run:
             version = int(run("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE namespace = ? AND engine = ?",
                               (self.namespace, engine)).fetchone()[0])  # fmt: skip
+            model = SharedModel(engine, version, json.loads(json.dumps(config)), bytes(data), int(trained_on))
+            cfg, blob = self._store.codec.model_columns(self.namespace, model)
             run(f"INSERT INTO models({_MODEL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.namespace, engine, version, _json(config), bytes(data), int(trained_on),
-                 int(time.time())))  # fmt: skip
-        return SharedModel(engine, version, json.loads(_json(config)), bytes(data), int(trained_on))
+                (self.namespace, engine, version, cfg, blob, int(trained_on), int(time.time())))  # fmt: skip
+        return model
 
 
 def next_seq(execute: Execute, namespace: str) -> int:

@@ -13,7 +13,6 @@ database is missing or empty is refused, never mistaken for a new one.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -42,16 +41,15 @@ from .sql import (
     Execute,
     SQLReads,
     damaged_metadata,
-    engine_config,
     log_deletions,
     log_rekeyed,
     next_seq,
-    row,
 )
 
 logger = logging.getLogger(__name__)
 
 DB_NAME = "rememory.db"
+KEYRING_NAME = "keyring.json"  # an encrypted store's wrapped data keys (rememory.crypto.keyring)
 SHARD_DIR = "shards"
 SNAPSHOT_DIR = "index"  # the recall index's snapshots (a cache, see rememory.index.snapshot)
 _ORPHAN_AGE_S = 3600.0  # a pending shard this old cannot belong to a commit in flight
@@ -239,6 +237,18 @@ class Store(SQLReads):
                 f"for over {self.busy_timeout:g} s. The deletion is committed; retry the command to finish erasing."
             )
 
+    # --- encryption (rememory.store.sealing) ---
+
+    def default_keyring(self) -> Any:
+        """Where an encrypted store's keyring lives unless told otherwise: a file beside the database."""
+        from ..crypto.keyring import FileKeyringStorage
+
+        return FileKeyringStorage(self.path / KEYRING_NAME)
+
+    def set_encryption_mark(self, keyring_id: str) -> None:
+        with self._write(bump=False) as db:
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('keyring', ?)", (keyring_id,))
+
     # --- embedder bookkeeping ---
 
     def bind_embedder(self, embedder_id: str, dim: int) -> None:
@@ -259,12 +269,12 @@ class Store(SQLReads):
             db.execute("INSERT OR IGNORE INTO embedders(name, dim) VALUES (?, ?)", embedder)
             ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", embedder).fetchone()[0]
             for k in keys:
+                c = self.codec.staged(k.namespace, k.id, k)
                 db.execute(
                     "INSERT OR REPLACE INTO staged_keys(rowid, embedder, key, key_scale, ctx_key, ctx_key_scale)"
                     " SELECT rowid, ?, ?, ?, ?, ? FROM episodes WHERE rowid = ?",
-                    (ref, k.key.astype(np.int8).tobytes(), float(k.key_scale), k.ctx_key.astype(np.int8).tobytes(),
-                     float(k.ctx_key_scale), k.rowid),
-                )  # fmt: skip
+                    (ref, c.key, c.key_scale, c.ctx_key, c.ctx_key_scale, k.rowid),
+                )
 
     def clear_staged_keys(self, keep: tuple[str, int] | None = None) -> None:
         """Drop staged keys (all of them, or all but those made by ``keep``)."""
@@ -303,7 +313,8 @@ class Store(SQLReads):
         content it raises :class:`DuplicateIdError` unless ``replace``. Nothing of the batch is
         stored on error.
         """
-        tensors, spans = shards.pack([a.streams for a in artifacts])
+        cols = [self.codec.episode(item, art) for item, art in zip(items, artifacts)]
+        tensors, spans = shards.pack([c.streams for c in cols])
         file = f"{uuid.uuid4().hex}.safetensors"
         path = self._shard_path(file)
         with self._write(bump=False) as db:
@@ -322,12 +333,12 @@ class Store(SQLReads):
                 emb_ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", (emb_id, dim)).fetchone()[0]
                 shard_id = db.execute("INSERT INTO shards(file, created_at) VALUES (?, ?)", (file, now)).lastrowid
                 seqs = {ns: next_seq(db.execute, ns) for ns in sorted({it.episode.namespace for it in items})}
-                for item, art, sp in zip(items, artifacts, spans):
+                for item, art, sp, col in zip(items, artifacts, spans, cols):
                     ep = item.episode
                     got = db.execute(
                         f"SELECT {ROW_COLS}, shard FROM episodes WHERE namespace = ? AND id = ?", (ep.namespace, ep.id)
                     ).fetchone()
-                    old = row(got) if got is not None else None
+                    old = self.row(got) if got is not None else None
                     if not check_duplicate(old, ep, item.digest, replace=replace):
                         continue
                     if old is not None:
@@ -341,12 +352,10 @@ class Store(SQLReads):
                         " ctx_key_scale, seq, event_time)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
-                            ep.id, ep.namespace, ep.keywords, ep.time, now, item.n_bytes, item.digest,
-                            item.digest_format,
-                            item.key.astype(np.int8).tobytes(), item.key_scale, emb_ref, art.engine,
-                            json.dumps(art.config, separators=(",", ":")), shard_id, shards.encode_spans(sp),
-                            item.tokens.astype("<u4").tobytes(), item.ctx_key.astype(np.int8).tobytes(),
-                            item.ctx_key_scale, seqs[ep.namespace], item.event_time,
+                            ep.id, ep.namespace, col.keywords, col.time, now, item.n_bytes, item.digest,
+                            item.digest_format, col.keys.key, col.keys.key_scale, emb_ref, art.engine, col.cell,
+                            shard_id, shards.encode_spans(sp), col.tokens, col.keys.ctx_key, col.keys.ctx_key_scale,
+                            seqs[ep.namespace], col.event_time,
                         ),
                     )  # fmt: skip
                     inserted.append(ep.id)
@@ -374,7 +383,8 @@ class Store(SQLReads):
         """
         if not swaps:
             return []
-        tensors, spans = shards.pack([sw.artifact.streams for sw in swaps])
+        cols = [self.codec.artifact_columns(sw.namespace, sw.id, sw.artifact) for sw in swaps]  # sealed if encrypted
+        tensors, spans = shards.pack([streams for _, streams in cols])
         file = f"{uuid.uuid4().hex}.safetensors"
         with self._write(bump=False) as db:
             db.execute("INSERT INTO pending_shards(file, since) VALUES (?, ?)", (file, int(time.time())))
@@ -386,7 +396,7 @@ class Store(SQLReads):
             with self._write(bump=False) as db:
                 shard_id = db.execute("INSERT INTO shards(file, created_at) VALUES (?, ?)",
                                       (file, int(time.time()))).lastrowid  # fmt: skip
-                for sw, sp in zip(swaps, spans):
+                for sw, sp, (cell, _) in zip(swaps, spans, cols):
                     got = db.execute(
                         "SELECT shard FROM episodes WHERE rowid = ? AND namespace = ? AND id = ? AND digest = ?",
                         (sw.rowid, sw.namespace, sw.id, sw.digest),
@@ -395,8 +405,7 @@ class Store(SQLReads):
                         continue
                     db.execute(
                         "UPDATE episodes SET engine = ?, cell = ?, shard = ?, spans = ? WHERE rowid = ?",
-                        (sw.artifact.engine, json.dumps(sw.artifact.config, separators=(",", ":")), shard_id,
-                         shards.encode_spans(sp), sw.rowid),
+                        (sw.artifact.engine, cell, shard_id, shards.encode_spans(sp), sw.rowid),
                     )  # fmt: skip
                     old_shards.add(int(got[0]))
                     swapped.append(sw.id)
@@ -484,7 +493,7 @@ class Store(SQLReads):
     def load_artifacts(self, rows: Sequence[Row]) -> dict[int, Artifact | IntegrityError]:
         """The stored artifact of each row, by rowid; a row whose data is damaged maps to an IntegrityError."""
         out: dict[int, Artifact | IntegrityError] = {}
-        by_file: dict[str, list[tuple[Row, dict[str, Any], shards.Spans]]] = {}
+        by_file: dict[str, list[tuple[Row, Any, shards.Spans]]] = {}
         located: dict[int, tuple[Any, ...]] = {}  # rowid -> (rowid, cell, spans, shard file)
         ids = [r.rowid for r in rows]
         for i in range(0, len(ids), 500):
@@ -505,12 +514,11 @@ class Store(SQLReads):
             try:
                 if t[3] is None:
                     raise ValueError("its shard is not in the shard table")
-                cfg = engine_config(t[1])
                 sp = shards.decode_spans(bytes(t[2]))
             except (ValueError, TypeError) as exc:
                 out[r.rowid] = damaged_metadata(r, exc)
                 continue
-            by_file.setdefault(t[3], []).append((r, cfg, sp))
+            by_file.setdefault(t[3], []).append((r, t[1], sp))
         for file, group in by_file.items():
             path = self._shard_path(file)
             if not path.exists():
@@ -524,7 +532,12 @@ class Store(SQLReads):
                     out[r.rowid] = IntegrityError(f"the weights of memory {r.id!r} are unreadable ({streams})",
                                                   ids=[r.id])  # fmt: skip
                 else:
-                    out[r.rowid] = Artifact(r.engine, cfg, streams)
+                    try:
+                        out[r.rowid] = self.codec.artifact(r, cfg, streams)
+                    except IntegrityError as exc:
+                        out[r.rowid] = exc
+                    except (ValueError, TypeError) as exc:
+                        out[r.rowid] = damaged_metadata(r, exc)
         return out
 
     def size_report(self, namespace: str | None = None) -> SizeReport:
