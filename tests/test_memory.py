@@ -498,7 +498,8 @@ def test_a_namespace_reembed_reaches_the_index_of_another_process(make_memory, s
     target = writer._store.embedder_info()
     assert target is not None
     writer._store.stage_keys(target, [
-        StagedKey(rows[i].rowid, bridge.key, bridge.key_scale, bridge.ctx_key, bridge.ctx_key_scale) for i in rows
+        StagedKey(r.rowid, "a", i, bridge.key, bridge.key_scale, bridge.ctx_key, bridge.ctx_key_scale)
+        for i, r in rows.items()
     ])  # fmt: skip
     assert writer._store.swap_staged_keys(target, "a") == 0
     reader.recall("anything", top_k=1, namespace="a")  # syncs with the store's changes
