@@ -504,14 +504,7 @@ class Memory:
                         unchanged += 1
                     else:
                         todo.append(r)
-                got = self._decode_many(todo, arts)
-                ok: builtins.list[tuple[Row, bytes]] = []
-                for r in todo:
-                    data = got[r.rowid]
-                    if isinstance(data, bytes):
-                        ok.append((r, data))
-                    else:
-                        fail(r, data)
+                ok = _decoded(todo, self._decode_many(todo, arts), fail)
                 if ok:
                     keys = self._keys(ns)
                     new = eng.encode([keys.seed(r.keywords) for r, _ in ok], [d for _, d in ok])
@@ -544,13 +537,7 @@ class Memory:
         """Every episode of ``namespace`` with its decoded, digest-checked text; damaged ones go to ``fail``."""
         out: builtins.list[tuple[Row, bytes]] = []
         for rows in self._store.iter_rows(namespace, batch=500):
-            got = self._reconstruct(rows)
-            for r in rows:
-                data = got[r.rowid]
-                if isinstance(data, bytes):
-                    out.append((r, data))
-                else:
-                    fail(r, data)
+            out += _decoded(rows, self._reconstruct(rows), fail)
         return out
 
     def _discard_snapshots(self, namespace: str | None) -> None:
@@ -1140,6 +1127,20 @@ class Memory:
                     tokens=k.tokens(f"{ep.keywords} {ep.text}"),
                 ))  # fmt: skip
         return news, arts
+
+
+def _decoded(
+    rows: Sequence[Row], got: dict[int, bytes | IntegrityError], fail: Callable[[Row, object], None]
+) -> list[tuple[Row, bytes]]:
+    """The rows whose text decoded, with it; each one that did not goes to ``fail`` with its error."""
+    ok = []
+    for r in rows:
+        data = got[r.rowid]
+        if isinstance(data, bytes):
+            ok.append((r, data))
+        else:
+            fail(r, data)
+    return ok
 
 
 def _span(rng: TimeRange | None) -> Span | None:
