@@ -320,3 +320,35 @@ def test_reembed_to_another_dimension_rebuilds_the_vector_indexes_and_drops_snap
         assert [h.id for h in again.recall(STORY[2][1], top_k=3)] == want and want[0] == "s2"
     finally:
         again.close()
+
+
+def test_two_writers_of_a_model_get_consecutive_versions(new_postgres_url) -> None:
+    """Two replicas fitting a namespace's model at once: the one that loses the race takes the next version."""
+    import threading
+
+    store = PostgresStore(new_postgres_url())
+    got: list[object] = []
+    try:
+        models = store.models("default")
+        with psycopg.connect(store.url) as rival, rival.transaction():
+            # A rival's version 1, not yet committed: the put below reads version 0 as the latest too
+            # and blocks on the rival's row until it commits.
+            rival.execute("INSERT INTO rememory.models(namespace, engine, version, config, data, trained_on,"
+                          " created_at) VALUES ('default', 'e/1', 1, '{}', '\\x01', 1, 0)")  # fmt: skip
+
+            def put() -> None:
+                try:
+                    got.append(models.put("e/1", {"n": 2}, b"\x02", 2))
+                except Exception as exc:  # the assertion below names it
+                    got.append(exc)
+
+            writer = threading.Thread(target=put)
+            writer.start()
+            while not rival.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+                writer.join(0.05)
+        writer.join()
+        assert [getattr(m, "version", m) for m in got] == [2]
+        assert [m.model.version for m in store.list_models("default")] == [1, 2]
+        assert models.get("e/1", 2).data == b"\x02"
+    finally:
+        store.close()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..engine import SharedModel
-from ..errors import DuplicateIdError, IntegrityError
+from ..errors import DuplicateIdError, IntegrityError, StoreError
 from ..integrity import DIGEST_SIZE
 from .records import Changes, Damage, IndexRow, Row, StoredModel, StoredSnapshot
 from .sealing import PLAIN, PlainCodec
@@ -61,6 +61,7 @@ DELETION_LOG_S = 7 * 86400  # how long deletions stay logged; an index synced lo
 
 
 _MODEL_COLS = "namespace, engine, version, config, data, trained_on, created_at"
+_PUT_TRIES = 8  # model versions tried by one put before it gives up to concurrent writers
 
 
 class SQLReads:
@@ -334,14 +335,26 @@ class SQLModels:
             raise IntegrityError(f"the {engine!r} model of namespace {self.namespace!r} is damaged ({exc})") from None
 
     def put(self, engine: str, config: dict[str, Any], data: bytes, trained_on: int) -> SharedModel:
+        # Two replicas may fit a namespace's model at once and both read the same latest version.
+        # The loser's insert waits for the winner's commit and then inserts nothing; it takes the
+        # next number instead (each statement sees what committed before it). The sealed blob is
+        # bound to its version, so it is sealed again for each number tried.
+        cfg_copy = json.loads(json.dumps(config))
         with self._store._run_write() as run:
-            version = int(run("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE namespace = ? AND engine = ?",
-                              (self.namespace, engine)).fetchone()[0])  # fmt: skip
-            model = SharedModel(engine, version, json.loads(json.dumps(config)), bytes(data), int(trained_on))
-            cfg, blob = self._store.codec.model_columns(self.namespace, model)
-            run(f"INSERT INTO models({_MODEL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.namespace, engine, version, cfg, blob, int(trained_on), int(time.time())))  # fmt: skip
-        return model
+            for _ in range(_PUT_TRIES):
+                version = int(run("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE namespace = ? AND engine = ?",
+                                  (self.namespace, engine)).fetchone()[0])  # fmt: skip
+                model = SharedModel(engine, version, cfg_copy, bytes(data), int(trained_on))
+                cfg, blob = self._store.codec.model_columns(self.namespace, model)
+                if run(f"INSERT INTO models({_MODEL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                       " RETURNING version",
+                       (self.namespace, engine, version, cfg, blob, int(trained_on), int(time.time()))
+                       ).fetchone() is not None:  # fmt: skip
+                    return model
+        raise StoreError(
+            f"Namespace {self.namespace!r}: {_PUT_TRIES} other writers stored a new {engine!r} model while this one "
+            "was being stored; run the fit again once they have finished."
+        )
 
 
 def next_seq(execute: Execute, namespace: str) -> int:
