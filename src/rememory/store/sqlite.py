@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,15 @@ KEYRING_NAME = "keyring.json"  # an encrypted store's wrapped data keys (rememor
 SHARD_DIR = "shards"
 SNAPSHOT_DIR = "index"  # the recall index's snapshots (a cache, see rememory.index.snapshot)
 _ORPHAN_AGE_S = 3600.0  # a pending shard this old cannot belong to a commit in flight
+
+
+@dataclass
+class _ShardWrite:
+    """The transaction of :meth:`Store._new_shard`: its connection, the new shard's id, and whether a row uses it."""
+
+    db: sqlite3.Connection
+    shard_id: int
+    used: bool = False
 _SQLITE_FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm")
 
 
@@ -315,59 +325,45 @@ class Store(SQLReads):
         """
         cols = [self.codec.episode(item, art) for item, art in zip(items, artifacts)]
         tensors, spans = shards.pack([c.streams for c in cols])
-        file = f"{uuid.uuid4().hex}.safetensors"
-        path = self._shard_path(file)
-        with self._write(bump=False) as db:
-            db.execute("INSERT INTO pending_shards(file, since) VALUES (?, ?)", (file, int(time.time())))
         inserted: list[str] = []
         stale_shards: set[int] = set()
         now = int(time.time())
-        try:
-            shards.write_atomic(path, tensors)
-            with self._write() as db:
-                emb_id, dim = embedder
-                meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')").fetchall())
-                if meta and (meta["embedder"] != emb_id or int(meta["dim"]) != dim):
-                    raise mismatch(self.path, meta["embedder"], int(meta["dim"]), emb_id, dim)
-                db.execute("INSERT OR IGNORE INTO embedders(name, dim) VALUES (?, ?)", (emb_id, dim))
-                emb_ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", (emb_id, dim)).fetchone()[0]
-                shard_id = db.execute("INSERT INTO shards(file, created_at) VALUES (?, ?)", (file, now)).lastrowid
-                seqs = {ns: next_seq(db.execute, ns) for ns in sorted({it.episode.namespace for it in items})}
-                for item, art, sp, col in zip(items, artifacts, spans, cols):
-                    ep = item.episode
-                    got = db.execute(
-                        f"SELECT {ROW_COLS}, shard FROM episodes WHERE namespace = ? AND id = ?", (ep.namespace, ep.id)
-                    ).fetchone()
-                    old = self.row(got) if got is not None else None
-                    if not check_duplicate(old, ep, item.digest, replace=replace):
-                        continue
-                    if old is not None:
-                        db.execute("DELETE FROM episodes WHERE rowid = ?", (old.rowid,))
-                        log_deletions(db.execute, ep.namespace, [old.rowid], seqs[ep.namespace],
-                                      keep_s=self.deletion_log_s)  # fmt: skip
-                        stale_shards.add(int(got[-1]))
-                    db.execute(
-                        "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest,"
-                        " digest_format, key, key_scale, embedder, engine, cell, shard, spans, tokens, ctx_key,"
-                        " ctx_key_scale, seq, event_time)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            ep.id, ep.namespace, col.keywords, col.time, now, item.n_bytes, item.digest,
-                            item.digest_format, col.keys.key, col.keys.key_scale, emb_ref, art.engine, col.cell,
-                            shard_id, shards.encode_spans(sp), col.tokens, col.keys.ctx_key, col.keys.ctx_key_scale,
-                            seqs[ep.namespace], col.event_time,
-                        ),
-                    )  # fmt: skip
-                    inserted.append(ep.id)
-                if inserted:
-                    db.execute("DELETE FROM pending_shards WHERE file = ?", (file,))
-                else:
-                    db.execute("DELETE FROM shards WHERE id = ?", (shard_id,))
-        except BaseException:
-            self._drop_pending(file)
-            raise
-        if not inserted:
-            self._drop_pending(file)
+        with self._new_shard(tensors, bump=True) as tx:
+            db = tx.db
+            emb_id, dim = embedder
+            meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('embedder', 'dim')").fetchall())
+            if meta and (meta["embedder"] != emb_id or int(meta["dim"]) != dim):
+                raise mismatch(self.path, meta["embedder"], int(meta["dim"]), emb_id, dim)
+            db.execute("INSERT OR IGNORE INTO embedders(name, dim) VALUES (?, ?)", (emb_id, dim))
+            emb_ref = db.execute("SELECT id FROM embedders WHERE name = ? AND dim = ?", (emb_id, dim)).fetchone()[0]
+            seqs = {ns: next_seq(db.execute, ns) for ns in sorted({it.episode.namespace for it in items})}
+            for item, art, sp, col in zip(items, artifacts, spans, cols):
+                ep = item.episode
+                got = db.execute(
+                    f"SELECT {ROW_COLS}, shard FROM episodes WHERE namespace = ? AND id = ?", (ep.namespace, ep.id)
+                ).fetchone()
+                old = self.row(got) if got is not None else None
+                if not check_duplicate(old, ep, item.digest, replace=replace):
+                    continue
+                if old is not None:
+                    db.execute("DELETE FROM episodes WHERE rowid = ?", (old.rowid,))
+                    log_deletions(db.execute, ep.namespace, [old.rowid], seqs[ep.namespace],
+                                  keep_s=self.deletion_log_s)  # fmt: skip
+                    stale_shards.add(int(got[-1]))
+                db.execute(
+                    "INSERT INTO episodes(id, namespace, keywords, time, created_at, n_bytes, digest,"
+                    " digest_format, key, key_scale, embedder, engine, cell, shard, spans, tokens, ctx_key,"
+                    " ctx_key_scale, seq, event_time)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        ep.id, ep.namespace, col.keywords, col.time, now, item.n_bytes, item.digest,
+                        item.digest_format, col.keys.key, col.keys.key_scale, emb_ref, art.engine, col.cell,
+                        tx.shard_id, shards.encode_spans(sp), col.tokens, col.keys.ctx_key, col.keys.ctx_key_scale,
+                        seqs[ep.namespace], col.event_time,
+                    ),
+                )  # fmt: skip
+                inserted.append(ep.id)
+            tx.used = bool(inserted)
         for sid in stale_shards:
             self._scrub(sid)
         if stale_shards:
@@ -385,42 +381,57 @@ class Store(SQLReads):
             return []
         cols = [self.codec.artifact_columns(sw.namespace, sw.id, sw.artifact) for sw in swaps]  # sealed if encrypted
         tensors, spans = shards.pack([streams for _, streams in cols])
+        swapped: list[str] = []
+        old_shards: set[int] = set()
+        # No generation bump: recall indexes hold keys and tokens, which a new artifact leaves as they are.
+        with self._new_shard(tensors, bump=False) as tx:
+            for sw, sp, (cell, _) in zip(swaps, spans, cols):
+                got = tx.db.execute(
+                    "SELECT shard FROM episodes WHERE rowid = ? AND namespace = ? AND id = ? AND digest = ?",
+                    (sw.rowid, sw.namespace, sw.id, sw.digest),
+                ).fetchone()
+                if got is None:
+                    continue
+                tx.db.execute(
+                    "UPDATE episodes SET engine = ?, cell = ?, shard = ?, spans = ? WHERE rowid = ?",
+                    (sw.artifact.engine, cell, tx.shard_id, shards.encode_spans(sp), sw.rowid),
+                )  # fmt: skip
+                old_shards.add(int(got[0]))
+                swapped.append(sw.id)
+            tx.used = bool(swapped)
+        for sid in old_shards:
+            self._scrub(sid)
+        return swapped
+
+    @contextmanager
+    def _new_shard(self, tensors: dict[str, np.ndarray], *, bump: bool) -> Iterator[_ShardWrite]:
+        """Write ``tensors`` as a new shard and open the write transaction that points rows at it.
+
+        The protocol that keeps a crash from leaving a row without its streams or a file nobody
+        owns: the file is marked pending in its own transaction before it is written; the body
+        (in the transaction, with the shard registered) sets ``used`` once a row refers to it;
+        the commit clears the pending mark, or drops the shard row if nothing used it. An unused
+        or failed shard's file is removed after the transaction, then its mark.
+        """
         file = f"{uuid.uuid4().hex}.safetensors"
         with self._write(bump=False) as db:
             db.execute("INSERT INTO pending_shards(file, since) VALUES (?, ?)", (file, int(time.time())))
-        swapped: list[str] = []
-        old_shards: set[int] = set()
         try:
             shards.write_atomic(self._shard_path(file), tensors)
-            # No generation bump: recall indexes hold keys and tokens, which a new artifact leaves as they are.
-            with self._write(bump=False) as db:
-                shard_id = db.execute("INSERT INTO shards(file, created_at) VALUES (?, ?)",
-                                      (file, int(time.time()))).lastrowid  # fmt: skip
-                for sw, sp, (cell, _) in zip(swaps, spans, cols):
-                    got = db.execute(
-                        "SELECT shard FROM episodes WHERE rowid = ? AND namespace = ? AND id = ? AND digest = ?",
-                        (sw.rowid, sw.namespace, sw.id, sw.digest),
-                    ).fetchone()
-                    if got is None:
-                        continue
-                    db.execute(
-                        "UPDATE episodes SET engine = ?, cell = ?, shard = ?, spans = ? WHERE rowid = ?",
-                        (sw.artifact.engine, cell, shard_id, shards.encode_spans(sp), sw.rowid),
-                    )  # fmt: skip
-                    old_shards.add(int(got[0]))
-                    swapped.append(sw.id)
-                if swapped:
+            with self._write(bump=bump) as db:
+                shard_id = int(db.execute("INSERT INTO shards(file, created_at) VALUES (?, ?) RETURNING id",
+                                          (file, int(time.time()))).fetchone()[0])  # fmt: skip
+                tx = _ShardWrite(db, shard_id)
+                yield tx
+                if tx.used:
                     db.execute("DELETE FROM pending_shards WHERE file = ?", (file,))
                 else:
                     db.execute("DELETE FROM shards WHERE id = ?", (shard_id,))
         except BaseException:
             self._drop_pending(file)
             raise
-        if not swapped:
+        if not tx.used:
             self._drop_pending(file)
-        for sid in old_shards:
-            self._scrub(sid)
-        return swapped
 
     def _drop_pending(self, file: str) -> None:
         """Remove a pending shard's file, then its mark (a crash in between leaves the mark for cleanup)."""
