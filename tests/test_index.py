@@ -174,15 +174,11 @@ def test_dense_candidates_searched_ahead_rank_as_searched_in_place() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from rememory.index.live import NamespaceIndex
-    from rememory.store.records import Changes, IndexRow
+    from rememory.store.records import Changes
 
     rng = np.random.default_rng(6)
     own, ctx = _keys(60, seed=7), _keys(60, seed=8)
-    rows = []
-    for i in range(60):
-        (k, ks), (c, cs) = _int8(own[i : i + 1]), _int8(ctx[i : i + 1])
-        tokens = token_hashes(f"note {i} about {'lake' if i % 3 else 'garden'}")
-        rows.append(IndexRow(100 + i, f"e{i}", k[0], float(ks[0]), c[0], float(cs[0]), tokens, None))
+    rows = _index_rows(own, ctx)
     searched: list[bool] = []
 
     def nearest(q: np.ndarray, k: int, context: bool) -> list[int]:  # the store's search: exact, by rowid
@@ -206,3 +202,44 @@ def test_dense_candidates_searched_ahead_rank_as_searched_in_place() -> None:
         assert sorted(searched) == [False, False, True, True]  # each search ran once more, ahead, and not again
         small = NamespaceIndex(16, RankingConfig(), nearest)  # below the threshold: nothing to search ahead
         assert small.search_ahead(q, pool.submit) is None
+
+
+def _index_rows(own: np.ndarray, ctx: np.ndarray) -> list:
+    """Index rows (rowids from 100) with these unit keys, and tokens of a few shared words."""
+    from rememory.store.records import IndexRow
+
+    rows = []
+    for i in range(len(own)):
+        (k, ks), (c, cs) = _int8(own[i : i + 1]), _int8(ctx[i : i + 1])
+        tokens = token_hashes(f"note {i} about {'lake' if i % 3 else 'garden'}")
+        rows.append(IndexRow(100 + i, f"e{i}", k[0], float(ks[0]), c[0], float(cs[0]), tokens, None, 1e9 + i))
+    return rows
+
+
+def test_a_snapshot_blob_reads_back_as_views_and_a_damaged_one_is_refused() -> None:
+    import zipfile
+
+    from rememory.index import snapshot
+    from rememory.index.live import NamespaceIndex
+    from rememory.store.records import Changes
+
+    rows = _index_rows(_keys(30, seed=10), _keys(30, seed=11))
+    idx = NamespaceIndex(16, RankingConfig())
+    idx.apply(Changes(seq=1, added=[r.rowid for r in rows], removed=[], complete=True),
+              lambda ids: [r for r in rows if r.rowid in set(ids)])  # fmt: skip
+    idx.apply(Changes(seq=2, added=[], removed=[105], complete=False), lambda ids: [])
+    data = snapshot.to_bytes(idx)
+    back = snapshot.from_bytes(data, 16, RankingConfig(), None)
+    assert back.slot_of == idx.slot_of and (back.lex.alive == idx.lex.alive).all()
+    assert back.ids == [i if idx.lex.alive[s] else "" for s, i in enumerate(idx.ids)]  # a forgotten id is not kept
+    live = np.flatnonzero(idx.lex.alive)  # a forgotten episode's keys are zeroed
+    np.testing.assert_array_equal(back.own.unit(live), idx.own.unit(live))
+    assert not back.own._q8.flags.writeable  # a view of the blob, not a copy
+    q = _keys(1, seed=12)[0]
+    lexical = idx.lexical(token_hashes("note about the lake"))
+    assert back.search(q, back.lexical(token_hashes("note about the lake")), 5) == idx.search(q, lexical, 5)
+    back.apply(Changes(seq=3, added=[], removed=[100], complete=False), lambda ids: [])  # changes in place work
+    assert not back.lex.alive[0] and not back.own.alive[0] and idx.lex.alive[0]
+    for bad in (data[: len(data) // 2], data[:200] + bytes(len(data) - 200), b"not a snapshot"):
+        with pytest.raises((ValueError, KeyError, zipfile.BadZipFile)):
+            snapshot.from_bytes(bad, 16, RankingConfig(), None)
