@@ -243,3 +243,45 @@ def test_a_snapshot_blob_reads_back_as_views_and_a_damaged_one_is_refused() -> N
     for bad in (data[: len(data) // 2], data[:200] + bytes(len(data) - 200), b"not a snapshot"):
         with pytest.raises((ValueError, KeyError, zipfile.BadZipFile)):
             snapshot.from_bytes(bad, 16, RankingConfig(), None)
+
+
+def test_keys_appended_one_at_a_time_leave_earlier_views_as_they_were() -> None:
+    keys = _keys(30, seed=13)
+    q8, scales = _int8(keys)
+    dense = DenseIndex(16, ann=False)
+    dense.add(q8[:10], scales[:10])
+    views = []
+    for i in range(10, 30):  # grows a buffer of its own in place, past what any earlier view shows
+        views.append(dense._q8)
+        dense.add(q8[i : i + 1], scales[i : i + 1])
+    np.testing.assert_array_equal(dense._q8, q8)
+    for j, view in enumerate(views):
+        np.testing.assert_array_equal(view, q8[: 10 + j])
+    np.testing.assert_allclose(dense.cosine(keys[25]), keys @ keys[25], atol=2e-2)
+
+
+def test_coherence_after_removals_equals_a_fresh_pass(monkeypatch) -> None:
+    from rememory.index import live
+
+    rng = np.random.default_rng(14)
+    dense = DenseIndex(16, ann=False)
+    dense.add(*_int8(_keys(40, seed=15)))
+    tracker = live._CoherenceTracker(16)
+    tracker.update(dense)
+    # The last, the second to last, the first, neighbours in a row, some at random; then appends and more.
+    steps = [[39], [37], [0], [10, 11, 12], list(rng.choice(np.arange(13, 36), 5, replace=False)), [],
+             [40, 43], [44], [1, 2, 3, 4, 5]]  # fmt: skip
+    for i, gone in enumerate(steps):
+        if i == 5:
+            dense.add(*_int8(_keys(6, seed=16)))
+        for slot in gone:
+            dense.remove(int(slot))
+        got, want = tracker.update(dense), live._CoherenceTracker(16).update(dense)
+        assert got.pairs == want.pairs and tracker.alive == int(dense.alive.sum())
+        assert (got.adjacent, got.baseline) == pytest.approx((want.adjacent, want.baseline), abs=1e-12)
+    monkeypatch.setattr(live, "_REMOVALS", 2)  # many at once: one fresh pass instead
+    for slot in (20, 22, 24):
+        dense.remove(slot)
+    got, want = tracker.update(dense), live._CoherenceTracker(16).update(dense)
+    assert (got.adjacent, got.baseline, got.pairs) == pytest.approx((want.adjacent, want.baseline, want.pairs),
+                                                                   abs=1e-12)  # fmt: skip

@@ -21,6 +21,7 @@ from .lexical import LexicalIndex, _cover, _window_sum
 
 SIGNALS = WEIGHTS
 _BM25_WIDTHS = {"bm25_own": 0, "bm25_ctx1": 1, "bm25_ctx2": 2, "bm25_ctx8": 8}
+_REMOVALS = 512  # removals from which the coherence tracker starts over instead of updating per removal
 _CHUNK = 1024  # keys per step of the coherence tracker: its float64 copies stay in the CPU's caches
 
 
@@ -99,7 +100,7 @@ class Coherence:
 
 
 class _CoherenceTracker:
-    """Keeps a namespace's :class:`Coherence` current: O(new keys) per append, O(n) after a removal."""
+    """Keeps a namespace's :class:`Coherence` current: O(new keys) per append, O(n / 8) bool scans per removal."""
 
     def __init__(self, dim: int) -> None:
         self._reset(dim)
@@ -107,6 +108,7 @@ class _CoherenceTracker:
     def _reset(self, dim: int) -> None:
         self.n = 0  # slots seen
         self.alive = 0  # alive slots among them
+        self.seen = np.zeros(0, dtype=bool)  # (n,) which slots were alive when last seen
         self.total = np.zeros(dim, np.float64)  # sum of the alive unit keys
         self.sums = [0.0, 0.0]  # sum of cosines of alive pairs 1 and 2 apart
         self.counts = [0, 0]
@@ -114,17 +116,50 @@ class _CoherenceTracker:
 
     def update(self, dense: DenseIndex) -> Coherence:
         alive = dense.alive
-        count = int(alive.sum())
-        if self.alive + (dense.n - self.n) != count:  # a removal: adjacency changed, start over
+        gone = np.flatnonzero(self.seen & ~alive[: self.n])
+        # Many removals at once: one pass over every key costs less. (A slot alive again cannot happen: then too.)
+        if gone.size > _REMOVALS or self.alive - gone.size != int(alive[: self.n].sum()):
             self._reset(dense.dim)
+        else:
+            for slot in gone.tolist():
+                self._remove(dense, slot)
         if dense.n > self.n:
             new = np.arange(self.n, dense.n)
             new = new[alive[new]]
             # In chunks: a new process's first sync meets every key (100k x 384 at once was 300 MB of float64).
             for start in range(0, new.size, _CHUNK):
                 self._extend(dense.unit(new[start : start + _CHUNK]).astype(np.float64))
-            self.n, self.alive = dense.n, count
+            self.seen = np.concatenate([self.seen, alive[self.n : dense.n]])
+            self.n = dense.n
+            self.alive += int(new.size)
         return self.current()
+
+    def _remove(self, dense: DenseIndex, slot: int) -> None:
+        """Take one alive slot out: its pairs go, and its alive neighbours on each side become pairs."""
+        before = np.flatnonzero(self.seen[:slot])[-2:].tolist()  # the alive slots before it, nearest last
+        after = (np.flatnonzero(self.seen[slot + 1 :])[:2] + slot + 1).tolist()
+        order = [*before, slot, *after]
+        at = len(before)  # slot's position in order
+        units = dense.unit(np.array(order)).astype(np.float64)
+
+        def cos(i: int, j: int) -> float:
+            return float(units[i] @ units[j])
+
+        for g, gap in enumerate((1, 2)):
+            # Pairs `gap` apart that hold the slot, or straddle it, are replaced by those of the sequence without it.
+            old = [(i, i + gap) for i in range(max(at - gap, 0), at + 1) if i + gap < len(order)]
+            rest = [i for i in range(len(order)) if i != at]
+            new = [(rest[i], rest[i + gap]) for i in range(len(rest) - gap)
+                   if rest[i] < at < rest[i + gap]]  # fmt: skip
+            self.sums[g] += sum(cos(i, j) for i, j in new) - sum(cos(i, j) for i, j in old)
+            self.counts[g] += len(new) - len(old)
+        self.total -= units[at]
+        self.seen[slot] = False
+        self.alive -= 1
+        if not after:  # it was the last alive slot: the last two are the ones before it now
+            self.last = [units[i] for i in range(len(before))][-2:]
+        elif len(after) == 1:  # it was second to last
+            self.last = [units[i] for i in (*range(len(before))[-1:], at + 1)]
 
     def _extend(self, keys: np.ndarray) -> None:
         if not keys.size:
@@ -168,6 +203,7 @@ class _CoherenceTracker:
         if not (np.isfinite(total).all() and np.isfinite(sums).all() and np.isfinite(last).all()):
             return False
         self.n, self.alive = int(seen[0]), int(seen[1])
+        self.seen = dense.alive[: self.n].copy()
         self.total = total.astype(np.float64)
         self.sums = [float(x) for x in sums]
         self.counts = [int(x) for x in counts]
