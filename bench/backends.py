@@ -7,8 +7,10 @@ workdir) is filled from it with `rememory export` / `import`, which is itself a 
 two hold the same memories. Reports per size, each with the PostgreSQL / SQLite ratio:
 
 * add: end-to-end throughput (embedding, training, commit) of 100 new episodes, KB/s of text;
-* recall p50 / p95 of ``recall(top_k=3)`` over LoCoMo questions, warm, in this process;
-* a fresh replica's first answer: a new ``rememory --store S recall PHRASE --json`` process;
+* recall p50 / p95 of ``recall(top_k=3)`` over LoCoMo questions, warm, in this process, the two
+  backends' queries interleaved (so that both see the same load of a shared machine);
+* a fresh replica's first answer: a new ``rememory --store S recall PHRASE --json`` process, once
+  the namespace's snapshot exists (median of 3, the backends alternating);
 * a new ``Memory``'s first recall once it is ready (embedder loaded), building its index from the
   rows (no snapshot) and from the snapshot (files for SQLite, the ``index_snapshots`` table for
   PostgreSQL, written once the namespace reaches ``ann_threshold``), then catching up;
@@ -31,6 +33,9 @@ HNSW for PostgreSQL (and a stored snapshot for both).
     .venv/bin/python bench/backends.py --sizes 10000 --ann-threshold 5000 --workdir /tmp/rm-bench
     .venv/bin/python bench/backends.py --sizes 100000 --workdir /tmp/rm-bench
     .venv/bin/python bench/backends.py --sizes 100000 --word-keys --engine byte-trace/1 --workdir /tmp/rm-100k
+
+``--quick`` measures only steady recall and the fresh replica's first answer (a minute at 100k
+once the stores are cached), for iterating on recall speed.
 
 Not a test: timings are noisy, so compare the columns of one run, not runs.
 """
@@ -156,20 +161,15 @@ def _first_recall(where: Path | str, embedder, ranking: RankingConfig, question:
         return time.perf_counter() - t
 
 
-def _measure(where: Path | str, embedder, questions: list[str], extra: list[dict],
-             ranking: RankingConfig) -> dict[str, float]:  # fmt: skip
+def _index_figures(where: Path | str, embedder, questions: list[str], extra: list[dict],
+                   ranking: RankingConfig) -> dict[str, float]:  # fmt: skip
+    """New indexes (from the rows, from the snapshot), a recall after a remote add, add throughput, size."""
     out: dict[str, float] = {}
     _drop_snapshot(where)
     out["first_rows_s"] = _first_recall(where, embedder, ranking, questions[2])
     with Memory(where, embedder=embedder, ranking=ranking) as mem:
-        mem.recall(questions[0], namespace="bench")  # load the index
-        times = []
-        for q in questions:
-            t = time.perf_counter()
-            mem.recall(q, top_k=3, namespace="bench")
-            times.append((time.perf_counter() - t) * 1000)
-        out["p50"], out["p95"] = _percentiles(times)
-        out["first_snap_s"] = _first_recall(where, embedder, ranking, questions[2])  # mem wrote the snapshot
+        mem.recall(questions[0], namespace="bench")  # builds the index from the rows and writes the snapshot
+        out["first_snap_s"] = _first_recall(where, embedder, ranking, questions[2])
         with Memory(where, embedder=embedder, ranking=ranking) as other:  # another replica adds one, then forgets
             synced = []
             for i, e in enumerate(extra[:5]):
@@ -187,16 +187,55 @@ def _measure(where: Path | str, embedder, questions: list[str], extra: list[dict
             mem.forget(e["id"], namespace="bench-add")
         st = mem.stats()
         out["bytes_per_text_byte"] = st.store_bytes / max(st.text_bytes, 1)
-    cold = []
-    for _ in range(3):
+    return out
+
+
+def _steady(stores: dict[str, Path | str], embedder, questions: list[str],
+            ranking: RankingConfig) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Warm recall p50 / p95 of both backends, their queries interleaved: both see the same machine load."""
+    mems = {name: Memory(where, embedder=embedder, ranking=ranking) for name, where in stores.items()}
+    try:
+        for mem in mems.values():  # load the index (from the snapshot where there is one), then warm up
+            for q in questions[:5]:
+                mem.recall(q, top_k=3, namespace="bench")
+        times: dict[str, list[float]] = {name: [] for name in mems}
+        for q in questions:
+            for name, mem in mems.items():
+                t = time.perf_counter()
+                mem.recall(q, top_k=3, namespace="bench")
+                times[name].append((time.perf_counter() - t) * 1000)
+    finally:
+        for mem in mems.values():
+            mem.close()
+    out = {}
+    for name, ms in times.items():
+        p50, p95 = _percentiles(ms)
+        out[name] = {"p50": p50, "p95": p95}
+    return out
+
+
+def _cold(stores: dict[str, Path | str], question: str, runs: int = 3) -> dict[str, float]:
+    """A fresh replica's first answer: the median of ``runs`` new ``rememory recall`` processes per backend.
+
+    One untimed process per backend first: a forget (see _index_figures) drops the namespace's snapshot, and
+    that process rebuilds it from the rows (the figure "new index from rows"); then the runs alternate.
+    """
+
+    def once(where: Path | str) -> float:
         t = time.perf_counter()
-        res = subprocess.run([str(BIN), "--store", str(where), "recall", questions[1], "-n", "bench", "--json"],
+        res = subprocess.run([str(BIN), "--store", str(where), "recall", question, "-n", "bench", "--json"],
                              capture_output=True, text=True, timeout=600)  # fmt: skip
-        cold.append(time.perf_counter() - t)
         if res.returncode != 0:
             raise SystemExit(res.stderr)
-    out["cold_s"] = statistics.median(cold)
-    return out
+        return time.perf_counter() - t
+
+    for where in stores.values():
+        once(where)
+    times: dict[str, list[float]] = {name: [] for name in stores}
+    for _ in range(runs):
+        for name, where in stores.items():
+            times[name].append(once(where))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -212,6 +251,8 @@ def main() -> None:
     ap.add_argument("--word-keys", action="store_true",
                     help="build stored keys from cached sentence vectors (fast builds; see above)")  # fmt: skip
     ap.add_argument("--engine", default=None, help="the memory engine that stores the texts (default: the store's)")
+    ap.add_argument("--quick", action="store_true",
+                    help="only steady recall and a fresh replica's first answer (iterating on speed)")  # fmt: skip
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     embedder = load_embedder(None)
@@ -223,8 +264,15 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         sqlite, url = _build(args.workdir, size, embedder, engine=args.engine, word_keys=args.word_keys)
         ranking = RankingConfig(ann_threshold=args.ann_threshold)
-        got = {"sqlite": _measure(sqlite, embedder, questions, extra, ranking),
-               "postgres": _measure(url, embedder, questions, extra, ranking)}  # fmt: skip
+        stores: dict[str, Path | str] = {"sqlite": sqlite, "postgres": url}
+        got: dict[str, dict[str, float]] = {name: {} for name in stores}
+        if not args.quick:
+            for name, where in stores.items():
+                got[name].update(_index_figures(where, embedder, questions, extra, ranking))
+        for name, figures in _steady(stores, embedder, questions, ranking).items():
+            got[name].update(figures)
+        for name, seconds in _cold(stores, questions[1]).items():
+            got[name]["cold_s"] = seconds
         rows.append((size, got))
     print(f"{'':>8} {'metric':<28} {'SQLite':>10} {'PostgreSQL':>11} {'PG/SQLite':>10}")
     labels = [("add_kbs", "add KB/s"), ("p50", "recall p50 ms"), ("p95", "recall p95 ms"),
@@ -234,6 +282,8 @@ def main() -> None:
               ("bytes_per_text_byte", "store bytes / text byte")]  # fmt: skip
     for size, got in rows:
         for key, label in labels:
+            if key not in got["sqlite"]:  # --quick
+                continue
             a, b = got["sqlite"][key], got["postgres"][key]
             print(f"{size:>8} {label:<28} {a:>10.2f} {b:>11.2f} {b / a:>9.2f}x")
 

@@ -121,3 +121,167 @@ def test_dense_finds_nearest_and_skips_removed(ann: bool) -> None:
 def test_ranking_config_names_unknown_keys() -> None:
     with pytest.raises(Exception, match="dense_ownn"):
         RankingConfig.from_dict({"dense_ownn": 1})
+
+
+def _int8(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys as the store keeps them: int8 rows and their dequantisation scales."""
+    scales = np.abs(keys).max(axis=1) / 127
+    return np.round(keys / scales[:, None]).astype(np.int8), scales
+
+
+def test_coherence_in_chunks_equals_one_pass_and_its_state_restores(monkeypatch) -> None:
+    from rememory.index import live
+
+    dense = DenseIndex(16, ann=False)
+    dense.add(*_int8(_keys(50, seed=3)))
+    for slot in (4, 5, 31):  # tombstones: pairs skip them
+        dense.remove(slot)
+    whole = live._CoherenceTracker(16).update(dense)
+    monkeypatch.setattr(live, "_CHUNK", 7)  # pairs straddling chunk borders must count once
+    tracker = live._CoherenceTracker(16)
+    chunked = tracker.update(dense)
+    assert (chunked.adjacent, chunked.baseline, chunked.pairs) == pytest.approx(
+        (whole.adjacent, whole.baseline, whole.pairs), abs=1e-12)  # fmt: skip
+    # A snapshot's state resumes without reading the keys, and then extends as a full pass would.
+    resumed = live._CoherenceTracker(16)
+    assert resumed.restore(tracker.arrays(), dense)
+    dense.add(*_int8(_keys(9, seed=4)))
+    again, fresh = resumed.update(dense), live._CoherenceTracker(16).update(dense)
+    assert (again.adjacent, again.baseline, again.pairs) == pytest.approx(
+        (fresh.adjacent, fresh.baseline, fresh.pairs), abs=1e-12)  # fmt: skip
+    # A state that does not cover exactly these slots (or lacks a part) is refused: the keys are read instead.
+    assert not live._CoherenceTracker(16).restore(tracker.arrays(), dense)
+    partial = {k: v for k, v in resumed.arrays().items() if k != "coh_last"}
+    assert not live._CoherenceTracker(16).restore(partial, dense)
+
+
+def test_switching_to_the_stores_key_search_keeps_every_key_and_tombstone() -> None:
+    from rememory.index.live import _to_ann
+
+    keys = _keys(40, seed=5)
+    exact = DenseIndex(16, ann=False)
+    exact.add(*_int8(keys))
+    exact.remove(7)
+    ann = _to_ann(exact, lambda q, k: np.arange(k))
+    assert ann.ann and ann.n == 40 and not ann.alive[7] and ann.alive.sum() == 39
+    np.testing.assert_allclose(ann.unit(np.arange(40)), exact.unit(np.arange(40)))
+    np.testing.assert_allclose(ann.cosine(keys[3]), exact.cosine(keys[3]), atol=1e-6)
+    exact.remove(8)  # the indexes share no mutable state
+    assert ann.alive[8]
+
+
+def test_dense_candidates_searched_ahead_rank_as_searched_in_place() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rememory.index.live import NamespaceIndex
+    from rememory.store.records import Changes
+
+    rng = np.random.default_rng(6)
+    own, ctx = _keys(60, seed=7), _keys(60, seed=8)
+    rows = _index_rows(own, ctx)
+    searched: list[bool] = []
+
+    def nearest(q: np.ndarray, k: int, context: bool) -> list[int]:  # the store's search: exact, by rowid
+        searched.append(context)
+        sims = (ctx if context else own) @ q
+        return [100 + int(i) for i in np.argsort(-sims)[:k]]
+
+    idx = NamespaceIndex(16, RankingConfig(ann_threshold=10, candidates=8, rerank=6), nearest)
+    idx.apply(Changes(seq=1, added=[r.rowid for r in rows], removed=[], complete=True),
+              lambda ids: [r for r in rows if r.rowid in set(ids)])  # fmt: skip
+    assert idx.own.ann and idx.own.remote is not None
+    q = _keys(1, seed=9)[0] + 0.01 * rng.normal(size=16)
+    q = (q / np.linalg.norm(q)).astype(np.float32)
+    lexical = idx.lexical(token_hashes("note about the lake"))
+    in_place = idx.search(q, lexical, 5, explain=True)
+    assert sorted(searched) == [False, True]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ahead = idx.search_ahead(q, pool.submit)
+        assert ahead is not None
+        assert idx.search(q, lexical, 5, explain=True, ahead=ahead) == in_place
+        assert sorted(searched) == [False, False, True, True]  # each search ran once more, ahead, and not again
+        small = NamespaceIndex(16, RankingConfig(), nearest)  # below the threshold: nothing to search ahead
+        assert small.search_ahead(q, pool.submit) is None
+
+
+def _index_rows(own: np.ndarray, ctx: np.ndarray) -> list:
+    """Index rows (rowids from 100) with these unit keys, and tokens of a few shared words."""
+    from rememory.store.records import IndexRow
+
+    rows = []
+    for i in range(len(own)):
+        (k, ks), (c, cs) = _int8(own[i : i + 1]), _int8(ctx[i : i + 1])
+        tokens = token_hashes(f"note {i} about {'lake' if i % 3 else 'garden'}")
+        rows.append(IndexRow(100 + i, f"e{i}", k[0], float(ks[0]), c[0], float(cs[0]), tokens, None, 1e9 + i))
+    return rows
+
+
+def test_a_snapshot_blob_reads_back_as_views_and_a_damaged_one_is_refused() -> None:
+    import zipfile
+
+    from rememory.index import snapshot
+    from rememory.index.live import NamespaceIndex
+    from rememory.store.records import Changes
+
+    rows = _index_rows(_keys(30, seed=10), _keys(30, seed=11))
+    idx = NamespaceIndex(16, RankingConfig())
+    idx.apply(Changes(seq=1, added=[r.rowid for r in rows], removed=[], complete=True),
+              lambda ids: [r for r in rows if r.rowid in set(ids)])  # fmt: skip
+    idx.apply(Changes(seq=2, added=[], removed=[105], complete=False), lambda ids: [])
+    data = snapshot.to_bytes(idx)
+    back = snapshot.from_bytes(data, 16, RankingConfig(), None)
+    assert back.slot_of == idx.slot_of and (back.lex.alive == idx.lex.alive).all()
+    assert back.ids == [i if idx.lex.alive[s] else "" for s, i in enumerate(idx.ids)]  # a forgotten id is not kept
+    live = np.flatnonzero(idx.lex.alive)  # a forgotten episode's keys are zeroed
+    np.testing.assert_array_equal(back.own.unit(live), idx.own.unit(live))
+    assert not back.own._q8.flags.writeable  # a view of the blob, not a copy
+    q = _keys(1, seed=12)[0]
+    lexical = idx.lexical(token_hashes("note about the lake"))
+    assert back.search(q, back.lexical(token_hashes("note about the lake")), 5) == idx.search(q, lexical, 5)
+    back.apply(Changes(seq=3, added=[], removed=[100], complete=False), lambda ids: [])  # changes in place work
+    assert not back.lex.alive[0] and not back.own.alive[0] and idx.lex.alive[0]
+    for bad in (data[: len(data) // 2], data[:200] + bytes(len(data) - 200), b"not a snapshot"):
+        with pytest.raises((ValueError, KeyError, zipfile.BadZipFile)):
+            snapshot.from_bytes(bad, 16, RankingConfig(), None)
+
+
+def test_keys_appended_one_at_a_time_leave_earlier_views_as_they_were() -> None:
+    keys = _keys(30, seed=13)
+    q8, scales = _int8(keys)
+    dense = DenseIndex(16, ann=False)
+    dense.add(q8[:10], scales[:10])
+    views = []
+    for i in range(10, 30):  # grows a buffer of its own in place, past what any earlier view shows
+        views.append(dense._q8)
+        dense.add(q8[i : i + 1], scales[i : i + 1])
+    np.testing.assert_array_equal(dense._q8, q8)
+    for j, view in enumerate(views):
+        np.testing.assert_array_equal(view, q8[: 10 + j])
+    np.testing.assert_allclose(dense.cosine(keys[25]), keys @ keys[25], atol=2e-2)
+
+
+def test_coherence_after_removals_equals_a_fresh_pass(monkeypatch) -> None:
+    from rememory.index import live
+
+    rng = np.random.default_rng(14)
+    dense = DenseIndex(16, ann=False)
+    dense.add(*_int8(_keys(40, seed=15)))
+    tracker = live._CoherenceTracker(16)
+    tracker.update(dense)
+    # The last, the second to last, the first, neighbours in a row, some at random; then appends and more.
+    steps = [[39], [37], [0], [10, 11, 12], list(rng.choice(np.arange(13, 36), 5, replace=False)), [],
+             [40, 43], [44], [1, 2, 3, 4, 5]]  # fmt: skip
+    for i, gone in enumerate(steps):
+        if i == 5:
+            dense.add(*_int8(_keys(6, seed=16)))
+        for slot in gone:
+            dense.remove(int(slot))
+        got, want = tracker.update(dense), live._CoherenceTracker(16).update(dense)
+        assert got.pairs == want.pairs and tracker.alive == int(dense.alive.sum())
+        assert (got.adjacent, got.baseline) == pytest.approx((want.adjacent, want.baseline), abs=1e-12)
+    monkeypatch.setattr(live, "_REMOVALS", 2)  # many at once: one fresh pass instead
+    for slot in (20, 22, 24):
+        dense.remove(slot)
+    got, want = tracker.update(dense), live._CoherenceTracker(16).update(dense)
+    assert (got.adjacent, got.baseline, got.pairs) == pytest.approx((want.adjacent, want.baseline, want.pairs),
+                                                                   abs=1e-12)  # fmt: skip

@@ -8,6 +8,7 @@ database has: replicas, advisory-locked migrations, and its connection errors.
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -179,6 +180,30 @@ def test_large_namespaces_take_dense_candidates_from_pgvector(new_postgres_url, 
     finally:
         exact.close()
         server.close()
+
+
+def test_recall_runs_the_pgvector_searches_on_threads_of_its_own_and_close_joins_them(new_postgres_url,
+                                                                                      embedder) -> None:  # fmt: skip
+    from rememory.index.config import RankingConfig
+
+    mem = Memory(new_postgres_url(), embedder=embedder, ranking=RankingConfig(ann_threshold=1))
+    try:
+        mem.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
+        searched_on: list[str] = []
+        nearest = mem._store.nearest
+
+        def recorded(*args, **kwargs):
+            searched_on.append(threading.current_thread().name)
+            return nearest(*args, **kwargs)
+
+        mem._store.nearest = recorded  # the real search, its thread noted
+        assert mem.recall("cooking dinner", top_k=1)
+        # Both searches (own and context keys) ran while this thread computed BM25 and the query's time.
+        assert len(searched_on) == 2 and all(name.startswith("rememory-search") for name in searched_on)
+    finally:
+        mem.close()
+    # The CLI exits at once only when no other thread is left: closing joins them.
+    assert not [t for t in threading.enumerate() if t.name.startswith("rememory-search")]
 
 
 def _snapshot(url: str) -> tuple[int, bytes] | None:

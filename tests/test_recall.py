@@ -315,3 +315,25 @@ def test_snapshots_keep_episode_times_and_one_without_them_is_rebuilt(make_sqlit
         again.close()
         with np.load(manifest) as z:
             assert int(z["format"][0]) == 3 and np.isnan(z["times"]).sum() == 2  # the two undated episodes
+
+
+def test_a_snapshot_keeps_the_coherence_so_a_new_process_reads_no_key_for_it(make_memory, monkeypatch) -> None:
+    from rememory.index import live
+
+    cfg = RankingConfig(ann_threshold=3)  # namespaces from 3 episodes keep a snapshot, on both backends
+    writer = make_memory(ranking=cfg)
+    writer.add_many(EXAMPLES)
+    writer.recall("a walk over the bridge")  # syncs and writes the snapshot
+    want = writer._index("default").coherence
+    extended: list[int] = []
+    extend = live._CoherenceTracker._extend
+    monkeypatch.setattr(live._CoherenceTracker, "_extend",
+                        lambda self, keys: (extended.append(len(keys)), extend(self, keys))[1])  # fmt: skip
+    reader = make_memory(ranking=cfg)
+    hits = reader.recall("a walk over the bridge", top_k=3)
+    assert [h.id for h in hits] == [h.id for h in writer.recall("a walk over the bridge", top_k=3)]
+    got = reader._indexes["default"]
+    assert got.snapshot_size == len(EXAMPLES)  # it started from the snapshot
+    assert extended == []  # the coherence came with it: no key was read to recompute it
+    assert (got.coherence.adjacent, got.coherence.baseline, got.coherence.pairs) == pytest.approx(
+        (want.adjacent, want.baseline, want.pairs), abs=1e-12)  # fmt: skip

@@ -11,6 +11,7 @@ import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace as dc_replace
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -138,6 +139,10 @@ class Memory:
         self._sealed_files = self._store.keyring is not None and self._snapshot_dir is not None
         self._store_snapshots = self._store.snapshot_dir is None  # PostgreSQL keeps them in the database
         self._index_lock = threading.Lock()
+        # Where the store searches keys itself (pgvector), recall runs those searches on these threads
+        # while it computes BM25 and the query's time (see NamespaceIndex.search_ahead); made at first use.
+        self._searches: ThreadPoolExecutor | None = None
+        self._searches_lock = threading.Lock()
 
     @property
     def location(self) -> str:
@@ -148,6 +153,10 @@ class Memory:
 
     def close(self) -> None:
         """Close the store. The object must not be used afterwards."""
+        with self._searches_lock:
+            searches, self._searches = self._searches, None
+        if searches is not None:
+            searches.shutdown(wait=True)  # before the store: a search in flight still has its connection
         self._store.close()
 
     def __enter__(self) -> Memory:
@@ -877,6 +886,14 @@ class Memory:
         store = self._store
         return lambda q, k, context: store.nearest(namespace, q, k, context=context)
 
+    def _start_search(self, call: Callable[[], np.ndarray]) -> Future[np.ndarray]:
+        """Run one of the store's key searches on a thread of this Memory's own."""
+        with self._searches_lock:
+            if self._searches is None:
+                # Two per recall in flight (own and context keys); a few recalls at once share them.
+                self._searches = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rememory-search")
+            return self._searches.submit(call)
+
     def _save_snapshot(self, idx: NamespaceIndex, namespace: str) -> None:
         # Under the snapshot lock, and only if every episode in it is still stored: a forget that
         # committed meanwhile must not be written back to disk (forget drops snapshots under this lock).
@@ -961,8 +978,10 @@ class Memory:
         q = self._embedder.embed_query(query)
         if q.shape[0] != idx.dim:
             raise mismatch(self.location, "?", idx.dim, self._embedder.id, q.shape[0])
+        ahead = idx.search_ahead(q, self._start_search) if self._store.server_ann else None
         when = self._time_signal(query, window)
-        scored = idx.search(q, idx.lexical(self._keys(namespace).tokens(query)), top_k, explain=explain, time=when)
+        scored = idx.search(q, idx.lexical(self._keys(namespace).tokens(query)), top_k, explain=explain, time=when,
+                            ahead=ahead)  # fmt: skip
         # The index is a cache: every hit is checked against its store row in this namespace
         # before anything is decoded (a concurrent forget, or a tampered snapshot, yields nothing).
         rows = self._store.rows(namespace, [s.id for s in scored])

@@ -8,7 +8,8 @@ tombstones, so a forgotten episode can never be recalled again, whichever proces
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,6 +21,8 @@ from .lexical import LexicalIndex, _cover, _window_sum
 
 SIGNALS = WEIGHTS
 _BM25_WIDTHS = {"bm25_own": 0, "bm25_ctx1": 1, "bm25_ctx2": 2, "bm25_ctx8": 8}
+_REMOVALS = 512  # removals from which the coherence tracker starts over instead of updating per removal
+_CHUNK = 1024  # keys per step of the coherence tracker: its float64 copies stay in the CPU's caches
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class Coherence:
 
 
 class _CoherenceTracker:
-    """Keeps a namespace's :class:`Coherence` current: O(new keys) per append, O(n) after a removal."""
+    """Keeps a namespace's :class:`Coherence` current: O(new keys) per append, O(n / 8) bool scans per removal."""
 
     def __init__(self, dim: int) -> None:
         self._reset(dim)
@@ -105,6 +108,7 @@ class _CoherenceTracker:
     def _reset(self, dim: int) -> None:
         self.n = 0  # slots seen
         self.alive = 0  # alive slots among them
+        self.seen = np.zeros(0, dtype=bool)  # (n,) which slots were alive when last seen
         self.total = np.zeros(dim, np.float64)  # sum of the alive unit keys
         self.sums = [0.0, 0.0]  # sum of cosines of alive pairs 1 and 2 apart
         self.counts = [0, 0]
@@ -112,15 +116,50 @@ class _CoherenceTracker:
 
     def update(self, dense: DenseIndex) -> Coherence:
         alive = dense.alive
-        count = int(alive.sum())
-        if self.alive + (dense.n - self.n) != count:  # a removal: adjacency changed, start over
+        gone = np.flatnonzero(self.seen & ~alive[: self.n])
+        # Many removals at once: one pass over every key costs less. (A slot alive again cannot happen: then too.)
+        if gone.size > _REMOVALS or self.alive - gone.size != int(alive[: self.n].sum()):
             self._reset(dense.dim)
+        else:
+            for slot in gone.tolist():
+                self._remove(dense, slot)
         if dense.n > self.n:
             new = np.arange(self.n, dense.n)
             new = new[alive[new]]
-            self._extend(dense.unit(new).astype(np.float64))
-            self.n, self.alive = dense.n, count
+            # In chunks: a new process's first sync meets every key (100k x 384 at once was 300 MB of float64).
+            for start in range(0, new.size, _CHUNK):
+                self._extend(dense.unit(new[start : start + _CHUNK]).astype(np.float64))
+            self.seen = np.concatenate([self.seen, alive[self.n : dense.n]])
+            self.n = dense.n
+            self.alive += int(new.size)
         return self.current()
+
+    def _remove(self, dense: DenseIndex, slot: int) -> None:
+        """Take one alive slot out: its pairs go, and its alive neighbours on each side become pairs."""
+        before = np.flatnonzero(self.seen[:slot])[-2:].tolist()  # the alive slots before it, nearest last
+        after = (np.flatnonzero(self.seen[slot + 1 :])[:2] + slot + 1).tolist()
+        order = [*before, slot, *after]
+        at = len(before)  # slot's position in order
+        units = dense.unit(np.array(order)).astype(np.float64)
+
+        def cos(i: int, j: int) -> float:
+            return float(units[i] @ units[j])
+
+        for g, gap in enumerate((1, 2)):
+            # Pairs `gap` apart that hold the slot, or straddle it, are replaced by those of the sequence without it.
+            old = [(i, i + gap) for i in range(max(at - gap, 0), at + 1) if i + gap < len(order)]
+            rest = [i for i in range(len(order)) if i != at]
+            new = [(rest[i], rest[i + gap]) for i in range(len(rest) - gap)
+                   if rest[i] < at < rest[i + gap]]  # fmt: skip
+            self.sums[g] += sum(cos(i, j) for i, j in new) - sum(cos(i, j) for i, j in old)
+            self.counts[g] += len(new) - len(old)
+        self.total -= units[at]
+        self.seen[slot] = False
+        self.alive -= 1
+        if not after:  # it was the last alive slot: the last two are the ones before it now
+            self.last = [units[i] for i in range(len(before))][-2:]
+        elif len(after) == 1:  # it was second to last
+            self.last = [units[i] for i in (*range(len(before))[-1:], at + 1)]
 
     def _extend(self, keys: np.ndarray) -> None:
         if not keys.size:
@@ -136,6 +175,41 @@ class _CoherenceTracker:
         self.total += keys.sum(axis=0)
         self.last = list(seq[-2:])
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state as arrays, for a snapshot: a new process then need not read every key to know it."""
+        return {
+            "coh_seen": np.array([self.n, self.alive], dtype=np.int64),
+            "coh_total": self.total,
+            "coh_sums": np.array(self.sums, dtype=np.float64),
+            "coh_counts": np.array(self.counts, dtype=np.int64),
+            "coh_last": np.asarray(self.last, dtype=np.float64).reshape(-1, self.total.size),
+        }
+
+    def restore(self, a: Mapping[str, np.ndarray], dense: DenseIndex) -> bool:
+        """Take the state :meth:`arrays` gave if it is whole and covers exactly ``dense``'s slots (else keep none).
+
+        A snapshot written before the state was kept lacks it: the next update reads every key, as it always did.
+        """
+        if not all(k in a for k in ("coh_seen", "coh_total", "coh_sums", "coh_counts", "coh_last")):
+            return False
+        seen, total, sums, counts, last = (np.asarray(a[k]) for k in
+                                           ("coh_seen", "coh_total", "coh_sums", "coh_counts", "coh_last"))  # fmt: skip
+        dim = dense.dim
+        if (seen.shape != (2,) or total.shape != (dim,) or sums.shape != (2,) or counts.shape != (2,)
+                or last.ndim != 2 or last.shape[0] > 2 or last.shape[1] != dim):  # fmt: skip
+            return False
+        if int(seen[0]) != dense.n or int(seen[1]) != int(dense.alive.sum()):
+            return False
+        if not (np.isfinite(total).all() and np.isfinite(sums).all() and np.isfinite(last).all()):
+            return False
+        self.n, self.alive = int(seen[0]), int(seen[1])
+        self.seen = dense.alive[: self.n].copy()
+        self.total = total.astype(np.float64)
+        self.sums = [float(x) for x in sums]
+        self.counts = [int(x) for x in counts]
+        self.last = list(last.astype(np.float64))
+        return True
+
     def current(self) -> Coherence:
         m = self.alive
         pairs = sum(self.counts)
@@ -143,6 +217,19 @@ class _CoherenceTracker:
             return Coherence(1.0, 0.0, 0)
         baseline = (float(self.total @ self.total) - m) / (m * (m - 1))
         return Coherence(sum(self.sums) / pairs, baseline, pairs)
+
+
+@dataclass(frozen=True)
+class DenseAhead:
+    """A query's dense candidates, searched by the store while the caller computes its other signals.
+
+    From :meth:`NamespaceIndex.search_ahead`: both of the store's key searches (own and context keys)
+    are in flight at once, and :meth:`NamespaceIndex.features` collects them instead of searching again.
+    """
+
+    q: np.ndarray  # (dim,) the unit query they were started for
+    own: Future[np.ndarray]  # slots of the nearest own keys
+    ctx: Future[np.ndarray]  # slots of the nearest context keys
 
 
 @dataclass(frozen=True)
@@ -250,6 +337,15 @@ class NamespaceIndex:
     def size(self) -> int:
         return int(self.lex.alive.sum())
 
+    def coherence_arrays(self) -> dict[str, np.ndarray]:
+        """What :meth:`restore_coherence` takes back (snapshots keep it: it sums over every key)."""
+        return self._coherence.arrays()
+
+    def restore_coherence(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Resume the coherence of a snapshot's keys, if ``arrays`` (from a snapshot) hold it for exactly them."""
+        if self._coherence.restore(arrays, self.own):
+            self.coherence = self._coherence.current()
+
     def apply(self, changes: Changes, fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
         """Apply the store's ``changes`` (O(changes) unless they are ``complete``); as :meth:`sync` otherwise."""
         if changes.complete:
@@ -316,6 +412,21 @@ class NamespaceIndex:
 
         return slots
 
+    def search_ahead(self, q: np.ndarray, start: Callable[[Callable[[], np.ndarray]], Future[np.ndarray]]
+                     ) -> DenseAhead | None:  # fmt: skip
+        """Start the store's key searches for unit query ``q`` now (``start`` runs a call on another thread).
+
+        Only where the store searches the keys (past ``ann_threshold``, with ``nearest``): each search is
+        a round trip whose time the database spends on its own cores, so the caller overlaps both with
+        the signals it computes itself (the query's time, BM25) and passes the result to :meth:`search`.
+        None where there is nothing to start.
+        """
+        own, ctx = self.own, self.ctx
+        if not (own.ann and own.remote is not None and ctx.remote is not None):
+            return None
+        c = min(self.cfg.candidates, self.lex.n)
+        return DenseAhead(q, start(lambda: own.candidates(q, c)), start(lambda: ctx.candidates(q, c)))
+
     def _tombstone(self, slot: int) -> None:
         self.times[slot] = np.nan
         self.lex.remove(slot)
@@ -346,6 +457,7 @@ class NamespaceIndex:
         *,
         every: bool = False,
         time: TimeSignal | None = None,
+        ahead: DenseAhead | None = None,
     ) -> Features | None:
         """Raw signals for unit query ``q`` over its candidates (``None`` if nothing is alive).
 
@@ -359,6 +471,7 @@ class NamespaceIndex:
         unless ``every`` (the tuner wants them all). Small namespaces take every alive slot as a
         candidate; past ``ann_threshold`` the candidates are the nearest keys of both kinds and the
         best BM25 windows, cut to ``rerank`` by the cheap signals before the neighbour-window ones.
+        ``ahead`` (from :meth:`search_ahead` for this ``q``) holds the nearest keys already searched.
         """
         cfg = self.cfg
         alive = self.lex.alive
@@ -375,7 +488,10 @@ class NamespaceIndex:
         want = {name for name in SIGNALS if every or getattr(cfg, name)}
         if self.own.ann:
             c = min(cfg.candidates, n)
-            pools = [self.own.candidates(q, c), self.ctx.candidates(q, c)]
+            if ahead is not None and ahead.q is q:
+                pools = [ahead.own.result(), ahead.ctx.result()]
+            else:
+                pools = [self.own.candidates(q, c), self.ctx.candidates(q, c)]
             lex = np.zeros(n)
             for s in lexical.values():
                 top = float(s.max()) if s.size else 0.0
@@ -422,13 +538,13 @@ class NamespaceIndex:
         return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q, keys, factor)
 
     def search(self, q: np.ndarray, lexical: dict[int, np.ndarray], top_k: int, *, explain: bool = False,
-               time: TimeSignal | None = None) -> list[Scored]:  # fmt: skip
+               time: TimeSignal | None = None, ahead: DenseAhead | None = None) -> list[Scored]:  # fmt: skip
         """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens.
 
         With ``explain`` every hit carries each signal's share of its score in ``Scored.signals``.
-        ``time`` filters and boosts as in :meth:`features`.
+        ``time`` filters and boosts, and ``ahead`` serves the dense candidates, as in :meth:`features`.
         """
-        f = self.features(q, lexical, top_k, time=time)
+        f = self.features(q, lexical, top_k, time=time, ahead=ahead)
         if f is None:
             return []
         fz = fuse(f, self.cfg)
