@@ -57,7 +57,7 @@ class RankingConfig:
     # cancels whatever lifts a whole region of key space for this query (e.g. all episodes in the query's
     # language, which a cross-language match then loses to). Namespaces of at most ``contrast_max`` episodes.
     dense_contrast: float = 1.0
-    contrast_k: int = 12  # nearest own keys an episode is contrasted with
+    contrast_k: int = 12  # nearest own keys an episode is contrasted with (read when signals are computed: not tuned)
     contrast_max: int = 2000  # larger namespaces leave the signal out (its neighbour lists cost O(n^2) to build)
     prf: float = 1.0  # pseudo-relevance feedback: re-query the context keys with the top hits mixed in
     prf_docs: int = 3  # how many top hits feed the feedback
