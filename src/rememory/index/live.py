@@ -8,6 +8,7 @@ tombstones, so a forgotten episode can never be recalled again, whichever proces
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -119,6 +120,7 @@ class _KeyNeighbours:
     BLOCK = 512  # rows of the similarity matrix computed at a time
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # recalls of one namespace run side by side: one updates, the rest wait
         self.n = 0  # slots covered
         self.alive = 0  # alive slots among them
         self.k = 0
@@ -127,23 +129,28 @@ class _KeyNeighbours:
 
     def update(self, dense: DenseIndex, k: int) -> np.ndarray | None:
         """(n, k') neighbour slots of every slot, k' = min(k, alive - 1); None with fewer than 3 alive slots."""
-        alive = dense.alive
+        with self._lock:
+            return self._update(dense, k)
+
+    def _update(self, dense: DenseIndex, k: int) -> np.ndarray | None:
+        n = dense.n  # read once: a sync in another thread may append meanwhile
+        alive = dense.alive[:n]
         count = int(alive.sum())
         k = min(k, count - 1)
         if count < 3:
             return None
-        if k != self.k or self.alive + (dense.n - self.n) != count:  # first use, or a removal: start over
+        if k != self.k or self.alive + (n - self.n) != count:  # first use, or a removal: start over
             self.n, self.alive, self.k = 0, 0, k
             self.nn = np.zeros((0, k), dtype=np.int64)
             self.sims = np.zeros((0, k), dtype=np.float32)
-        if dense.n > self.n:
-            self._extend(dense, k)
+        if n > self.n:
+            self._extend(dense, n, alive, k)
         return self.nn
 
-    def _extend(self, dense: DenseIndex, k: int) -> None:
-        n, old = dense.n, self.n
+    def _extend(self, dense: DenseIndex, n: int, alive: np.ndarray, k: int) -> None:
+        old = self.n
         keys = dense.unit(np.arange(n))  # (n, dim)
-        dead = ~dense.alive
+        dead = ~alive
         nn = np.concatenate([self.nn, np.zeros((n - old, k), dtype=np.int64)])
         sims = np.concatenate([self.sims, np.full((n - old, k), -np.inf, dtype=np.float32)])
         for lo in range(old, n, self.BLOCK):
@@ -158,7 +165,7 @@ class _KeyNeighbours:
                 cat_n = np.concatenate([nn[:old], np.broadcast_to(np.arange(lo, hi), (old, hi - lo))], axis=1)
                 top = np.argpartition(-cat_s, k - 1, axis=1)[:, :k]
                 nn[:old], sims[:old] = np.take_along_axis(cat_n, top, axis=1), np.take_along_axis(cat_s, top, axis=1)
-        self.nn, self.sims, self.n, self.alive = nn, sims, n, int(dense.alive.sum())
+        self.nn, self.sims, self.n, self.alive = nn, sims, n, int(alive.sum())
 
 
 class _CoherenceTracker:
@@ -495,7 +502,7 @@ class NamespaceIndex:
                     raw[name] = _window_mean(near, own, self.lex, cand, w)
         if "dense_contrast" in want and not self.own.ann and self.size <= cfg.contrast_max:
             nn = self._neighbours.update(self.own, cfg.contrast_k)
-            if nn is not None:
+            if nn is not None and nn.shape[0] >= n:  # (a sync in another thread may not have added the keys yet)
                 cos = self.own.cosine(q)  # (n,) tombstones -1, never anyone's neighbour
                 raw["dense_contrast"] = cos[cand] - cos[nn[cand]].mean(axis=1)
         keys = self.ctx.rows(cand) if "prf" in want else np.zeros((cand.size, self.dim), np.float32)
