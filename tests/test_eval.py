@@ -317,7 +317,9 @@ def test_tuned_weights_rank_through_recall_exactly_as_the_tuner_predicted(cv_sto
     _, everything = cross_validate_cached(cached, RankingConfig(), **SMALL_GRID)
     odd = RankingConfig(bm25_own=4.0, bm25_ctx8=0.0, dense_own=0.25, dense_ctx=0.0, prf=4.0, prf_docs=1,
                         norm="rank")  # fmt: skip
-    for cfg in (everything.ranking, odd):
+    # The lexical evidence and the dense contrast are fused by the tuner exactly as by recall, too.
+    contrast = RankingConfig(dense_contrast=4.0, bm25_evidence=2.0)
+    for cfg in (everything.ranking, odd, contrast):
         predicted = [QueryResult(c.query, c.pool, rank_cached(c, cfg, 10)) for c in cached]
         mem = make_sqlite_memory(ranking=cfg)  # the same store, recalled with these weights
         report = evaluate(mem, CV_EPISODES, CV_QUERIES, pool_by_id_prefix=True, reuse_store=True)
@@ -334,6 +336,7 @@ def test_cross_validate_report_and_reuse_checks(cv_store) -> None:
     assert set(cv.by_category) == {"1", "2"}
     d = json.loads(json.dumps(cv.to_dict()))
     assert [f["pool"] for f in d["folds"]] == ["a", "b", "c"] and set(d["folds"][0]["weights"]) >= set(WEIGHTS)
+    assert "bm25_evidence" in d["folds"][0]["weights"] and "bm25_evidence" in d["median"]  # swept by the tuner
     assert set(d) >= {"mean_held_out", "overall", "by_category", "all_pools", "median", "base"}
     stages = [e.stage for e in events]
     assert stages.count("tune") == 4 and stages.count("features") == len(CV_QUERIES) and "train" not in stages

@@ -162,8 +162,9 @@ def test_large_namespaces_take_dense_candidates_from_pgvector(new_postgres_url, 
     from rememory.index.config import RankingConfig
 
     url = new_postgres_url()
-    exact = Memory(url, embedder=embedder)  # the default threshold: every key compared in memory
-    server = Memory(url, embedder=embedder, ranking=RankingConfig(ann_threshold=1))  # pgvector's HNSW from 2 rows
+    # dense_contrast needs every key in memory, so the large-namespace path leaves it out: off in both here.
+    exact = Memory(url, embedder=embedder, ranking=RankingConfig(dense_contrast=0.0))  # every key compared in memory
+    server = Memory(url, embedder=embedder, ranking=RankingConfig(ann_threshold=1, dense_contrast=0.0))  # pgvector
     try:
         exact.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
         for q in QUERIES:

@@ -175,8 +175,9 @@ def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memor
     assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in plain]  # explaining changes no ranking
     assert all(h.explain is None and "explain" not in h.to_dict() for h in plain)
     for h in hits:
-        # every signal has a weight in the defaults; time_match is fused only for a query that names a time
-        assert set(h.explain) == set(WEIGHTS) - {"time_match"}
+        # every signal has a weight in the defaults; time_match is fused only for a query that names a time,
+        # dense_contrast only where the namespace searches its keys exactly
+        assert set(h.explain) == set(WEIGHTS) - {"time_match"} - ({"dense_contrast"} if ann else set())
         assert all(v >= 0 for v in h.explain.values())
         assert sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9)
         assert h.to_dict()["explain"] == h.explain
@@ -337,3 +338,78 @@ def test_a_snapshot_keeps_the_coherence_so_a_new_process_reads_no_key_for_it(mak
     assert extended == []  # the coherence came with it: no key was read to recompute it
     assert (got.coherence.adjacent, got.coherence.baseline, got.coherence.pairs) == pytest.approx(
         (want.adjacent, want.baseline, want.pairs), abs=1e-12)  # fmt: skip
+
+
+# A short diary in two languages: unrelated events.
+DIARY = [
+    {"id": "en-salary", "keywords": "first salary, gifts", "text": "My first salary bought my parents a kettle."},
+    {"id": "en-kayak", "keywords": "kayak, lake", "text": "We capsized the kayak in a cold lake."},
+    {"id": "en-bread", "keywords": "sourdough, baking", "text": "After five flat loaves the sourdough finally rose."},
+    {"id": "en-laptop", "keywords": "laptop, cafe, theft", "text": "Someone took my laptop from the table in a cafe."},
+    {"id": "ru-watch", "keywords": "дедушка, часы, ремонт",
+     "text": "Мама отдала мне дедушкины карманные часы, часовщик их почистил, и они снова тикают."},
+    {"id": "ru-flood", "keywords": "соседи, потоп, кухня", "text": "Соседи сверху затопили нам кухню."},
+    {"id": "ru-licence", "keywords": "права, экзамен", "text": "Со второй попытки сдал экзамен на права в ГИБДД."},
+    {"id": "ru-berries", "keywords": "лес, черника", "text": "Собирали чернику в лесу под Тверью, набрали два ведра."},
+]  # fmt: skip
+
+
+def test_lexical_evidence_is_the_share_of_the_query_idf_found_in_the_namespace(make_memory) -> None:
+    mem = make_memory()
+    mem.add_many(DIARY)
+    idx = mem._index("default")
+    tokens = mem._keys("default").tokens
+    assert idx.lexical(tokens("sourdough kayak laptop")).evidence == pytest.approx(1.0)
+    assert idx.lexical(tokens("zzyzx qwxv")).evidence == 0.0
+    some = idx.lexical(tokens("my grandfather's pocket watch")).evidence
+    assert 0.0 < some < 0.5  # only "my" occurs in the namespace
+
+
+MULTILINGUAL = REPO / "bench" / "data" / "multilingual"
+
+
+def test_a_cross_language_query_is_ranked_by_meaning_not_an_incidental_word(make_memory) -> None:
+    # Questions of the multilingual set whose memory is in the other language: under the fusion before
+    # (no lexical evidence, no dense contrast, dense_own at 2) an episode sharing one incidental word with
+    # the question won each; min-max made that word's BM25 score the best.
+    queries = {q["id"]: q for q in json.loads((MULTILINGUAL / "queries.json").read_text("utf-8"))}
+    before = make_memory(ranking=RankingConfig(dense_own=2.0, dense_contrast=0.0, bm25_evidence=0.0))
+    before.add_many(json.loads((MULTILINGUAL / "episodes.json").read_text("utf-8")))
+    mem = make_memory()  # the same store, the default ranking
+    for qid in ("x-7", "x-9", "x-19"):
+        query, want = queries[qid]["query"], queries[qid]["relevant"][0]
+        hit = before.recall(query, top_k=1, explain=True)[0]
+        assert hit.id != want and hit.explain["bm25_own"] > 0, (qid, hit.id)
+        hits = mem.recall(query, top_k=3, explain=True)
+        assert hits[0].id == want, (qid, [h.id for h in hits])
+        assert all(sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9) for h in hits)
+
+
+def test_dense_contrast_neighbours_follow_add_and_forget(make_memory) -> None:
+    whole = make_memory("whole")
+    whole.add_many(DIARY + EXAMPLES)
+    parts = make_memory("parts")
+    parts.add_many(DIARY)
+    parts.recall("kettle", top_k=1)  # builds the neighbour lists; the rest is appended incrementally
+    parts.add_many(EXAMPLES)
+    query = "a concert with piano music"
+
+    def contrast(mem: Memory) -> dict[str, float]:
+        f = mem.ranking_features(query)
+        assert f is not None
+        return dict(zip(f.ids, f.features.raw["dense_contrast"].tolist()))
+
+    assert contrast(parts) == pytest.approx(contrast(whole), abs=1e-6)
+    # A forgotten episode is nobody's neighbour any more: the lists are rebuilt without it.
+    parts.forget("concert")
+    fresh = make_memory("fresh")
+    fresh.add_many([e for e in DIARY + EXAMPLES if e["id"] != "concert"])
+    assert contrast(parts) == pytest.approx(contrast(fresh), abs=1e-6)
+
+
+def test_dense_contrast_is_left_out_past_its_size_limit(make_memory) -> None:
+    mem = make_memory(ranking=RankingConfig(contrast_max=4))
+    mem.add_many(DIARY)
+    hit = mem.recall("kayak on a lake", top_k=1, explain=True)[0]
+    assert hit.id == "en-kayak" and "dense_contrast" not in hit.explain
+    assert sum(hit.explain.values()) == pytest.approx(hit.score, abs=1e-9)

@@ -958,7 +958,8 @@ class Memory:
 
         With ``explain=True`` each hit's ``RecallHit.explain`` maps every signal in use (``bm25_own``,
         ``bm25_ctx1``, ``bm25_ctx2``, ``bm25_ctx8``, ``dense_own``, ``dense_ctx``, ``dense_near``,
-        ``dense_far``, ``prf``, and ``time_match`` when the query names a time) to its share of the score:
+        ``dense_far``, ``dense_contrast`` up to ``contrast_max`` episodes, ``prf``, and ``time_match`` when
+        the query names a time) to its share of the score:
         its weight times its value normalised over this query's candidates, divided by the sum of the
         weights in use. The shares sum to ``score``. Without it, ``explain`` is ``None``.
 

@@ -10,7 +10,15 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
-from ..evaluate import CrossValidation, EvalReport, Metrics, evaluate, load_eval_episodes, load_queries_file
+from ..evaluate import (
+    TUNE_EXTRA,
+    CrossValidation,
+    EvalReport,
+    Metrics,
+    evaluate,
+    load_eval_episodes,
+    load_queries_file,
+)
 from ..evaluate import cross_validate as run_cross_validation
 from ..index.config import WEIGHTS, RankingConfig
 from ..memory import Memory
@@ -76,7 +84,7 @@ def render_report(report: EvalReport) -> str:
 def render_cross_validation(cv: CrossValidation) -> str:
     """Held-out metrics per fold and pooled per category, and the weights each fold chose."""
     def weights(cfg: RankingConfig) -> str:
-        return " ".join(f"{n}={getattr(cfg, n):g}" for n in (*WEIGHTS, "prf_docs", "prf_mix"))
+        return " ".join(f"{n}={getattr(cfg, n):g}" for n in (*WEIGHTS, "prf_docs", "prf_mix", *TUNE_EXTRA))
 
     folds = [(f.pool, f.held_out) for f in cv.folds] + [("mean", cv.mean_held_out)]
     out = [f"Leave-one-pool-out over {len(cv.folds)} pools, {cv.overall.queries} queries, {cv.episodes} episodes "

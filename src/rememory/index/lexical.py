@@ -112,12 +112,18 @@ class LexicalIndex:
         array([ True,  True])
         """
         terms = []
+        st = self._stats()
+        found = total = 0.0  # IDF mass of the query's distinct tokens: in the namespace, and all of them
         for token in np.unique(np.asarray(query, dtype=np.uint32)):
             docs, tfs = self._postings(int(token))
             keep = self.alive[docs]
-            if keep.any():
+            df = int(keep.sum())
+            idf = float(np.log(1.0 + (st.live - df + 0.5) / (df + 0.5)))  # a token no episode holds: the largest
+            total += idf
+            if df:
+                found += idf
                 terms.append(_Term(docs[keep], tfs[keep]))
-        return LexicalQuery(self, self._stats(), terms)
+        return LexicalQuery(self, st, terms, found / total if total > 0 else 0.0)
 
     def scores(self, query: np.ndarray, windows: tuple[int, ...]) -> dict[int, np.ndarray]:
         """BM25 of every slot for each window width (0 = the episode alone): {w: (n,) scores}."""
@@ -152,8 +158,12 @@ class LexicalQuery:
     there than gathering slot by slot. Results are cached per width.
     """
 
-    def __init__(self, index: LexicalIndex, st: _Stats, terms: list[_Term]) -> None:
+    def __init__(self, index: LexicalIndex, st: _Stats, terms: list[_Term], evidence: float = 1.0) -> None:
         self.ix, self.st, self.terms = index, st, terms
+        # The share of the query's IDF mass (over its distinct tokens) that occurs in the namespace at all:
+        # near 0 when the query's words are not the namespace's (another language, other wording), so
+        # that BM25's best window only matches incidental words; 1 when every word occurs somewhere.
+        self.evidence = evidence
         self._scores: dict[int, np.ndarray] = {}
         self._cums: dict[int, np.ndarray] = {}
 

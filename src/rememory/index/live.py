@@ -8,6 +8,7 @@ tombstones, so a forgotten episode can never be recalled again, whichever proces
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..store.records import Changes, IndexRow
-from .config import NEIGHBOUR_SIGNALS, WEIGHTS, RankingConfig
+from .config import BM25_SIGNALS, NEIGHBOUR_SIGNALS, WEIGHTS, RankingConfig
 from .dense import DenseIndex
 from .lexical import LexicalIndex, _cover, _window_sum
 
@@ -63,6 +64,18 @@ class Features:
     q: np.ndarray  # (dim,) unit query vector
     ctx_keys: np.ndarray  # (c, dim) unit context keys of cand
     coherence: float = 1.0  # the namespace's Coherence.factor: scales the neighbour signals' weights (if switched on)
+    evidence: float = 1.0  # Lexical.evidence of the query: scales the BM25 signals' weights (``bm25_evidence``)
+
+
+@dataclass(frozen=True)
+class Lexical:
+    """A query's BM25 over one namespace: ``scores[w]`` (n,) for window width ``w``, and its lexical evidence.
+
+    ``evidence`` is the share of the query's IDF mass that occurs in the namespace at all (see LexicalQuery).
+    """
+
+    scores: dict[int, np.ndarray]
+    evidence: float
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,65 @@ class Coherence:
         if self.pairs == 0:
             return 1.0
         return float(min(max((self.gain - cfg.coherence_lo) / (cfg.coherence_hi - cfg.coherence_lo), 0.0), 1.0))
+
+
+class _KeyNeighbours:
+    """The ``k`` nearest alive own keys of every slot (by cosine, itself excluded), kept current on demand.
+
+    Appends cost O(new x n) (new keys against all; an old slot's list takes a new key only if it is nearer);
+    a removal rebuilds from scratch, O(n^2), in row blocks so memory stays O(block x n). Only for namespaces
+    up to ``RankingConfig.contrast_max`` episodes.
+    """
+
+    BLOCK = 512  # rows of the similarity matrix computed at a time
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # recalls of one namespace run side by side: one updates, the rest wait
+        self.n = 0  # slots covered
+        self.alive = 0  # alive slots among them
+        self.k = 0
+        self.nn = np.zeros((0, 0), dtype=np.int64)  # (n, k) slots, nearest first
+        self.sims = np.zeros((0, 0), dtype=np.float32)  # (n, k) their cosines
+
+    def update(self, dense: DenseIndex, k: int) -> np.ndarray | None:
+        """(n, k') neighbour slots of every slot, k' = min(k, alive - 1); None with fewer than 3 alive slots."""
+        with self._lock:
+            return self._update(dense, k)
+
+    def _update(self, dense: DenseIndex, k: int) -> np.ndarray | None:
+        n = dense.n  # read once: a sync in another thread may append meanwhile
+        alive = dense.alive[:n]
+        count = int(alive.sum())
+        k = min(k, count - 1)
+        if count < 3:
+            return None
+        if k != self.k or self.alive + (n - self.n) != count:  # first use, or a removal: start over
+            self.n, self.alive, self.k = 0, 0, k
+            self.nn = np.zeros((0, k), dtype=np.int64)
+            self.sims = np.zeros((0, k), dtype=np.float32)
+        if n > self.n:
+            self._extend(dense, n, alive, k)
+        return self.nn
+
+    def _extend(self, dense: DenseIndex, n: int, alive: np.ndarray, k: int) -> None:
+        old = self.n
+        keys = dense.unit(np.arange(n))  # (n, dim)
+        dead = ~alive
+        nn = np.concatenate([self.nn, np.zeros((n - old, k), dtype=np.int64)])
+        sims = np.concatenate([self.sims, np.full((n - old, k), -np.inf, dtype=np.float32)])
+        for lo in range(old, n, self.BLOCK):
+            hi = min(lo + self.BLOCK, n)
+            s = (keys[lo:hi] @ keys.T).astype(np.float32)  # (b, n) new keys against all
+            s[:, dead] = -np.inf
+            s[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf  # not its own neighbour
+            top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            nn[lo:hi], sims[lo:hi] = top, np.take_along_axis(s, top, axis=1)
+            if old:  # the old slots may gain a new key as a neighbour
+                cat_s = np.concatenate([sims[:old], s[:, :old].T], axis=1)  # (old, k + b)
+                cat_n = np.concatenate([nn[:old], np.broadcast_to(np.arange(lo, hi), (old, hi - lo))], axis=1)
+                top = np.argpartition(-cat_s, k - 1, axis=1)[:, :k]
+                nn[:old], sims[:old] = np.take_along_axis(cat_n, top, axis=1), np.take_along_axis(cat_s, top, axis=1)
+        self.nn, self.sims, self.n, self.alive = nn, sims, n, int(alive.sum())
 
 
 class _CoherenceTracker:
@@ -275,9 +347,12 @@ def normalise(x: np.ndarray, how: str) -> np.ndarray:
     raise ValueError(f"unknown normalisation {how!r}")
 
 
-def weights_of(cfg: RankingConfig, coherence: float = 1.0) -> dict[str, float]:
-    """The fusion weight of every signal in :data:`SIGNALS`, the neighbour signals' times ``coherence``."""
-    return {name: float(getattr(cfg, name)) * (coherence if name in NEIGHBOUR_SIGNALS else 1.0) for name in SIGNALS}
+def weights_of(cfg: RankingConfig, coherence: float = 1.0, evidence: float = 1.0) -> dict[str, float]:
+    """The fusion weight of every signal in :data:`SIGNALS`: the neighbour signals' times ``coherence``, the
+    BM25 signals' times ``evidence ** cfg.bm25_evidence``."""
+    lexical = float(evidence) ** cfg.bm25_evidence if cfg.bm25_evidence else 1.0
+    return {name: float(getattr(cfg, name)) * (coherence if name in NEIGHBOUR_SIGNALS else 1.0)
+            * (lexical if name in BM25_SIGNALS else 1.0) for name in SIGNALS}  # fmt: skip
 
 
 def fuse(f: Features, cfg: RankingConfig, normalised: dict[str, np.ndarray] | None = None) -> Fused:
@@ -287,9 +362,13 @@ def fuse(f: Features, cfg: RankingConfig, normalised: dict[str, np.ndarray] | No
     exactly as they scored. ``normalised`` (the tuner's cache) is ``normalise(f.raw[name], cfg.norm)``
     per signal, computed once. Feedback (``prf``) re-queries the context keys with the query moved
     towards the ``prf_docs`` best candidates of the other signals, so it depends on their weights too.
-    The neighbour signals' weights are scaled by ``f.coherence`` (1 unless ``cfg.scale_neighbours``).
+    The neighbour signals' weights are scaled by ``f.coherence`` (1 unless ``cfg.scale_neighbours``), the BM25
+    signals' by the query's lexical evidence (``cfg.bm25_evidence``): where the query's words are not the
+    namespace's, min-max would still make an incidental match the best BM25 score, so the dense signals decide.
     """
-    w = weights_of(cfg, f.coherence if cfg.scale_neighbours else 1.0)
+    w = weights_of(cfg, f.coherence if cfg.scale_neighbours else 1.0, f.evidence)
+    if "dense_contrast" not in f.raw:  # a namespace too large (or too small) for it: as if it did not exist
+        w["dense_contrast"] = 0.0
     if "time_match" not in f.raw:  # a query that names no time ranks exactly as if the signal did not exist
         w["time_match"] = 0.0
     total = max(sum(w.values()), 1e-12)
@@ -332,6 +411,7 @@ class NamespaceIndex:
         self.snapshot_size = 0  # slots covered by the last snapshot written or read
         self._coherence = _CoherenceTracker(dim)
         self.coherence = Coherence(1.0, 0.0, 0)  # of the alive own keys, as of the last sync
+        self._neighbours = _KeyNeighbours()  # nearest own keys of every slot, for dense_contrast (built on demand)
 
     @property
     def size(self) -> int:
@@ -433,10 +513,11 @@ class NamespaceIndex:
         self.own.remove(slot)
         self.ctx.remove(slot)
 
-    def lexical(self, q_tokens: np.ndarray, *, every: bool = False) -> dict[int, np.ndarray]:
-        """{window width: (n,) raw BM25 of every slot} for the widths in use (all four with ``every``)."""
+    def lexical(self, q_tokens: np.ndarray, *, every: bool = False) -> Lexical:
+        """Raw BM25 of every slot for the window widths in use (all four with ``every``), and the query's evidence."""
         lq = self.lex.query(q_tokens)
-        return {w: lq.scores(w) for name, w in _BM25_WIDTHS.items() if every or getattr(self.cfg, name)}
+        return Lexical({w: lq.scores(w) for name, w in _BM25_WIDTHS.items() if every or getattr(self.cfg, name)},
+                       lq.evidence)  # fmt: skip
 
     def within(self, span: Span) -> np.ndarray:
         """(n,) which slots' times fall in ``span`` (a slot with no time, or a tombstone, never does)."""
@@ -452,7 +533,7 @@ class NamespaceIndex:
     def features(
         self,
         q: np.ndarray,
-        lexical: dict[int, np.ndarray],
+        lex: Lexical,
         top_k: int,
         *,
         every: bool = False,
@@ -467,7 +548,7 @@ class NamespaceIndex:
         none) the signal is absent, and
         :func:`fuse` leaves its weight out of the sum, so such a query ranks as if it did not exist.
 
-        ``lexical`` is :meth:`lexical` of the query's tokens. Signals with weight 0 are skipped
+        ``lex`` is :meth:`lexical` of the query's tokens. Signals with weight 0 are skipped
         unless ``every`` (the tuner wants them all). Small namespaces take every alive slot as a
         candidate; past ``ann_threshold`` the candidates are the nearest keys of both kinds and the
         best BM25 windows, cut to ``rerank`` by the cheap signals before the neighbour-window ones.
@@ -484,7 +565,7 @@ class NamespaceIndex:
             return None
         # rows synced in by another thread since lexical() ran score 0
         lexical = {w: s if s.size >= n else np.concatenate([s, np.zeros(n - s.size, s.dtype)])
-                   for w, s in lexical.items()}  # fmt: skip
+                   for w, s in lex.scores.items()}  # fmt: skip
         want = {name for name in SIGNALS if every or getattr(cfg, name)}
         if self.own.ann:
             c = min(cfg.candidates, n)
@@ -492,12 +573,12 @@ class NamespaceIndex:
                 pools = [ahead.own.result(), ahead.ctx.result()]
             else:
                 pools = [self.own.candidates(q, c), self.ctx.candidates(q, c)]
-            lex = np.zeros(n)
+            summed = np.zeros(n)
             for s in lexical.values():
                 top = float(s.max()) if s.size else 0.0
                 if top > 0:
-                    lex += s / top
-            pools.append(np.argpartition(-lex, min(2 * c, n) - 1)[: 2 * c])
+                    summed += s / top
+            pools.append(np.argpartition(-summed, min(2 * c, n) - 1)[: 2 * c])
             cand = np.unique(np.concatenate(pools))
             cand = cand[allowed[cand]]
             if cand.size < top_k:  # a narrow time filter: its slots are few, score them all
@@ -522,7 +603,8 @@ class NamespaceIndex:
             keep = max(cfg.rerank, top_k)
             if cand.size > keep:  # neighbour signals read 17 keys per candidate: only for the most promising
                 cheap = replace(cfg, dense_near=0.0, dense_far=0.0, prf=0.0)
-                pre = fuse(Features(cand, raw, q, np.zeros((cand.size, self.dim), np.float32), factor), cheap).scores
+                pre = fuse(Features(cand, raw, q, np.zeros((cand.size, self.dim), np.float32), factor, lex.evidence),
+                           cheap).scores  # fmt: skip
                 sel = np.sort(np.argpartition(-pre, keep - 1)[:keep])
                 cand, raw = cand[sel], {k: v[sel] for k, v in raw.items()}
         if "dense_near" in want or "dense_far" in want or ("dense_own" in want and not self.own.ann):
@@ -534,10 +616,15 @@ class NamespaceIndex:
             for name, w in (("dense_near", 2), ("dense_far", 8)):
                 if name in want:
                     raw[name] = _window_mean(near, own, self.lex, cand, w)
+        if "dense_contrast" in want and not self.own.ann and self.size <= cfg.contrast_max:
+            nn = self._neighbours.update(self.own, cfg.contrast_k)
+            if nn is not None and nn.shape[0] >= n:  # (a sync in another thread may not have added the keys yet)
+                cos = self.own.cosine(q)  # (n,) tombstones -1, never anyone's neighbour
+                raw["dense_contrast"] = cos[cand] - cos[nn[cand]].mean(axis=1)
         keys = self.ctx.rows(cand) if "prf" in want else np.zeros((cand.size, self.dim), np.float32)
-        return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q, keys, factor)
+        return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q, keys, factor, lex.evidence)
 
-    def search(self, q: np.ndarray, lexical: dict[int, np.ndarray], top_k: int, *, explain: bool = False,
+    def search(self, q: np.ndarray, lexical: Lexical, top_k: int, *, explain: bool = False,
                time: TimeSignal | None = None, ahead: DenseAhead | None = None) -> list[Scored]:  # fmt: skip
         """The ``top_k`` best slots for unit query vector ``q``, given :meth:`lexical` of its tokens.
 

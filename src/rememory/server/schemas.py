@@ -47,7 +47,8 @@ class Hit(BaseModel):
     explain: dict[str, float] | None = Field(
         default=None,
         description="Only when the request asked to explain: each ranking signal's share of the score "
-        "(bm25_own, bm25_ctx1/2/8, dense_own, dense_ctx, dense_near, dense_far, prf); the shares sum to it.",
+        "(bm25_own, bm25_ctx1/2/8, dense_own, dense_ctx, dense_near, dense_far, dense_contrast, prf, and time_match "
+        "when the query names a time); the shares sum to it.",
     )
 
     @classmethod
