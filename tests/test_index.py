@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rememory.index.config import RankingConfig
-from rememory.index.dense import DenseIndex
+from rememory.index.dense import DenseIndex, Shaping
 from rememory.index.lexical import LexicalIndex, _window_sum
 from rememory.index.tokenize import token_hashes, words
 
@@ -285,3 +285,49 @@ def test_coherence_after_removals_equals_a_fresh_pass(monkeypatch) -> None:
     got, want = tracker.update(dense), live._CoherenceTracker(16).update(dense)
     assert (got.adjacent, got.baseline, got.pairs) == pytest.approx((want.adjacent, want.baseline, want.pairs),
                                                                    abs=1e-12)  # fmt: skip
+
+
+def _shaped_reference(keys: np.ndarray, alive: np.ndarray, q: np.ndarray, centre: float, drop: int) -> np.ndarray:
+    """Cosine after centring and dropping the top principal directions, computed directly from the alive keys."""
+    live = keys[alive]
+    mean = live.mean(axis=0)
+    _, _, vt = np.linalg.svd(live - mean, full_matrices=False)
+    axes = vt[:drop]
+
+    def shape(x: np.ndarray) -> np.ndarray:
+        x = x - centre * mean
+        x = x - (x @ axes.T) @ axes
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    return np.where(alive, shape(keys) @ shape(q), -1.0)
+
+
+@pytest.mark.parametrize("ann", [False, True])
+@pytest.mark.parametrize(("centre", "drop"), [(1.0, 0), (1.0, 1), (0.5, 2)])
+def test_shaped_cosine_equals_centring_and_projecting_the_keys(ann: bool, centre: float, drop: int) -> None:
+    rng = np.random.default_rng(7)
+    # Two "languages": keys share a direction per group, as a multilingual embedder's do.
+    base = rng.normal(size=(2, 32))
+    raw = rng.normal(size=(60, 32)) * 0.3 + base[rng.integers(0, 2, 60)]
+    keys = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
+    dense = DenseIndex(32, ann=ann)
+    q8 = np.clip(np.round(keys * 127), -127, 127).astype(np.int8)
+    dense.add(q8[:40], np.full(40, 1 / 127, np.float32))
+    dense.shaping = Shaping(centre, drop)
+    q = keys[3] + 0.1 * keys[50]
+    q = (q / np.linalg.norm(q)).astype(np.float32)
+    unit = dense.unit(np.arange(40))
+    np.testing.assert_allclose(dense.cosine(q), _shaped_reference(unit, dense.alive, q, centre, drop), atol=1e-4)
+    # Appends and removals keep the statistics current.
+    dense.add(q8[40:], np.full(20, 1 / 127, np.float32))
+    dense.remove(5)
+    dense.remove(44)
+    unit = dense.unit(np.arange(60))
+    want = _shaped_reference(unit, dense.alive, q, centre, drop)
+    np.testing.assert_allclose(dense.cosine(q), want, atol=1e-4)
+    slots = np.array([0, 5, 17, 44, 59])
+    np.testing.assert_allclose(dense.cosine(q, slots), want[slots], atol=1e-4)
+    if not ann:  # (an HNSW graph of plain cosines only gathers candidates for the shaped query)
+        assert set(dense.candidates(q, 5).tolist()) == set(np.argsort(-want)[:5].tolist())
+    dense.shaping = Shaping()
+    np.testing.assert_allclose(dense.cosine(q), np.where(dense.alive, unit @ q, -1.0), atol=1e-5)

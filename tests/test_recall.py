@@ -95,7 +95,7 @@ def test_large_namespace_snapshot_round_trip(make_sqlite_memory, tmp_path, embed
     assert list(index_dir.glob("*.npz"))
     mem.close()
     mapped = Memory(tmp_path / "store", embedder=embedder, ranking=cfg)
-    assert mapped.recall("Note number 7", top_k=1)[0].id == "n7"
+    assert mapped.recall("Note number 7: item 10", top_k=1)[0].id == "n7"
     idx = mapped._indexes["default"]
     assert isinstance(idx.own._q8, np.memmap) and idx.own._hnsw_is_view  # read from disk lazily
     mapped.forget("n5")
@@ -413,3 +413,20 @@ def test_dense_contrast_is_left_out_past_its_size_limit(make_memory) -> None:
     hit = mem.recall("kayak on a lake", top_k=1, explain=True)[0]
     assert hit.id == "en-kayak" and "dense_contrast" not in hit.explain
     assert sum(hit.explain.values()) == pytest.approx(hit.score, abs=1e-9)
+
+
+def test_centred_keys_find_a_memory_in_the_other_language(make_memory) -> None:
+    # e5 puts every key of one language a little closer to a question in that language: under the plain cosine
+    # an unrelated Russian memory outranks the English one a Russian question is about, and the reverse (x-*);
+    # en-7 loses to the direction every key shares. Compared after subtracting the namespace's mean key,
+    # the matches come first.
+    queries = {q["id"]: q for q in json.loads((MULTILINGUAL / "queries.json").read_text("utf-8"))}
+    plain = make_memory(ranking=RankingConfig(key_centre=0.0))
+    plain.add_many(json.loads((MULTILINGUAL / "episodes.json").read_text("utf-8")))
+    mem = make_memory()  # the same store, the default ranking
+    for qid in ("x-2", "x-12", "x-17", "en-7"):
+        query, want = queries[qid]["query"], queries[qid]["relevant"][0]
+        assert plain.recall(query, top_k=1)[0].id != want, qid
+        hits = mem.recall(query, top_k=3, explain=True)
+        assert hits[0].id == want, (qid, [h.id for h in hits])
+        assert all(sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9) for h in hits)

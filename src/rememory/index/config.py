@@ -45,13 +45,13 @@ class RankingConfig:
     """
 
     bm25_own: float = 0.5  # BM25 of the episode's own keywords and text
-    bm25_ctx1: float = 0.5  # BM25 of the window of the episode and its 1 neighbour on each side
+    bm25_ctx1: float = 1.0  # BM25 of the window of the episode and its 1 neighbour on each side
     bm25_ctx2: float = 1.0  # ... 2 neighbours on each side
-    bm25_ctx8: float = 1.0  # ... 8 neighbours on each side (the surrounding conversation)
+    bm25_ctx8: float = 0.5  # ... 8 neighbours on each side (the surrounding conversation)
     dense_own: float = 1.0  # cosine to the key of keywords + text
     dense_ctx: float = 1.0  # cosine to the context key (the episode with its neighbours, embedded at training)
-    dense_near: float = 1.0  # mean cosine of the own keys within 2 neighbours
-    dense_far: float = 0.25  # mean cosine of the own keys within 8 neighbours
+    dense_near: float = 0.0  # mean cosine of the own keys within 2 neighbours
+    dense_far: float = 1.0  # mean cosine of the own keys within 8 neighbours
     # The own-key cosine less the mean cosine of the episode's ``contrast_k`` nearest own keys (nearest in
     # key space, not in store order): how much better this episode matches than the ones most like it. It
     # cancels whatever lifts a whole region of key space for this query (e.g. all episodes in the query's
@@ -67,11 +67,17 @@ class RankingConfig:
     # it matches one incidental word of a query whose other words the namespace lacks (a question in another
     # language than its memory): then the dense signals decide.
     bm25_evidence: float = 1.0
+    # Key shaping (rememory.index.dense.Shaping), for every dense signal: compare keys and queries after
+    # subtracting key_centre x the namespace's mean key and projecting out its key_drop top principal
+    # directions. Mean and directions come from the namespace's own keys, so nothing is fitted to a data set.
+    key_centre: float = 1.0
+    key_drop: int = 0
+    ctx_centre: float = 0.5  # the same for the context keys (with their own mean)
     # 1 for episodes whose time falls in the range a query names ("in May 2023", "last week"), else 0;
     # fused (and counted in the weight sum) only for queries that name a time. Not tuned (locomo-dev's
     # tuning did not weigh it): set so that an episode of the named time outranks one as close in words
     # outside it, against the other signals min-max spread over 0..1 (2.0, its weight before, no longer did).
-    time_match: float = 4.0
+    time_match: float = 2.0
     # by the namespace's coherence factor (see rememory.index.live.Coherence): 0 where adjacent episodes are
     # no closer than any two, 1 where they are clearly closer (a conversation), a linear ramp between.
     scale_neighbours: bool = True
@@ -87,12 +93,14 @@ class RankingConfig:
 
         if self.norm not in NORMS:
             raise ConfigError(f"ranking norm must be one of {list(NORMS)}, got {self.norm!r}.")
-        for name in (*WEIGHTS, "prf_mix", "bm25_evidence"):
+        for name in (*WEIGHTS, "prf_mix", "bm25_evidence", "key_centre", "ctx_centre"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(f"ranking {name} must be a number >= 0 (0 switches it off), got {value!r}.")
         if not isinstance(self.scale_neighbours, bool):
             raise ConfigError(f"ranking scale_neighbours must be true or false, got {self.scale_neighbours!r}.")
+        if isinstance(self.key_drop, bool) or not isinstance(self.key_drop, int) or not 0 <= self.key_drop <= 8:
+            raise ConfigError(f"ranking key_drop must be a whole number from 0 to 8, got {self.key_drop!r}.")
         lo, hi = self.coherence_lo, self.coherence_hi
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (lo, hi)) or not 0 <= lo < hi <= 1:
             raise ConfigError(f"ranking coherence_lo and coherence_hi must be numbers with 0 <= lo < hi <= 1, "

@@ -9,12 +9,73 @@ and builds no graph.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..quant import quantize_int8
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """How keys and queries are compared: cosine after taking out what every key of the namespace shares.
+
+    ``centre`` (a) subtracts a times the mean of the namespace's alive keys from each key and from the
+    query; ``drop`` (D) then projects out the top D principal directions of the keys ("all-but-the-top",
+    Mu & Viswanath 2018). A sentence embedder's keys share a common direction and, in a namespace of two
+    languages, a language axis along which every cosine across languages is lower: a question in Russian
+    about an English memory loses to any Russian one. Without them the cosine measures what the texts say.
+    a = 0 and D = 0 is the plain cosine.
+    """
+
+    centre: float = 0.0
+    drop: int = 0
+
+    @property
+    def plain(self) -> bool:
+        return self.centre == 0 and self.drop == 0
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """The namespace's key statistics under a :class:`Shaping`, as of ``version``."""
+
+    version: tuple[int, int, int]
+    mean: np.ndarray  # (dim,) float32, already multiplied by the centre a
+    axes: np.ndarray  # (D, dim) float32, orthonormal rows: the directions projected out
+    norms: np.ndarray | None  # (n,) the shaped length of every slot's key (exact path), or None (computed per call)
+
+
+class _KeyStats:
+    """Sum and Gram matrix of a DenseIndex's alive unit keys, kept current: O(new keys x dim^2) per append."""
+
+    CHUNK = 4096
+
+    def __init__(self, dim: int, *, gram: bool) -> None:
+        self.n = 0  # slots seen
+        self.count = 0  # alive among them
+        self.removed_seen = 0  # removals accounted for
+        self.total = np.zeros(dim, np.float64)
+        # Only to find principal directions (Shaping.drop): O(dim^2) per key, ~0.6 s for 100k keys here.
+        self.gram = np.zeros((dim, dim), np.float64) if gram else None
+
+    def update(self, dense: DenseIndex) -> None:
+        if dense.removals != self.removed_seen:  # a removal: start over (rare; O(n x dim) or O(n x dim^2))
+            self.__init__(dense.dim, gram=self.gram is not None)  # type: ignore[misc]
+            self.removed_seen = dense.removals
+        n = dense.n
+        for lo in range(self.n, n, self.CHUNK):
+            slots = np.arange(lo, min(lo + self.CHUNK, n))
+            slots = slots[dense.alive[slots]]
+            u = dense.unit(slots)  # (b, dim) float32
+            self.total += u.sum(axis=0, dtype=np.float64)
+            if self.gram is not None:
+                self.gram += (u.T @ u).astype(np.float64)
+            self.count += slots.size
+        self.n = max(self.n, n)
 
 
 class DenseIndex:
@@ -32,6 +93,11 @@ class DenseIndex:
         self._f32: np.ndarray | None = None  # exact path: (n, dim) float32, built lazily
         self._hnsw: Any = None  # a usearch Index once built or mapped
         self._hnsw_is_view = False  # a memory-mapped snapshot graph: copied into memory before any change
+        self.shaping = Shaping()  # set by the owner (NamespaceIndex) from its RankingConfig
+        self.removals = 0  # slots removed so far (the key statistics start over after one)
+        self._stats: _KeyStats | None = None
+        self._frame: _Frame | None = None
+        self._frame_lock = threading.Lock()  # recalls of one namespace run side by side
 
     def add(self, q8: np.ndarray, scales: np.ndarray) -> None:
         """Append keys (int8 rows with their dequantisation scales)."""
@@ -85,6 +151,8 @@ class DenseIndex:
         return self.unit(slots)
 
     def remove(self, slot: int) -> None:
+        if self.alive[slot]:
+            self.removals += 1
         self.alive[slot] = False
         if self.ann and self.remote is None and self._hnsw is not None:
             self._writable_graph().remove(int(slot))
@@ -109,8 +177,74 @@ class DenseIndex:
             self._f32 = self._q8.astype(np.float32) * self._scale[:, None]  # (n, dim) unit rows
         return self._f32
 
+    def frame(self) -> _Frame | None:
+        """The key statistics :attr:`shaping` compares with, current as of the last append (None: plain cosine)."""
+        shaping = self.shaping
+        if shaping.plain:
+            return None
+        n = self.n  # read once: a sync in another thread may append meanwhile
+        with self._frame_lock:
+            version = (n, self.removals, hash(shaping))
+            frame = self._frame
+            if frame is not None and frame.version == version:
+                return frame
+            stats = self._stats
+            if stats is None or (shaping.drop and stats.gram is None):
+                stats = self._stats = _KeyStats(self.dim, gram=bool(shaping.drop))
+            stats.update(self)
+            if stats.count < 2:
+                return None
+            mean = stats.total / stats.count  # (dim,)
+            axes = np.zeros((0, self.dim), np.float32)
+            if stats.gram is not None and shaping.drop:
+                cov = stats.gram / stats.count - np.outer(mean, mean)  # (dim, dim)
+                _, vecs = np.linalg.eigh(cov)  # ascending eigenvalues
+                axes = vecs[:, ::-1][:, : shaping.drop].T.astype(np.float32)  # (D, dim)
+            m = (shaping.centre * mean).astype(np.float32)
+            norms = None
+            if not self.ann:
+                norms = self._shaped_norms(self._matrix()[:n], m, axes)
+            frame = self._frame = _Frame(version, m, axes, norms)
+            return frame
+
+    @staticmethod
+    def _shaped_norms(keys: np.ndarray, m: np.ndarray, axes: np.ndarray) -> np.ndarray:
+        """|P(k - m)| for each unit key row k, P the projection that drops ``axes``: (rows,)."""
+        sq = 1.0 - 2.0 * (keys @ m) + float(m @ m)  # |k - m|^2
+        if axes.size:
+            along = keys @ axes.T - axes @ m  # (rows, D) components along the dropped axes
+            sq = sq - (along * along).sum(axis=1)
+        return np.sqrt(np.maximum(sq, 1e-12)).astype(np.float32)
+
+    def shape_query(self, q: np.ndarray, frame: _Frame | None) -> np.ndarray:
+        """The unit query in the shaped space: P(q - m), normalised (``q`` itself when plain)."""
+        if frame is None:
+            return q
+        v = q - frame.mean
+        if frame.axes.size:
+            v = v - frame.axes.T @ (frame.axes @ v)
+        return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
     def cosine(self, q: np.ndarray, slots: np.ndarray | None = None) -> np.ndarray:
-        """Exact cosine of unit query ``q`` to every slot (or to ``slots``); tombstones score -1."""
+        """Cosine of unit query ``q`` to every slot (or to ``slots``) under :attr:`shaping`; tombstones score -1."""
+        frame = self.frame()
+        if frame is None:
+            return self._cosine(q, slots)
+        qs = self.shape_query(q, frame)
+        # P(k - m) . qs = (k - m) . qs, since qs is already orthogonal to the dropped axes: one product with the
+        # stored keys, then each key's shaped length.
+        dots = self._cosine(qs, slots)  # tombstones -1
+        offset = float(frame.mean @ qs)
+        if frame.norms is not None and frame.version[0] == self.n:
+            norms = frame.norms if slots is None else frame.norms[slots]
+        else:
+            at = np.arange(self.n) if slots is None else slots
+            norms = self._shaped_norms(self.unit(at), frame.mean, frame.axes)
+        alive = self.alive if slots is None else self.alive[slots]
+        return np.where(alive, (dots - offset) / norms, -1.0)
+
+    def _cosine(self, q: np.ndarray, slots: np.ndarray | None = None) -> np.ndarray:
+        """Exact plain cosine of unit query ``q`` to every slot (or to ``slots``); tombstones score -1."""
         if slots is None:
             sims = (self._q8.astype(np.float32) @ q) * self._scale if self.ann else self._matrix() @ q
             return np.where(self.alive, sims, -1.0)
@@ -127,6 +261,9 @@ class DenseIndex:
         k = min(k, int(self.alive.sum()))
         if k <= 0:
             return np.zeros(0, dtype=np.int64)
+        # An index of plain cosines, searched with the shaped query: it ranks by P(k - m) . qs up to each
+        # key's shaped length, close enough to gather candidates that are then scored exactly.
+        q = self.shape_query(q, self.frame()) if self.ann else q
         if not self.ann:
             sims = self.cosine(q)
             return np.argpartition(-sims, k - 1)[:k]

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..store.records import Changes, IndexRow
 from .config import BM25_SIGNALS, NEIGHBOUR_SIGNALS, WEIGHTS, RankingConfig
-from .dense import DenseIndex
+from .dense import DenseIndex, Shaping
 from .lexical import LexicalIndex, _cover, _window_sum
 
 SIGNALS = WEIGHTS
@@ -492,6 +492,11 @@ class NamespaceIndex:
 
         return slots
 
+    def _shape(self, cfg: RankingConfig) -> None:
+        """Point both key indexes at the shaping ``cfg`` asks for (they keep their statistics per shaping)."""
+        self.own.shaping = Shaping(float(cfg.key_centre), int(cfg.key_drop))
+        self.ctx.shaping = Shaping(float(cfg.ctx_centre), int(cfg.key_drop))
+
     def search_ahead(self, q: np.ndarray, start: Callable[[Callable[[], np.ndarray]], Future[np.ndarray]]
                      ) -> DenseAhead | None:  # fmt: skip
         """Start the store's key searches for unit query ``q`` now (``start`` runs a call on another thread).
@@ -504,6 +509,7 @@ class NamespaceIndex:
         own, ctx = self.own, self.ctx
         if not (own.ann and own.remote is not None and ctx.remote is not None):
             return None
+        self._shape(self.cfg)
         c = min(self.cfg.candidates, self.lex.n)
         return DenseAhead(q, start(lambda: own.candidates(q, c)), start(lambda: ctx.candidates(q, c)))
 
@@ -558,6 +564,7 @@ class NamespaceIndex:
         alive = self.lex.alive
         if not alive.any():
             return None
+        self._shape(cfg)
         factor = self.coherence.factor(cfg)
         n = alive.size
         allowed = alive if time is None or time.window is None else alive & self.within(time.window)
