@@ -165,8 +165,10 @@ def test_bad_since_or_until_is_a_config_error(make_memory) -> None:
 
 @pytest.mark.parametrize("ann", [False, True])
 def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memory, ann) -> None:
-    # Neighbour signals at full weight (the examples are unrelated events, which would switch them off).
-    cfg = RankingConfig(ann_threshold=5 if ann else 10**9, candidates=10, rerank=8, scale_neighbours=False)
+    # Neighbour signals at full weight (the examples are unrelated events, which would switch them off), and
+    # dense_near on (the defaults leave it out): every signal takes part.
+    cfg = RankingConfig(ann_threshold=5 if ann else 10**9, candidates=10, rerank=8, scale_neighbours=False,
+                        dense_near=1.0)
     mem = make_sqlite_memory(ranking=cfg)
     mem.add_many(EXAMPLES)
     assert mem._index("default").own.ann is ann
@@ -175,7 +177,7 @@ def test_explain_gives_each_signals_share_summing_to_the_score(make_sqlite_memor
     assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in plain]  # explaining changes no ranking
     assert all(h.explain is None and "explain" not in h.to_dict() for h in plain)
     for h in hits:
-        # every signal has a weight in the defaults; time_match is fused only for a query that names a time,
+        # every signal has a weight; time_match is fused only for a query that names a time,
         # dense_contrast only where the namespace searches its keys exactly
         assert set(h.explain) == set(WEIGHTS) - {"time_match"} - ({"dense_contrast"} if ann else set())
         assert all(v >= 0 for v in h.explain.values())
