@@ -4,7 +4,8 @@ Keys arrive int8-quantised from the store. The exact path keeps them as a float3
 the ANN path keeps an int8 HNSW graph plus the int8 keys for exact rescoring of candidates,
 so memory stays near 2 bytes per dimension per key and no cell weights are ever loaded.
 Where the store searches keys itself (pgvector), the ANN path asks it for candidates instead
-and builds no graph.
+and builds no graph; where it also serves keys by rowid, the index holds no key at all
+(``held=False``: only each slot's alive flag) and recall reads the keys it scores from the store.
 """
 
 from __future__ import annotations
@@ -17,13 +18,25 @@ import numpy as np
 from ..quant import quantize_int8
 
 
+def unit_scales(q8: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """(m,) float32 factors that make int8 keys ``q8`` (m, dim), stored with ``scales``, unit vectors.
+
+    Keys read from the store per query go through this too, so they score exactly as held ones.
+    """
+    norms = np.linalg.norm(q8.astype(np.float32), axis=1) * np.asarray(scales, dtype=np.float32)
+    return np.asarray(scales, dtype=np.float32) / np.maximum(norms, 1e-12)  # int8 * unit -> unit vector
+
+
 class DenseIndex:
     """Unit-norm keys of one namespace in insertion order (slot = position)."""
 
-    def __init__(self, dim: int, *, ann: bool, remote: Callable[[np.ndarray, int], np.ndarray] | None = None) -> None:
+    def __init__(self, dim: int, *, ann: bool, remote: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                 held: bool = True) -> None:  # fmt: skip
         self.dim = dim
         self.ann = ann
         self.remote = remote  # ANN candidates from the store: (unit query, k) -> slots; then no graph here
+        # False: the store keeps the keys and serves them by rowid; here only n and alive (no key is read here)
+        self.held = held
         self.n = 0
         self.alive = np.zeros(0, dtype=bool)
         self._q8 = np.zeros((0, dim), dtype=np.int8)  # (n, dim) quantised keys
@@ -38,12 +51,14 @@ class DenseIndex:
         if len(q8) == 0:
             return
         q8 = np.array(q8, dtype=np.int8).reshape(-1, self.dim)  # a copy: the caller's array may change
-        norms = np.linalg.norm(q8.astype(np.float32), axis=1) * np.asarray(scales, dtype=np.float32)
-        unit = np.asarray(scales, dtype=np.float32) / np.maximum(norms, 1e-12)  # int8 * unit -> unit vector
-        self._append(q8, unit)
+        self._append(q8, unit_scales(q8, scales))
 
     def _append(self, q8: np.ndarray, unit: np.ndarray) -> None:
         """Append int8 keys with the scales that make them unit vectors."""
+        if not self.held:  # the store serves them: only the slots are counted
+            self.alive = np.concatenate([self.alive, np.ones(len(q8), dtype=bool)])
+            self.n += len(q8)
+            return
         slots = np.arange(self.n, self.n + len(q8))
         n, k = self.n, len(q8)
         if n == 0:  # the first keys are taken as they are (keys are never written in place): no 40 MB copy
@@ -69,10 +84,19 @@ class DenseIndex:
     def add_unit(self, other: DenseIndex) -> None:
         """Append every slot of ``other`` (tombstones stay tombstones), e.g. to switch to ANN."""
         start = self.n
-        if other.n:  # its unit scales are known: no norms to compute (~0.5 s for 100k keys)
+        if not other.held or not self.held:  # no keys to copy: count the slots
+            self.alive = np.concatenate([self.alive, np.ones(other.n, dtype=bool)])
+            self.n += other.n
+        elif other.n:  # its unit scales are known: no norms to compute (~0.5 s for 100k keys)
             self._append(other._q8, other._scale)
         for slot in np.nonzero(~other.alive)[0]:
             self.remove(int(start + slot))
+
+    def key_bytes(self) -> int:
+        """Bytes of per-key data this index holds: int8 keys, scales, the float32 matrix and the HNSW graph."""
+        graph = self._hnsw.memory_usage if self._hnsw is not None and not self._hnsw_is_view else 0
+        f32 = self._f32.nbytes if self._f32 is not None else 0
+        return int(self._q8.nbytes + self._scale.nbytes + f32 + graph)
 
     def unit(self, slots: np.ndarray) -> np.ndarray:
         """Unit key vectors of ``slots``: (len(slots), dim) float32."""
