@@ -9,6 +9,11 @@ two hold the same memories. Reports per size, each with the PostgreSQL / SQLite 
 * add: end-to-end throughput (embedding, training, commit) of 100 new episodes, KB/s of text;
 * recall p50 / p95 of ``recall(top_k=3)`` over LoCoMo questions, warm, in this process, the two
   backends' queries interleaved (so that both see the same load of a shared machine);
+* the key vectors the warm index holds in memory (``NamespaceIndex.key_bytes``: int8 keys, scales,
+  float32 matrix, HNSW graph; a memory-mapped snapshot's pages count, a mapped graph does not).
+  PostgreSQL's large namespaces hold none: each query reads its candidates' keys from the database;
+* with ``--held-keys``, a third steady column: PostgreSQL with every key held in memory, as before
+  the database served them (the same pgvector candidates), interleaved with the other two;
 * a fresh replica's first answer: a new ``rememory --store S recall PHRASE --json`` process, once
   the namespace's snapshot exists (median of 3, the backends alternating);
 * a new ``Memory``'s first recall once it is ready (embedder loaded), building its index from the
@@ -191,9 +196,15 @@ def _index_figures(where: Path | str, embedder, questions: list[str], extra: lis
 
 
 def _steady(stores: dict[str, Path | str], embedder, questions: list[str],
-            ranking: RankingConfig) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Warm recall p50 / p95 of both backends, their queries interleaved: both see the same machine load."""
+            ranking: RankingConfig, *, held: bool = False) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Warm recall p50 / p95 of both backends, their queries interleaved: both see the same machine load.
+
+    With ``held``, also PostgreSQL with every key in memory (the store told it serves none by rowid).
+    """
     mems = {name: Memory(where, embedder=embedder, ranking=ranking) for name, where in stores.items()}
+    if held:
+        mems["held"] = Memory(stores["postgres"], embedder=embedder, ranking=ranking)
+        mems["held"]._store.server_keys = False
     try:
         for mem in mems.values():  # load the index (from the snapshot where there is one), then warm up
             for q in questions[:5]:
@@ -204,13 +215,14 @@ def _steady(stores: dict[str, Path | str], embedder, questions: list[str],
                 t = time.perf_counter()
                 mem.recall(q, top_k=3, namespace="bench")
                 times[name].append((time.perf_counter() - t) * 1000)
+        key_mb = {name: mem._indexes["bench"].key_bytes() / 2**20 for name, mem in mems.items()}
     finally:
         for mem in mems.values():
             mem.close()
     out = {}
     for name, ms in times.items():
         p50, p95 = _percentiles(ms)
-        out[name] = {"p50": p50, "p95": p95}
+        out[name] = {"p50": p50, "p95": p95, "key_mb": key_mb[name]}
     return out
 
 
@@ -251,6 +263,8 @@ def main() -> None:
     ap.add_argument("--word-keys", action="store_true",
                     help="build stored keys from cached sentence vectors (fast builds; see above)")  # fmt: skip
     ap.add_argument("--engine", default=None, help="the memory engine that stores the texts (default: the store's)")
+    ap.add_argument("--held-keys", action="store_true",
+                    help="steady recall of PostgreSQL with every key held in memory too, interleaved")  # fmt: skip
     ap.add_argument("--quick", action="store_true",
                     help="only steady recall and a fresh replica's first answer (iterating on speed)")  # fmt: skip
     args = ap.parse_args()
@@ -265,17 +279,19 @@ def main() -> None:
         sqlite, url = _build(args.workdir, size, embedder, engine=args.engine, word_keys=args.word_keys)
         ranking = RankingConfig(ann_threshold=args.ann_threshold)
         stores: dict[str, Path | str] = {"sqlite": sqlite, "postgres": url}
-        got: dict[str, dict[str, float]] = {name: {} for name in stores}
+        got: dict[str, dict[str, float]] = {name: {} for name in [*stores, "held"]}
         if not args.quick:
             for name, where in stores.items():
                 got[name].update(_index_figures(where, embedder, questions, extra, ranking))
-        for name, figures in _steady(stores, embedder, questions, ranking).items():
+        for name, figures in _steady(stores, embedder, questions, ranking, held=args.held_keys).items():
             got[name].update(figures)
         for name, seconds in _cold(stores, questions[1]).items():
             got[name]["cold_s"] = seconds
         rows.append((size, got))
-    print(f"{'':>8} {'metric':<28} {'SQLite':>10} {'PostgreSQL':>11} {'PG/SQLite':>10}")
+    held = f" {'PG keys held':>13} {'held/SQLite':>11}" if args.held_keys else ""
+    print(f"{'':>8} {'metric':<28} {'SQLite':>10} {'PostgreSQL':>11} {'PG/SQLite':>10}{held}")
     labels = [("add_kbs", "add KB/s"), ("p50", "recall p50 ms"), ("p95", "recall p95 ms"),
+              ("key_mb", "index key MB in process"),
               ("cold_s", "fresh replica first answer s"),
               ("first_rows_s", "new index from rows s"), ("first_snap_s", "new index from snapshot s"),
               ("sync_ms", "recall after 1 remote add ms"),
@@ -285,7 +301,9 @@ def main() -> None:
             if key not in got["sqlite"]:  # --quick
                 continue
             a, b = got["sqlite"][key], got["postgres"][key]
-            print(f"{size:>8} {label:<28} {a:>10.2f} {b:>11.2f} {b / a:>9.2f}x")
+            c = got["held"].get(key)
+            more = f" {c:>13.2f} {c / a if a else float('nan'):>10.2f}x" if c is not None else ""
+            print(f"{size:>8} {label:<28} {a:>10.2f} {b:>11.2f} {b / a if a else float('nan'):>9.2f}x{more}")
 
 
 if __name__ == "__main__":

@@ -183,6 +183,71 @@ def test_large_namespaces_take_dense_candidates_from_pgvector(new_postgres_url, 
         server.close()
 
 
+@pytest.mark.parametrize("narrow", [False, True])
+def test_large_namespaces_hold_no_keys_and_recall_exactly_as_with_keys_held(new_postgres_url, embedder,
+                                                                            narrow: bool) -> None:  # fmt: skip
+    from rememory.index.config import RankingConfig
+
+    url = new_postgres_url()
+    # Past the threshold from 2 episodes. Narrow: few candidates, cut to 4 before the neighbour signals, whose
+    # windows (2 on each side) then cover only some slots: each query reads a part of the keys, in two steps.
+    extra = {"candidates": 3, "rerank": 4, "dense_far": 0.0} if narrow else {}
+    large = RankingConfig(ann_threshold=1, dense_contrast=0.0, **extra)
+    fetched = Memory(url, embedder=embedder, ranking=large)  # keys read from the database per query
+    held = Memory(url, embedder=embedder, ranking=large)
+    held._store.server_keys = False  # the same pgvector candidates, every key held in memory (as before)
+    try:
+        fetched.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
+
+        def same(top_k: int) -> None:
+            for q in [*QUERIES, "Lena and the violin"]:
+                want = held.recall(q, top_k=top_k, explain=True)
+                got = fetched.recall(q, top_k=top_k, explain=True)
+                assert [(h.id, h.text, h.score, h.explain) for h in got] == [
+                    (h.id, h.text, h.score, h.explain) for h in want]  # fmt: skip
+            a, b = fetched._indexes["default"], held._indexes["default"]
+            assert a.coherence == pytest.approx(b.coherence)
+
+        same(4)
+        idx = fetched._indexes["default"]
+        assert idx.own.ann and idx.key_bytes() == 0  # no key vector of any episode in this process
+        assert held._indexes["default"].key_bytes() >= len(STORY) * 2 * embedder.dim
+        held.forget("s3")  # a forget on another replica: the coherence starts over from the database's keys
+        fetched.add("Ilya, river", "Ilya swam across the river at dawn.", id="swim")
+        same(len(STORY))
+        assert "s3" not in [h.id for h in fetched.recall("waiting for a train", top_k=len(STORY))]
+        assert fetched.recall("swimming in a river at dawn", top_k=1)[0].id == "swim"
+        assert idx.key_bytes() == 0
+        # A fresh replica starts from the snapshot in the database, which holds no keys either.
+        fetched._save_snapshot(idx, "default")
+        fresh = Memory(url, embedder=embedder, ranking=large, read_only=True)
+        try:
+            want = [[(h.id, h.score) for h in held.recall(q, top_k=3)] for q in QUERIES]
+            assert [[(h.id, h.score) for h in fresh.recall(q, top_k=3)] for q in QUERIES] == want
+            assert fresh._indexes["default"].snapshot_size > 0 and fresh._indexes["default"].key_bytes() == 0
+        finally:
+            fresh.close()
+        # A replica that holds keys at this size (a higher threshold) reads them into the snapshot's index.
+        kept = RankingConfig(dense_contrast=0.0, **extra)
+        small = Memory(url, embedder=embedder, ranking=kept, read_only=True)
+        rows = Memory(url, embedder=embedder, ranking=kept, read_only=True)
+        rows._store_snapshots = False  # builds its index from the rows
+        try:
+            for q in QUERIES:
+                got, want = small.recall(q, top_k=3), rows.recall(q, top_k=3)
+                assert [h.id for h in got] == [h.id for h in want]
+                assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)  # (a tombstone more)
+            idx = small._indexes["default"]
+            assert idx.snapshot_size > 0 and not idx.own.ann and idx.key_bytes() > 0
+            assert rows._indexes["default"].snapshot_size == 0
+        finally:
+            small.close()
+            rows.close()
+    finally:
+        fetched.close()
+        held.close()
+
+
 def test_recall_runs_the_pgvector_searches_on_threads_of_its_own_and_close_joins_them(new_postgres_url,
                                                                                       embedder) -> None:  # fmt: skip
     from rememory.index.config import RankingConfig
@@ -191,13 +256,16 @@ def test_recall_runs_the_pgvector_searches_on_threads_of_its_own_and_close_joins
     try:
         mem.add_many([{"id": f"s{i}", "keywords": k, "text": t} for i, (k, t) in enumerate(STORY)])
         searched_on: list[str] = []
-        nearest = mem._store.nearest
+        # A large namespace's searches read the found rows' keys too (nearest_keys); held keys: nearest.
+        def recorded(search):
+            def run(*args, **kwargs):
+                searched_on.append(threading.current_thread().name)
+                return search(*args, **kwargs)
 
-        def recorded(*args, **kwargs):
-            searched_on.append(threading.current_thread().name)
-            return nearest(*args, **kwargs)
+            return run
 
-        mem._store.nearest = recorded  # the real search, its thread noted
+        for name in ("nearest", "nearest_keys"):
+            setattr(mem._store, name, recorded(getattr(mem._store, name)))  # the real search, its thread noted
         assert mem.recall("cooking dinner", top_k=1)
         # Both searches (own and context keys) ran while this thread computed BM25 and the query's time.
         assert len(searched_on) == 2 and all(name.startswith("rememory-search") for name in searched_on)

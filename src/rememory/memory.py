@@ -26,7 +26,7 @@ from .episodes import validate_episode, validate_many, validate_namespace, valid
 from .errors import ConfigError, EmbedderMismatchError, IntegrityError, NotFoundError, RememoryError, StoreBusyError
 from .index import snapshot
 from .index.config import RankingConfig
-from .index.live import NamespaceIndex, RankingFeatures, Span, TimeSignal
+from .index.live import NamespaceIndex, Pool, RankingFeatures, Span, TimeSignal
 from .limits import MAX_PAGE, MAX_TOP_K
 from .quant import quantize_int8
 from .records import (
@@ -44,7 +44,7 @@ from .records import (
     VerifyReport,
 )
 from .store import open_store
-from .store.base import check_duplicate, mismatch
+from .store.base import StoreKeys, check_duplicate, mismatch
 from .store.records import ArtifactSwap, NewEpisode, Row, StagedKey
 from .timeparse import TimeRange, episode_seconds, filter_range, query_range
 
@@ -815,7 +815,8 @@ class Memory:
                     idx = snapshot.load(self._snapshot_dir, namespace, emb.dim, self.ranking, emb.id)
                 elif self._store_snapshots:
                     idx = self._stored_snapshot(namespace)
-                idx = idx or NamespaceIndex(self._embedder.dim, self.ranking, self._nearest(namespace))
+                idx = idx or NamespaceIndex(self._embedder.dim, self.ranking, self._nearest(namespace),
+                                            self._key_source(namespace))  # fmt: skip
                 idx.snapshot_size = idx.lex.n
                 self._indexes[namespace] = idx
             if idx.generation != gen:
@@ -855,7 +856,8 @@ class Memory:
                 cipher = self._keys(namespace)
                 assert isinstance(cipher, SealedKeys)
                 data = cipher.cipher.open(data, "snapshot")
-            idx = snapshot.from_bytes(data, self._embedder.dim, self.ranking, self._nearest(namespace))
+            idx = snapshot.from_bytes(data, self._embedder.dim, self.ranking, self._nearest(namespace),
+                                      self._key_source(namespace))  # fmt: skip
         except (ValueError, KeyError, EOFError, zipfile.BadZipFile, IntegrityError) as exc:
             logger.warning("The recall snapshot of namespace %r in %s is unreadable (%s: %s); rebuilding the index "
                            "from the store.", namespace, self.location, type(exc).__name__, exc)  # fmt: skip
@@ -886,7 +888,13 @@ class Memory:
         store = self._store
         return lambda q, k, context: store.nearest(namespace, q, k, context=context)
 
-    def _start_search(self, call: Callable[[], np.ndarray]) -> Future[np.ndarray]:
+    def _key_source(self, namespace: str) -> StoreKeys | None:
+        """The store's keys of ``namespace``, where it serves them (then large namespaces' indexes hold no key)."""
+        if not (self._store.server_ann and self._store.server_keys):
+            return None
+        return StoreKeys(self._store, namespace)
+
+    def _start_search(self, call: Callable[[], Pool]) -> Future[Pool]:
         """Run one of the store's key searches on a thread of this Memory's own."""
         with self._searches_lock:
             if self._searches is None:

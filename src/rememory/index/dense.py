@@ -4,7 +4,8 @@ Keys arrive int8-quantised from the store. The exact path keeps them as a float3
 the ANN path keeps an int8 HNSW graph plus the int8 keys for exact rescoring of candidates,
 so memory stays near 2 bytes per dimension per key and no cell weights are ever loaded.
 Where the store searches keys itself (pgvector), the ANN path asks it for candidates instead
-and builds no graph.
+and builds no graph; where it also serves keys by rowid, the index holds no key at all
+(``held=False``: only each slot's alive flag) and recall reads the keys it scores from the store.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class _KeyStats:
         self.gram = np.zeros((dim, dim), np.float64) if gram else None
 
     def update(self, dense: DenseIndex) -> None:
+        unit = dense.stats_units or dense.unit  # the keys where they are: here, or in the store
         if dense.removals != self.removed_seen:  # a removal: start over (rare; O(n x dim) or O(n x dim^2))
             self.__init__(dense.dim, gram=self.gram is not None)  # type: ignore[misc]
             self.removed_seen = dense.removals
@@ -70,7 +72,7 @@ class _KeyStats:
         for lo in range(self.n, n, self.CHUNK):
             slots = np.arange(lo, min(lo + self.CHUNK, n))
             slots = slots[dense.alive[slots]]
-            u = dense.unit(slots)  # (b, dim) float32
+            u = unit(slots)  # (b, dim) float32
             self.total += u.sum(axis=0, dtype=np.float64)
             if self.gram is not None:
                 self.gram += (u.T @ u).astype(np.float64)
@@ -78,13 +80,25 @@ class _KeyStats:
         self.n = max(self.n, n)
 
 
+def unit_scales(q8: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """(m,) float32 factors that make int8 keys ``q8`` (m, dim), stored with ``scales``, unit vectors.
+
+    Keys read from the store per query go through this too, so they score exactly as held ones.
+    """
+    norms = np.linalg.norm(q8.astype(np.float32), axis=1) * np.asarray(scales, dtype=np.float32)
+    return np.asarray(scales, dtype=np.float32) / np.maximum(norms, 1e-12)  # int8 * unit -> unit vector
+
+
 class DenseIndex:
     """Unit-norm keys of one namespace in insertion order (slot = position)."""
 
-    def __init__(self, dim: int, *, ann: bool, remote: Callable[[np.ndarray, int], np.ndarray] | None = None) -> None:
+    def __init__(self, dim: int, *, ann: bool, remote: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                 held: bool = True) -> None:  # fmt: skip
         self.dim = dim
         self.ann = ann
         self.remote = remote  # ANN candidates from the store: (unit query, k) -> slots; then no graph here
+        # False: the store keeps the keys and serves them by rowid; here only n and alive (no key is read here)
+        self.held = held
         self.n = 0
         self.alive = np.zeros(0, dtype=bool)
         self._q8 = np.zeros((0, dim), dtype=np.int8)  # (n, dim) quantised keys
@@ -98,18 +112,22 @@ class DenseIndex:
         self._stats: _KeyStats | None = None
         self._frame: _Frame | None = None
         self._frame_lock = threading.Lock()  # recalls of one namespace run side by side
+        # Where the store keeps the keys (held False): reads unit keys of slots from it, for the key statistics.
+        self.stats_units: Callable[[np.ndarray], np.ndarray] | None = None
 
     def add(self, q8: np.ndarray, scales: np.ndarray) -> None:
         """Append keys (int8 rows with their dequantisation scales)."""
         if len(q8) == 0:
             return
         q8 = np.array(q8, dtype=np.int8).reshape(-1, self.dim)  # a copy: the caller's array may change
-        norms = np.linalg.norm(q8.astype(np.float32), axis=1) * np.asarray(scales, dtype=np.float32)
-        unit = np.asarray(scales, dtype=np.float32) / np.maximum(norms, 1e-12)  # int8 * unit -> unit vector
-        self._append(q8, unit)
+        self._append(q8, unit_scales(q8, scales))
 
     def _append(self, q8: np.ndarray, unit: np.ndarray) -> None:
         """Append int8 keys with the scales that make them unit vectors."""
+        if not self.held:  # the store serves them: only the slots are counted
+            self.alive = np.concatenate([self.alive, np.ones(len(q8), dtype=bool)])
+            self.n += len(q8)
+            return
         slots = np.arange(self.n, self.n + len(q8))
         n, k = self.n, len(q8)
         if n == 0:  # the first keys are taken as they are (keys are never written in place): no 40 MB copy
@@ -135,10 +153,19 @@ class DenseIndex:
     def add_unit(self, other: DenseIndex) -> None:
         """Append every slot of ``other`` (tombstones stay tombstones), e.g. to switch to ANN."""
         start = self.n
-        if other.n:  # its unit scales are known: no norms to compute (~0.5 s for 100k keys)
+        if not other.held or not self.held:  # no keys to copy: count the slots
+            self.alive = np.concatenate([self.alive, np.ones(other.n, dtype=bool)])
+            self.n += other.n
+        elif other.n:  # its unit scales are known: no norms to compute (~0.5 s for 100k keys)
             self._append(other._q8, other._scale)
         for slot in np.nonzero(~other.alive)[0]:
             self.remove(int(start + slot))
+
+    def key_bytes(self) -> int:
+        """Bytes of per-key data this index holds: int8 keys, scales, the float32 matrix and the HNSW graph."""
+        graph = self._hnsw.memory_usage if self._hnsw is not None and not self._hnsw_is_view else 0
+        f32 = self._f32.nbytes if self._f32 is not None else 0
+        return int(self._q8.nbytes + self._scale.nbytes + f32 + graph)
 
     def unit(self, slots: np.ndarray) -> np.ndarray:
         """Unit key vectors of ``slots``: (len(slots), dim) float32."""
@@ -206,6 +233,11 @@ class DenseIndex:
                 norms = self._shaped_norms(self._matrix()[:n], m, axes)
             frame = self._frame = _Frame(version, m, axes, norms)
             return frame
+
+    @staticmethod
+    def shaped(frame: _Frame, qs: np.ndarray, dots: np.ndarray, units: np.ndarray) -> np.ndarray:
+        """Shaped cosines from ``dots`` = units . qs (``qs`` from :meth:`shape_query`) and the unit keys."""
+        return (dots - float(frame.mean @ qs)) / DenseIndex._shaped_norms(units, frame.mean, frame.axes)
 
     @staticmethod
     def _shaped_norms(keys: np.ndarray, m: np.ndarray, axes: np.ndarray) -> np.ndarray:

@@ -12,18 +12,36 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
-from ..store.records import Changes, IndexRow
+from ..store.records import Changes, IndexRow, KeyRows
 from .config import BM25_SIGNALS, NEIGHBOUR_SIGNALS, WEIGHTS, RankingConfig
-from .dense import DenseIndex, Shaping
+from .dense import DenseIndex, Shaping, unit_scales
 from .lexical import LexicalIndex, _cover, _window_sum
 
 SIGNALS = WEIGHTS
 _BM25_WIDTHS = {"bm25_own": 0, "bm25_ctx1": 1, "bm25_ctx2": 2, "bm25_ctx8": 8}
 _REMOVALS = 512  # removals from which the coherence tracker starts over instead of updating per removal
 _CHUNK = 1024  # keys per step of the coherence tracker: its float64 copies stay in the CPU's caches
+Units = Callable[[np.ndarray], np.ndarray]  # slots -> (len(slots), dim) unit keys
+
+
+class KeySource(Protocol):
+    """A namespace's keys where the store holds them (``MemoryStore.server_keys``): an index past
+    ``ann_threshold`` then keeps none, and reads those each query scores from here."""
+
+    def rows(self, rowids: list[int], dim: int, *, context: bool) -> KeyRows:
+        """The own keys (and context keys, if ``context``) of ``rowids``, in rowid order (``key_rows``)."""
+        ...
+
+    def nearest(self, q: np.ndarray, k: int, dim: int, *, context: bool) -> KeyRows:
+        """Both keys of about the ``k`` rows whose own (or context) keys are nearest to unit vector ``q``."""
+        ...
+
+
+Pool = tuple[np.ndarray, KeyRows | None]  # dense candidates' slots, and their keys where the store read them too
 
 
 @dataclass(frozen=True)
@@ -172,7 +190,11 @@ class _KeyNeighbours:
 
 
 class _CoherenceTracker:
-    """Keeps a namespace's :class:`Coherence` current: O(new keys) per append, O(n / 8) bool scans per removal."""
+    """Keeps a namespace's :class:`Coherence` current: O(new keys) per append, O(n / 8) bool scans per removal.
+
+    Where the store holds the keys (``DenseIndex.held`` False), a removal starts over from every alive key,
+    read from the store: the removed episode's key, which its pairs and the sum would need, is gone with it.
+    """
 
     def __init__(self, dim: int) -> None:
         self._reset(dim)
@@ -186,33 +208,36 @@ class _CoherenceTracker:
         self.counts = [0, 0]
         self.last: list[np.ndarray] = []  # the last two alive unit keys, oldest first
 
-    def update(self, dense: DenseIndex) -> Coherence:
+    def update(self, dense: DenseIndex, unit: Units | None = None) -> Coherence:
+        """Bring the state to ``dense``'s alive slots; ``unit(slots)`` gives their unit keys (``dense.unit``)."""
+        unit = unit or dense.unit
         alive = dense.alive
         gone = np.flatnonzero(self.seen & ~alive[: self.n])
         # Many removals at once: one pass over every key costs less. (A slot alive again cannot happen: then too.)
-        if gone.size > _REMOVALS or self.alive - gone.size != int(alive[: self.n].sum()):
+        if (gone.size > _REMOVALS or self.alive - gone.size != int(alive[: self.n].sum())
+                or (gone.size and not dense.held)):  # fmt: skip
             self._reset(dense.dim)
         else:
             for slot in gone.tolist():
-                self._remove(dense, slot)
+                self._remove(unit, slot)
         if dense.n > self.n:
             new = np.arange(self.n, dense.n)
             new = new[alive[new]]
             # In chunks: a new process's first sync meets every key (100k x 384 at once was 300 MB of float64).
             for start in range(0, new.size, _CHUNK):
-                self._extend(dense.unit(new[start : start + _CHUNK]).astype(np.float64))
+                self._extend(unit(new[start : start + _CHUNK]).astype(np.float64))
             self.seen = np.concatenate([self.seen, alive[self.n : dense.n]])
             self.n = dense.n
             self.alive += int(new.size)
         return self.current()
 
-    def _remove(self, dense: DenseIndex, slot: int) -> None:
+    def _remove(self, unit: Units, slot: int) -> None:
         """Take one alive slot out: its pairs go, and its alive neighbours on each side become pairs."""
         before = np.flatnonzero(self.seen[:slot])[-2:].tolist()  # the alive slots before it, nearest last
         after = (np.flatnonzero(self.seen[slot + 1 :])[:2] + slot + 1).tolist()
         order = [*before, slot, *after]
         at = len(before)  # slot's position in order
-        units = dense.unit(np.array(order)).astype(np.float64)
+        units = unit(np.array(order)).astype(np.float64)
 
         def cos(i: int, j: int) -> float:
             return float(units[i] @ units[j])
@@ -300,8 +325,8 @@ class DenseAhead:
     """
 
     q: np.ndarray  # (dim,) the unit query they were started for
-    own: Future[np.ndarray]  # slots of the nearest own keys
-    ctx: Future[np.ndarray]  # slots of the nearest context keys
+    own: Future[Pool]  # slots of the nearest own keys (with their keys, where the store holds them)
+    ctx: Future[Pool]  # slots of the nearest context keys (likewise)
 
 
 @dataclass(frozen=True)
@@ -388,18 +413,101 @@ def fuse(f: Features, cfg: RankingConfig, normalised: dict[str, np.ndarray] | No
     return Fused(fused, parts)
 
 
+class _QueryKeys:
+    """The keys one query scores: the index's own, or, where the store holds them, read from it by rowid.
+
+    Each slot's keys are read at most once per query, one round trip per :meth:`load` (the candidates'
+    own and context keys, then their neighbours' own keys). They score exactly as held keys would:
+    the same int8 values, the same unit scales (:func:`unit_scales`), the same arithmetic.
+    """
+
+    def __init__(self, idx: NamespaceIndex) -> None:
+        self._dense = {"own": idx.own, "ctx": idx.ctx}
+        self.fetched = not idx.own.held
+        self._fetch = idx.fetch_keys
+        self._dim = idx.dim
+        self._rowids = idx.rowids  # slot -> rowid, read once: a sync in another thread replaces it
+        n = self._rowids.size if self.fetched else 0  # (held keys need none of this)
+        self._pos = {k: np.full(n, -1, dtype=np.int64) for k in self._dense}  # slot -> row of _q8, -1: not read
+        self._q8 = {k: np.zeros((0, idx.dim), dtype=np.int8) for k in self._dense}
+        self._scale = {k: np.zeros(0, dtype=np.float32) for k in self._dense}
+
+    def load(self, slots: np.ndarray, *, context: bool) -> None:
+        """Read the own keys (and context keys, if ``context``) of the alive ``slots`` not read yet."""
+        if not self.fetched:
+            return
+        assert self._fetch is not None
+        kind = "ctx" if context else "own"
+        slots = slots[slots < self._rowids.size]
+        need = slots[(self._pos[kind][slots] < 0) & self._dense[kind].alive[slots]]
+        if not need.size:
+            return
+        rowids = self._rowids[need]
+        got = self._fetch.rows(rowids.tolist(), self._dim, context=context)
+        where = dict(zip(rowids.tolist(), need.tolist()))
+        self.put(np.array([where[r] for r in got.rowids.tolist()], dtype=np.int64), got)  # deleted rows: absent
+
+    def put(self, at: np.ndarray, got: KeyRows) -> None:
+        """Keep keys the store read for slots ``at`` (``got``'s rows in that order; context keys if it has them)."""
+        if not self.fetched:
+            return
+        parts = [("own", got.key, got.key_scale)]
+        if got.ctx_key.shape[0] == got.key.shape[0]:
+            parts.append(("ctx", got.ctx_key, got.ctx_key_scale))
+        for k, q8, scales in parts:
+            self._pos[k][at] = self._q8[k].shape[0] + np.arange(at.size)
+            self._q8[k] = np.concatenate([self._q8[k], q8])
+            self._scale[k] = np.concatenate([self._scale[k], unit_scales(q8, scales)])
+
+    def _rows(self, kind: str, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = self._pos[kind][slots]
+        ok = self._dense[kind].alive[slots] & (pos >= 0)  # a row deleted since the sync scores as a tombstone
+        return ok, np.where(ok, pos, 0)
+
+    def cosine(self, kind: str, q: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """As ``DenseIndex.cosine(q, slots)`` of the ``kind`` ("own" or "ctx") keys; tombstones score -1."""
+        if not self.fetched:
+            return self._dense[kind].cosine(q, slots)
+        if not self._q8[kind].shape[0]:
+            return np.full(slots.size, -1.0, dtype=np.float32)
+        ok, at = self._rows(kind, slots)
+        dense = self._dense[kind]
+        frame = dense.frame()
+        qs = dense.shape_query(q, frame)
+        # The arithmetic of DenseIndex.cosine on held keys, so both score alike.
+        sims = self._q8[kind][at].astype(np.float32) @ qs * self._scale[kind][at]
+        if frame is not None:
+            sims = dense.shaped(frame, qs, sims, self._q8[kind][at].astype(np.float32) * self._scale[kind][at, None])
+        return np.where(ok, sims, -1.0)
+
+    def rows(self, kind: str, slots: np.ndarray) -> np.ndarray:
+        """As ``DenseIndex.rows(slots)``: (len(slots), dim) unit keys (zeros for a row deleted since the sync)."""
+        if not self.fetched:
+            return self._dense[kind].rows(slots)
+        if not self._q8[kind].shape[0]:
+            return np.zeros((slots.size, self._dim), dtype=np.float32)
+        ok, at = self._rows(kind, slots)
+        unit = self._q8[kind][at].astype(np.float32) * self._scale[kind][at, None]
+        return np.where(ok[:, None], unit, np.float32(0.0))
+
+
 class NamespaceIndex:
     """Hybrid BM25 + dense recall over one namespace."""
 
     def __init__(
-        self, dim: int, cfg: RankingConfig, nearest: Callable[[np.ndarray, int, bool], list[int]] | None = None
-    ) -> None:
+        self, dim: int, cfg: RankingConfig, nearest: Callable[[np.ndarray, int, bool], list[int]] | None = None,
+        keys: KeySource | None = None,
+    ) -> None:  # fmt: skip
         self.dim = dim
         self.cfg = cfg
         # The store's own key search, if it has one: (unit query, k, context keys?) -> row ids.
         # Past ann_threshold, dense candidates come from it and no HNSW graph is built in memory.
         self.nearest = nearest
+        # The store's keys, if it serves them: with ``nearest``, past ann_threshold the index holds no key;
+        # each query reads those of its candidates (with the searches) and their neighbours (_QueryKeys).
+        self.fetch_keys = keys
         self.slot_of: dict[int, int] = {}  # store rowid -> slot
+        self.rowids = np.zeros(0, dtype=np.int64)  # slot -> store rowid (a tombstone's stays)
         self.ids: list[str] = []  # slot -> episode id
         # slot -> the episode's time (the store's event_time, epoch seconds); NaN: none, or a tombstone
         self.times = np.zeros(0, dtype=np.float64)
@@ -416,6 +524,10 @@ class NamespaceIndex:
     @property
     def size(self) -> int:
         return int(self.lex.alive.sum())
+
+    def key_bytes(self) -> int:
+        """Bytes of key vectors this index holds in memory (0 where the store serves them: see ``fetch_keys``)."""
+        return self.own.key_bytes() + self.ctx.key_bytes()
 
     def coherence_arrays(self) -> dict[str, np.ndarray]:
         """What :meth:`restore_coherence` takes back (snapshots keep it: it sums over every key)."""
@@ -452,33 +564,66 @@ class NamespaceIndex:
 
     def _append(self, new: list[int], fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
         damaged: list[IndexRow] = []
+        fresh: DenseIndex | None = None
+        base = self.lex.n
         if new:
             rows = fetch(new)
             base = self.lex.n
             for i, row in enumerate(rows):
                 self.slot_of[row.rowid] = base + i
                 self.ids.append(row.id)
+            self.rowids = np.concatenate([self.rowids, np.array([r.rowid for r in rows], dtype=np.int64)])
             times = [np.nan if r.event_time is None else float(r.event_time) for r in rows]
             self.times = np.concatenate([self.times, np.array(times, dtype=np.float64)])
             self.lex.add([r.tokens for r in rows])
             zero = np.zeros(self.dim, dtype=np.int8)
             for name, key, scale in (("own", "key", "key_scale"), ("ctx", "ctx_key", "ctx_key_scale")):
                 keys = [zero if r.damage else getattr(r, key) for r in rows]
-                getattr(self, name).add(np.concatenate(keys) if keys else zero[:0],
-                                        np.array([1.0 if r.damage else getattr(r, scale) for r in rows]))  # fmt: skip
+                q8 = np.concatenate(keys) if keys else zero[:0]
+                scales = np.array([1.0 if r.damage else getattr(r, scale) for r in rows])
+                getattr(self, name).add(q8, scales)
+                if name == "own" and not self.own.held:  # the new own keys, for the coherence tracker alone
+                    fresh = DenseIndex(self.dim, ann=False)
+                    fresh.add(q8, scales)
             for i, row in enumerate(rows):
                 if row.damage:
                     self._tombstone(base + i)
                     damaged.append(row)
+        # Before a conversion drops the keys: the tracker reads the new ones from where they are.
+        self.coherence = self._coherence.update(self.own, self._units(fresh, base))
         self.convert_if_large()
-        self.coherence = self._coherence.update(self.own)
         return damaged
+
+    def _units(self, fresh: DenseIndex | None, base: int) -> Units:
+        """Unit own keys of slots, for the coherence tracker: the held ones; where the store holds them, those
+        of the rows just appended (``fresh``, slots from ``base``) and the store's for older slots."""
+        if self.own.held:
+            return self.own.unit
+        fetch, dim = self.fetch_keys, self.dim
+        assert fetch is not None
+
+        def unit(slots: np.ndarray) -> np.ndarray:
+            out = np.zeros((slots.size, dim), dtype=np.float32)  # a row deleted meanwhile adds nothing until the
+            new = slots >= base  # next sync, whose removal starts the tracker over
+            if fresh is not None and new.any():
+                out[new] = fresh.unit(slots[new] - base)
+            if not new.all():
+                rowids = self.rowids[slots[~new]].tolist()
+                got = fetch.rows(rowids, dim, context=False)
+                where = dict(zip(rowids, np.flatnonzero(~new).tolist()))
+                at = [where[r] for r in got.rowids.tolist()]
+                out[at] = got.key.astype(np.float32) * unit_scales(got.key, got.key_scale)[:, None]
+            return out
+
+        return unit
 
     def convert_if_large(self) -> None:
         """Past ``ann_threshold``, dense candidates come from an HNSW index (once, when it crosses)."""
         if not self.own.ann and self.size > self.cfg.ann_threshold:
-            self.own = _to_ann(self.own, self._remote(context=False))
-            self.ctx = _to_ann(self.ctx, self._remote(context=True))
+            # Where the store searches keys and serves them by rowid, no key stays here (~770 bytes an episode).
+            held = self.nearest is None or self.fetch_keys is None
+            self.own = _to_ann(self.own, self._remote(context=False), held=held)
+            self.ctx = _to_ann(self.ctx, self._remote(context=True), held=held)
 
     def _remote(self, *, context: bool) -> Callable[[np.ndarray, int], np.ndarray] | None:
         nearest = self.nearest
@@ -496,9 +641,29 @@ class NamespaceIndex:
         """Point both key indexes at the shaping ``cfg`` asks for (they keep their statistics per shaping)."""
         self.own.shaping = Shaping(float(cfg.key_centre), int(cfg.key_drop))
         self.ctx.shaping = Shaping(float(cfg.ctx_centre), int(cfg.key_drop))
+        for dense, context in ((self.own, False), (self.ctx, True)):
+            if not dense.held and dense.stats_units is None:
+                dense.stats_units = self._store_units(context)
 
-    def search_ahead(self, q: np.ndarray, start: Callable[[Callable[[], np.ndarray]], Future[np.ndarray]]
-                     ) -> DenseAhead | None:  # fmt: skip
+    def _store_units(self, context: bool) -> Units:
+        """Unit keys of slots read from the store (zeros for rows deleted meanwhile), for the key statistics
+        of an index that holds none: read once per process, and again after a removal."""
+        fetch, dim = self.fetch_keys, self.dim
+        assert fetch is not None
+
+        def unit(slots: np.ndarray) -> np.ndarray:
+            out = np.zeros((slots.size, dim), dtype=np.float32)
+            rowids = self.rowids[slots].tolist()
+            got = fetch.rows(rowids, dim, context=context)
+            where = dict(zip(rowids, range(slots.size)))
+            at = [where[r] for r in got.rowids.tolist()]
+            q8, scale = (got.ctx_key, got.ctx_key_scale) if context else (got.key, got.key_scale)
+            out[at] = q8.astype(np.float32) * unit_scales(q8, scale)[:, None]
+            return out
+
+        return unit
+
+    def search_ahead(self, q: np.ndarray, start: Callable[[Callable[[], Pool]], Future[Pool]]) -> DenseAhead | None:
         """Start the store's key searches for unit query ``q`` now (``start`` runs a call on another thread).
 
         Only where the store searches the keys (past ``ann_threshold``, with ``nearest``): each search is
@@ -511,7 +676,25 @@ class NamespaceIndex:
             return None
         self._shape(self.cfg)
         c = min(self.cfg.candidates, self.lex.n)
-        return DenseAhead(q, start(lambda: own.candidates(q, c)), start(lambda: ctx.candidates(q, c)))
+        return DenseAhead(q, start(lambda: self._pool(own, q, c, context=False)),
+                          start(lambda: self._pool(ctx, q, c, context=True)))  # fmt: skip
+
+    def _pool(self, dense: DenseIndex, q: np.ndarray, k: int, *, context: bool) -> Pool:
+        """Slots of (about) the ``k`` keys nearest ``q``; where the store holds the keys, it reads the found
+        rows' keys (both kinds) in the same search, and they come along (aligned with the slots)."""
+        if dense.held or self.fetch_keys is None:
+            return dense.candidates(q, k), None
+        k = min(k, int(dense.alive.sum()))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), None
+        # Searched with the shaped query, as DenseIndex.candidates searches a held index's store.
+        got = self.fetch_keys.nearest(dense.shape_query(q, dense.frame()), k, self.dim, context=context)
+        # Rows committed since the last sync are not indexed yet: the next recall has them.
+        found = [self.slot_of.get(r) for r in got.rowids.tolist()]
+        keep = np.array([s is not None for s in found], dtype=bool)
+        slots = np.array([s for s in found if s is not None], dtype=np.int64)
+        return slots, KeyRows(got.rowids[keep], got.key[keep], got.key_scale[keep], got.ctx_key[keep],
+                              got.ctx_key_scale[keep])  # fmt: skip
 
     def _tombstone(self, slot: int) -> None:
         self.times[slot] = np.nan
@@ -574,12 +757,17 @@ class NamespaceIndex:
         lexical = {w: s if s.size >= n else np.concatenate([s, np.zeros(n - s.size, s.dtype)])
                    for w, s in lex.scores.items()}  # fmt: skip
         want = {name for name in SIGNALS if every or getattr(cfg, name)}
+        keys = _QueryKeys(self)
         if self.own.ann:
             c = min(cfg.candidates, n)
             if ahead is not None and ahead.q is q:
-                pools = [ahead.own.result(), ahead.ctx.result()]
+                found = [ahead.own.result(), ahead.ctx.result()]
             else:
-                pools = [self.own.candidates(q, c), self.ctx.candidates(q, c)]
+                found = [self._pool(self.own, q, c, context=False), self._pool(self.ctx, q, c, context=True)]
+            for slots, got in found:
+                if got is not None:
+                    keys.put(slots, got)
+            pools = [slots for slots, _ in found]
             summed = np.zeros(n)
             for s in lexical.values():
                 top = float(s.max()) if s.size else 0.0
@@ -592,6 +780,7 @@ class NamespaceIndex:
                 cand = np.flatnonzero(allowed)
         else:
             cand = np.flatnonzero(allowed)
+        keys.load(cand, context=True)  # the candidates' keys the searches did not bring: one round trip
         raw: dict[str, np.ndarray] = {}
         if time is not None and time.named is not None and "time_match" in want:
             inside = self.within(time.named)[cand]
@@ -603,10 +792,10 @@ class NamespaceIndex:
             if name in want:
                 raw[name] = lexical[w][cand]
         if "dense_ctx" in want:
-            raw["dense_ctx"] = self.ctx.cosine(q, cand)
+            raw["dense_ctx"] = keys.cosine("ctx", q, cand)
         if self.own.ann:
             if "dense_own" in want:
-                raw["dense_own"] = self.own.cosine(q, cand)
+                raw["dense_own"] = keys.cosine("own", q, cand)
             keep = max(cfg.rerank, top_k)
             if cand.size > keep:  # neighbour signals read 17 keys per candidate: only for the most promising
                 cheap = replace(cfg, dense_near=0.0, dense_far=0.0, prf=0.0)
@@ -617,7 +806,8 @@ class NamespaceIndex:
         if "dense_near" in want or "dense_far" in want or ("dense_own" in want and not self.own.ann):
             far = 8 if "dense_far" in want else 2 if "dense_near" in want else 0
             near = _cover(cand, far, n)  # cand is sorted; its neighbours, sorted
-            own = self.own.cosine(q, near) * alive[near]  # (len(near),); tombstones 0, and not counted below
+            keys.load(near, context=False)
+            own = keys.cosine("own", q, near) * alive[near]  # (len(near),); tombstones 0, and not counted below
             if "dense_own" in want and not self.own.ann:
                 raw["dense_own"] = _at(near, own, cand)
             for name, w in (("dense_near", 2), ("dense_far", 8)):
@@ -628,8 +818,8 @@ class NamespaceIndex:
             if nn is not None and nn.shape[0] >= n:  # (a sync in another thread may not have added the keys yet)
                 cos = self.own.cosine(q)  # (n,) tombstones -1, never anyone's neighbour
                 raw["dense_contrast"] = cos[cand] - cos[nn[cand]].mean(axis=1)
-        keys = self.ctx.rows(cand) if "prf" in want else np.zeros((cand.size, self.dim), np.float32)
-        return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q, keys, factor, lex.evidence)
+        ctx_keys = keys.rows("ctx", cand) if "prf" in want else np.zeros((cand.size, self.dim), np.float32)
+        return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q, ctx_keys, factor, lex.evidence)
 
     def search(self, q: np.ndarray, lexical: Lexical, top_k: int, *, explain: bool = False,
                time: TimeSignal | None = None, ahead: DenseAhead | None = None) -> list[Scored]:  # fmt: skip
@@ -688,8 +878,10 @@ def _window_mean(near: np.ndarray, vals: np.ndarray, lex: LexicalIndex, at: np.n
     return total / np.maximum(count, 1)
 
 
-def _to_ann(dense: DenseIndex, remote: Callable[[np.ndarray, int], np.ndarray] | None) -> DenseIndex:
-    """Rebuild a grown namespace's keys as an HNSW index, or hand its search to the store (once, at the threshold)."""
-    ann = DenseIndex(dense.dim, ann=True, remote=remote)
+def _to_ann(dense: DenseIndex, remote: Callable[[np.ndarray, int], np.ndarray] | None, *,
+            held: bool = True) -> DenseIndex:  # fmt: skip
+    """Rebuild a grown namespace's keys as an HNSW index, or hand its search to the store (once, at the threshold);
+    without ``held``, the store also keeps the keys: only the slots' alive flags are kept."""
+    ann = DenseIndex(dense.dim, ann=True, remote=remote, held=held)
     ann.add_unit(dense)
     return ann

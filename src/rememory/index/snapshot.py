@@ -33,9 +33,9 @@ import numpy as np
 
 from ..fsutil import private_dir
 from .config import RankingConfig
-from .dense import DenseIndex
+from .dense import DenseIndex, unit_scales
 from .lexical import LexicalIndex
-from .live import NamespaceIndex
+from .live import KeySource, NamespaceIndex
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +169,9 @@ def _live_arrays(idx: NamespaceIndex) -> tuple[dict[str, np.ndarray], np.ndarray
     keep = live[lex._doc]  # postings of live slots only: a forgotten episode's tokens are never written
     big: dict[str, np.ndarray] = {"tok": lex._tok[keep], "doc": lex._doc[keep], "tf": lex._tf[keep]}
     for name, dense in (("own", idx.own), ("ctx", idx.ctx)):
+        if not dense.held:  # the store keeps the keys: none to write (the snapshot shrinks by ~770 bytes a slot)
+            big[f"{name}_q8"], big[f"{name}_scale"] = dense._q8, dense._scale
+            continue
         big[f"{name}_q8"] = np.where(live[:, None], dense._q8, 0).astype(np.int8)
         big[f"{name}_scale"] = np.where(live, dense._scale, 0).astype(dense._scale.dtype)
     return big, rowids
@@ -208,35 +211,68 @@ def to_bytes(idx: NamespaceIndex) -> bytes:
 
 
 def from_bytes(
-    data: bytes, dim: int, cfg: RankingConfig, nearest: Callable[[np.ndarray, int, bool], list[int]] | None
+    data: bytes, dim: int, cfg: RankingConfig, nearest: Callable[[np.ndarray, int, bool], list[int]] | None,
+    keys: KeySource | None = None,
 ) -> NamespaceIndex:
     """The index :func:`to_bytes` wrote; ``ValueError`` (or ``KeyError``, ``zipfile.BadZipFile``) if it is unusable.
 
     The large arrays stay views of ``data`` (read-only, never written: keys and postings); the ones an index
-    changes in place (alive flags, lengths, times) are copied.
+    changes in place (alive flags, lengths, times) are copied. A snapshot of an index whose store held the
+    keys has none: it is usable only by an index that reads them from the store too (``nearest`` and ``keys``).
     """
     a = _views(data)
     if int(a["format"][0]) != FORMAT or int(a["dim"][0]) != dim:
         raise ValueError(f"it has format {int(a['format'][0])} and {int(a['dim'][0])} dimensions")
-    idx = NamespaceIndex(dim, cfg, nearest)
+    idx = NamespaceIndex(dim, cfg, nearest, keys)
     ids = bytes(a["ids"]).decode("utf-8")
     idx.ids = ids.split("\n") if ids else []
     idx.slot_of = _slot_of(a["rowids"], a["alive"])
+    idx.rowids = np.array(a["rowids"], dtype=np.int64)
     lex = LexicalIndex()
     lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"].copy(), a["dl"].copy()
     lex._tok, lex._doc, lex._tf = a["tok"], a["doc"].astype(np.int64), a["tf"].astype(np.float64)
     idx.lex = lex
     idx.times = _times(a, lex.n)
+    keyless = lex.n > 0 and a["own_q8"].shape[0] == 0 and a["ctx_q8"].shape[0] == 0
     for name in ("own", "ctx"):
-        dense = DenseIndex(dim, ann=False)
+        dense = DenseIndex(dim, ann=False, held=not keyless)
         dense.n = len(a[f"{name}_alive"])
         dense._q8, dense._scale, dense.alive = a[f"{name}_q8"], a[f"{name}_scale"], a[f"{name}_alive"].copy()
         setattr(idx, name, dense)
-    if len(idx.ids) != lex.n or idx.own._q8.shape != (lex.n, dim):
+    if len(idx.ids) != lex.n or idx.rowids.shape != (lex.n,) or (
+            not keyless and idx.own._q8.shape != (lex.n, dim)):  # fmt: skip
         raise ValueError(f"it lists {len(idx.ids)} ids and {len(idx.own._q8)} keys for {lex.n} slots")
     idx.restore_coherence(a)
+    if keyless and keys is not None and idx.size <= cfg.ann_threshold:
+        _read_keys(idx, keys)  # a process that holds keys at this size (a higher ann_threshold): read them once
     idx.convert_if_large()
+    if keyless and (idx.own.held or not idx.own.ann):
+        raise ValueError("it holds no keys (its store serves them), and this index keeps them in memory")
+    if not keyless and not idx.own.held:  # a snapshot with keys that are now dropped: free the blob (~100 MB)
+        lex._tok = lex._tok.copy()
     return idx
+
+
+def _read_keys(idx: NamespaceIndex, keys: KeySource, batch: int = 8192) -> None:
+    """Give a keyless snapshot's index every alive slot's keys, read from the store by rowid, in batches.
+
+    A row deleted since the snapshot gets a zero key (it scores nothing, and the next sync tombstones it).
+    """
+    n, dim = idx.lex.n, idx.dim
+    q8 = {k: np.zeros((n, dim), dtype=np.int8) for k in ("own", "ctx")}
+    unit = {k: np.zeros(n, dtype=np.float32) for k in ("own", "ctx")}
+    slots = np.flatnonzero(idx.own.alive)
+    for start in range(0, slots.size, batch):
+        part = slots[start : start + batch]
+        got = keys.rows(idx.rowids[part].tolist(), dim, context=True)
+        where = dict(zip(idx.rowids[part].tolist(), part.tolist()))
+        at = np.array([where[r] for r in got.rowids.tolist()], dtype=np.int64)
+        for k, key, scale in (("own", got.key, got.key_scale), ("ctx", got.ctx_key, got.ctx_key_scale)):
+            q8[k][at], unit[k][at] = key, unit_scales(key, scale)
+    for name in ("own", "ctx"):
+        dense = DenseIndex(dim, ann=False)
+        dense.n, dense._q8, dense._scale, dense.alive = n, q8[name], unit[name], getattr(idx, name).alive
+        setattr(idx, name, dense)
 
 
 def _views(data: bytes) -> dict[str, np.ndarray]:
@@ -320,6 +356,7 @@ def _load(stem: Path, path: Path, dim: int, cfg: RankingConfig, embedder: str) -
     ids = bytes(a["ids"]).decode("utf-8")
     idx.ids = ids.split("\n") if ids else []
     idx.slot_of = _slot_of(a["rowids"], a["alive"])
+    idx.rowids = np.array(a["rowids"], dtype=np.int64)
     lex = LexicalIndex()
     lex.n, lex.alive, lex.dl = len(a["alive"]), a["alive"].copy(), a["dl"].copy()
     lex._tok, lex._doc, lex._tf = a["tok"], a["doc"], a["tf"]

@@ -92,6 +92,7 @@ def _attach_keyring(store: Any, secret: str | bytes | None, keyring: str | os.Pa
         )
     store.codec = SealedCodec(ring)
     store.server_ann = False  # pgvector cannot search sealed keys: dense search runs in process
+    store.server_keys = False  # ... and the keys must be unsealed: the index holds them, opened once
 
 
 __all__ = ["POSTGRES_SCHEMES", "MemoryStore", "is_postgres_url", "open_store"]

@@ -23,6 +23,7 @@ from .records import (
     Changes,
     Damage,
     IndexRow,
+    KeyRows,
     NewEpisode,
     Row,
     SizeReport,
@@ -40,6 +41,8 @@ class MemoryStore(Protocol):
 
     read_only: bool
     server_ann: bool  # whether ``nearest`` searches keys in the backend (then indexes keep no HNSW graph)
+    # Whether ``key_rows`` serves stored keys by rowid (then indexes past ann_threshold keep no key in memory).
+    server_keys: bool
 
     @property
     def keyring(self) -> Keyring | None:
@@ -144,6 +147,22 @@ class MemoryStore(Protocol):
         Only where ``server_ann``; large namespaces take their dense candidates from it.
         """
         ...
+    def key_rows(self, rowids: Sequence[int], dim: int, *, context: bool) -> KeyRows:
+        """The stored own keys (and context keys, if ``context``) of ``rowids``, in rowid order.
+
+        Only where ``server_keys``: a large namespace's index reads the keys of each query's candidates
+        and their neighbours from here instead of holding every key. Rows deleted meanwhile are absent,
+        and so are rows whose keys are not ``dim`` bytes long (their index took them as damaged).
+        """
+        ...
+
+    def nearest_keys(self, namespace: str, q: np.ndarray, k: int, dim: int, *, context: bool) -> KeyRows:
+        """:meth:`nearest`, with the found rows' keys of both kinds (nearest first) read in the same search.
+
+        Only where ``server_keys``.
+        """
+        ...
+
     # --- recall-index snapshots kept in the store itself (only where ``snapshot_dir`` is None) ---
     def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None: ...
     def save_index_snapshot(self, namespace: str, seq: int, data: bytes) -> bool:
@@ -154,6 +173,21 @@ class MemoryStore(Protocol):
     def damaged(self, namespace: str | None = None) -> list[Damage]: ...
     def count(self, namespace: str | None = None) -> int: ...
     def size_report(self, namespace: str | None = None) -> SizeReport: ...
+
+
+class StoreKeys:
+    """A namespace's keys as its recall index reads them from a store that serves them
+    (:class:`rememory.index.live.KeySource`, where ``MemoryStore.server_keys``)."""
+
+    def __init__(self, store: MemoryStore, namespace: str) -> None:
+        self.store = store
+        self.namespace = namespace
+
+    def rows(self, rowids: list[int], dim: int, *, context: bool) -> KeyRows:
+        return self.store.key_rows(rowids, dim, context=context)
+
+    def nearest(self, q: np.ndarray, k: int, dim: int, *, context: bool) -> KeyRows:
+        return self.store.nearest_keys(self.namespace, q, k, dim, context=context)
 
 
 def same_content(row: Row, ep: Episode, digest: bytes) -> bool:

@@ -11,7 +11,8 @@ went), so an episode committed on one replica is recalled on every other one at 
 request, a forgotten one never comes back, and a sync costs O(changes), not O(namespace).
 
 Namespaces past ``RankingConfig.ann_threshold`` take their dense candidates from pgvector's
-HNSW indexes over both keys (``nearest``), and their index is kept as one blob in
+HNSW indexes over both keys (``nearest``) and the int8 keys each query scores from their rows
+(``key_rows``), so a replica holds no key vector of them; their index is kept as one blob in
 ``index_snapshots`` (dropped by any deletion in the namespace), so a fresh replica loads it and
 catches up from the change log instead of reading every row.
 
@@ -39,7 +40,7 @@ from ..engine import Artifact
 from ..errors import ConfigError, IntegrityError, StoreBusyError, StoreError
 from . import shards
 from .base import check_duplicate, mismatch
-from .records import ArtifactSwap, NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
+from .records import ArtifactSwap, KeyRows, NewEpisode, Row, SizeReport, StagedKey, StoredSnapshot
 from .sql import (
     CLEAR_OTHER_STAGED_SQL,
     DELETION_LOG_S,
@@ -616,6 +617,25 @@ class PostgresStore(SQLReads):
         got = self._read(nearest_sql(context, int(q.shape[0])), (namespace, _vector_text(q), int(k)))
         return [int(t[0]) for t in got]
 
+    server_keys = True
+
+    def key_rows(self, rowids: Sequence[int], dim: int, *, context: bool) -> KeyRows:
+        """The int8 keys of ``rowids`` (rowid order), so a large namespace's index holds none of them."""
+        ctx = ", COALESCE(ctx_key, key), COALESCE(ctx_key_scale, key_scale)" if context else ""
+        with self._conn() as conn:  # binary: the keys come as they are, not hex-escaped
+            got = conn.execute(f"SELECT rowid, key, key_scale{ctx} FROM episodes WHERE rowid = ANY(%s) ORDER BY rowid",
+                               ([int(r) for r in rowids],), binary=True).fetchall()  # fmt: skip
+        # (one aggregated row of concatenated keys took twice as long: the aggregates' sorts)
+        return _key_rows(got, dim, context=context)
+
+    def nearest_keys(self, namespace: str, q: np.ndarray, k: int, dim: int, *, context: bool) -> KeyRows:
+        """:meth:`nearest` that also reads the found rows' keys: the index scan visits those rows anyway."""
+        cols = "rowid, key, key_scale, COALESCE(ctx_key, key), COALESCE(ctx_key_scale, key_scale)"
+        with self._conn() as conn:
+            got = conn.execute(nearest_sql(context, int(q.shape[0]), cols), (namespace, _vector_text(q), int(k)),
+                               binary=True).fetchall()  # fmt: skip
+        return _key_rows(got, dim, context=True)
+
     def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None:
         with self._conn() as conn:  # binary: the blob comes as it is, not hex-escaped (~100 MB at 100k episodes)
             got = conn.execute("SELECT seq, data FROM index_snapshots WHERE namespace = %s", (namespace,),
@@ -772,10 +792,24 @@ def _qmark(conn: Any) -> Any:
     return lambda sql, params: conn.execute(sql.replace("?", "%s"), params)
 
 
-def nearest_sql(context: bool, dim: int) -> str:
+def _key_rows(got: Sequence[Any], dim: int, *, context: bool) -> KeyRows:
+    """:class:`KeyRows` of (rowid, key, scale[, ctx key, ctx scale]) tuples, in their order; keys of another
+    length than ``dim`` are left out (their rows were indexed as damaged)."""
+    got = [t for t in got if len(t[1]) == dim and (not context or len(t[3]) == dim)]
+
+    def keys(col: int) -> tuple[np.ndarray, np.ndarray]:
+        q8 = np.frombuffer(b"".join(t[col] for t in got), dtype=np.int8).reshape(-1, dim)
+        return q8, np.array([t[col + 1] for t in got], dtype=np.float64)
+
+    key, scale = keys(1)
+    ctx_key, ctx_scale = keys(3) if context else (np.zeros((0, dim), dtype=np.int8), np.zeros(0))
+    return KeyRows(np.array([t[0] for t in got], dtype=np.int64), key, scale, ctx_key, ctx_scale)
+
+
+def nearest_sql(context: bool, dim: int, cols: str = "rowid") -> str:
     """The statement of :meth:`PostgresStore.nearest`: its ORDER BY is the HNSW indexes' expression."""
     col = "ctx_embedding" if context else "embedding"
-    return (f"SELECT rowid FROM episodes WHERE namespace = %s"
+    return (f"SELECT {cols} FROM episodes WHERE namespace = %s"
             f" ORDER BY {ann_expr(col, dim)} <=> %s::halfvec({int(dim)}) LIMIT %s")  # fmt: skip
 
 

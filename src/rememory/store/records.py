@@ -59,6 +59,18 @@ class IndexRow:
 
 
 @dataclass(frozen=True)
+class KeyRows:
+    """The stored int8 keys of some rows (``MemoryStore.key_rows``, in rowid order; ``nearest_keys``, nearest
+    first); rows gone are absent."""
+
+    rowids: np.ndarray  # (m,) int64
+    key: np.ndarray  # (m, dim) int8 own keys
+    key_scale: np.ndarray  # (m,) dequantise: key * key_scale
+    ctx_key: np.ndarray  # (m, dim) int8 context keys; (0, dim) when they were not asked for
+    ctx_key_scale: np.ndarray  # (m,) or (0,)
+
+
+@dataclass(frozen=True)
 class Changes:
     """What changed in one namespace since a recall index last synced (see ``MemoryStore.changes``)."""
 

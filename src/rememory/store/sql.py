@@ -18,7 +18,7 @@ import numpy as np
 from ..engine import SharedModel
 from ..errors import DuplicateIdError, IntegrityError, StoreError
 from ..integrity import DIGEST_SIZE
-from .records import Changes, Damage, IndexRow, Row, StoredModel, StoredSnapshot
+from .records import Changes, Damage, IndexRow, KeyRows, Row, StoredModel, StoredSnapshot
 from .sealing import PLAIN, PlainCodec
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class SQLReads:
     and ``_run_write`` (a write transaction whose ``execute`` takes ``?`` placeholders)."""
 
     server_ann = False  # SQLite: large namespaces search their keys with an in-process HNSW graph
+    server_keys = False  # SQLite: recall indexes hold every key in memory (read from the local file)
     codec: PlainCodec = PLAIN  # SealedCodec in an encrypted store (rememory.store.sealing)
 
     @property
@@ -147,6 +148,12 @@ class SQLReads:
 
     def nearest(self, namespace: str, q: np.ndarray, k: int, *, context: bool) -> list[int]:
         raise NotImplementedError(f"{type(self).__name__} searches no keys itself (server_ann is False)")
+
+    def key_rows(self, rowids: Sequence[int], dim: int, *, context: bool) -> KeyRows:
+        raise NotImplementedError(f"{type(self).__name__} serves no keys by rowid (server_keys is False)")
+
+    def nearest_keys(self, namespace: str, q: np.ndarray, k: int, dim: int, *, context: bool) -> KeyRows:
+        raise NotImplementedError(f"{type(self).__name__} searches no keys itself (server_keys is False)")
 
     def load_index_snapshot(self, namespace: str) -> StoredSnapshot | None:
         raise NotImplementedError(f"{type(self).__name__} keeps index snapshots in files (snapshot_dir)")
