@@ -331,3 +331,35 @@ def test_shaped_cosine_equals_centring_and_projecting_the_keys(ann: bool, centre
         assert set(dense.candidates(q, 5).tolist()) == set(np.argsort(-want)[:5].tolist())
     dense.shaping = Shaping()
     np.testing.assert_allclose(dense.cosine(q), np.where(dense.alive, unit @ q, -1.0), atol=1e-5)
+
+
+def test_key_statistics_travel_with_a_snapshot_and_a_switch_to_ann() -> None:
+    keys = _keys(50, dim=16, seed=3)
+    q8 = np.round(keys * 127).astype(np.int8)
+    exact = DenseIndex(16, ann=False)
+    exact.add(q8, np.full(50, 1 / 127, np.float32))
+    exact.remove(7)
+    exact.shaping = Shaping(1.0, 0)
+    q = keys[11]
+    want = exact.cosine(q)
+    arrays = exact.stats_arrays("own")
+    assert set(arrays) == {"own_stats_seen", "own_stats_total"}
+
+    def no_key_read(slots: np.ndarray) -> np.ndarray:
+        raise AssertionError("statistics restored: no key is read for them")
+
+    again = DenseIndex(16, ann=False)
+    again.add(q8, np.full(50, 1 / 127, np.float32))
+    again.remove(7)
+    again.shaping, again.stats_units = Shaping(1.0, 0), no_key_read
+    again.restore_stats(arrays, "own")
+    np.testing.assert_allclose(again.cosine(q), want, atol=1e-6)
+    ann = DenseIndex(16, ann=True)
+    ann.add_unit(again)  # the switch to ANN at the threshold keeps them too
+    ann.shaping, ann.stats_units = Shaping(1.0, 0), no_key_read
+    np.testing.assert_allclose(ann.cosine(q), want, atol=1e-5)
+    # Statistics of other keys are refused: computed from the keys instead.
+    other = DenseIndex(16, ann=False)
+    other.add(q8[:40], np.full(40, 1 / 127, np.float32))
+    other.restore_stats(arrays, "own")
+    assert other._stats is None

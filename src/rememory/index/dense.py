@@ -11,7 +11,7 @@ and builds no graph; where it also serves keys by rowid, the index holds no key 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +160,14 @@ class DenseIndex:
             self._append(other._q8, other._scale)
         for slot in np.nonzero(~other.alive)[0]:
             self.remove(int(start + slot))
+        st = other._stats
+        if start == 0 and st is not None and st.n == other.n and st.removed_seen == other.removals:
+            # The same keys: their statistics carry over (an index that holds none would read them all back).
+            self._stats = _KeyStats(self.dim, gram=st.gram is not None)
+            self._stats.n, self._stats.count, self._stats.removed_seen = st.n, st.count, self.removals
+            self._stats.total = st.total.copy()
+            if st.gram is not None:
+                self._stats.gram = st.gram.copy()
 
     def key_bytes(self) -> int:
         """Bytes of per-key data this index holds: int8 keys, scales, the float32 matrix and the HNSW graph."""
@@ -233,6 +241,29 @@ class DenseIndex:
                 norms = self._shaped_norms(self._matrix()[:n], m, axes)
             frame = self._frame = _Frame(version, m, axes, norms)
             return frame
+
+    def stats_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The key statistics as arrays for a snapshot (none while the shaping is plain)."""
+        if self.frame() is None or self._stats is None:
+            return {}
+        st = self._stats
+        return {f"{prefix}_stats_seen": np.array([st.n, st.count], dtype=np.int64), f"{prefix}_stats_total": st.total}
+
+    def restore_stats(self, a: Mapping[str, np.ndarray], prefix: str) -> None:
+        """Take the statistics :meth:`stats_arrays` gave if they cover exactly this index's slots (else compute them
+        when first needed). The principal directions' Gram matrix is not kept: ``Shaping.drop`` recomputes it."""
+        seen, total = a.get(f"{prefix}_stats_seen"), a.get(f"{prefix}_stats_total")
+        if seen is None or total is None:
+            return
+        seen, total = np.asarray(seen), np.asarray(total, dtype=np.float64)
+        if seen.shape != (2,) or total.shape != (self.dim,) or not np.isfinite(total).all():
+            return
+        if int(seen[0]) != self.n or int(seen[1]) != int(self.alive[: self.n].sum()):
+            return
+        st = _KeyStats(self.dim, gram=False)
+        st.n, st.count, st.removed_seen, st.total = self.n, int(seen[1]), self.removals, total.copy()
+        with self._frame_lock:
+            self._stats, self._frame = st, None
 
     @staticmethod
     def shaped(frame: _Frame, qs: np.ndarray, dots: np.ndarray, units: np.ndarray) -> np.ndarray:

@@ -530,13 +530,17 @@ class NamespaceIndex:
         return self.own.key_bytes() + self.ctx.key_bytes()
 
     def coherence_arrays(self) -> dict[str, np.ndarray]:
-        """What :meth:`restore_coherence` takes back (snapshots keep it: it sums over every key)."""
-        return self._coherence.arrays()
+        """What :meth:`restore_coherence` takes back (snapshots keep it, and the key statistics of the shaping:
+        both sum over every key, which an index whose keys the store holds would otherwise read back)."""
+        self._shape(self.cfg)
+        return {**self._coherence.arrays(), **self.own.stats_arrays("own"), **self.ctx.stats_arrays("ctx")}
 
     def restore_coherence(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Resume the coherence of a snapshot's keys, if ``arrays`` (from a snapshot) hold it for exactly them."""
+        """Resume the coherence and key statistics of a snapshot's keys, where ``arrays`` hold them for exactly them."""
         if self._coherence.restore(arrays, self.own):
             self.coherence = self._coherence.current()
+        self.own.restore_stats(arrays, "own")
+        self.ctx.restore_stats(arrays, "ctx")
 
     def apply(self, changes: Changes, fetch: Callable[[list[int]], list[IndexRow]]) -> list[IndexRow]:
         """Apply the store's ``changes`` (O(changes) unless they are ``complete``); as :meth:`sync` otherwise."""
