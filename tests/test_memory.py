@@ -378,10 +378,52 @@ def test_a_damaged_predecessor_is_named_in_a_warning(make_sqlite_memory, tmp_pat
     mem = make_sqlite_memory()
     mem.add_many(EPISODES)
     with raw_db(tmp_path / "store") as db:
-        db.execute("UPDATE episodes SET cell = '{' WHERE id = 'cat'")
+        db.execute("UPDATE episodes SET cell = '{' WHERE id = 'cat'")  # its text is lost, its key is not
     with caplog.at_level("WARNING", logger="rememory"):
         mem.add("tea", "Green tea at noon.")
+    assert "predecessor" not in caplog.text  # context keys read the predecessors' keys, never their text
+    with raw_db(tmp_path / "store") as db:
+        db.execute("UPDATE episodes SET key = x'00' WHERE id = 'cat'")  # now the predecessor's predecessor
+    with caplog.at_level("WARNING", logger="rememory"):
+        mem.add("coffee", "Black coffee at dawn.")
     assert "'cat'" in caplog.text and "predecessor" in caplog.text
+
+
+def _key_vectors(mem: Memory) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every episode's own and context key, dequantised, by id."""
+    rowids = [r.rowid for batch in mem._store.iter_rows() for r in batch]
+    return {k.id: (k.key.astype(np.float64) * k.key_scale, k.ctx_key.astype(np.float64) * k.ctx_key_scale)
+            for k in mem._store.index_rows(rowids)}  # fmt: skip
+
+
+def test_context_keys_blend_the_neighbours_own_keys_the_same_in_every_add_and_reembed(make_memory) -> None:
+    """A context key is the normalised sum of the own keys around it, each weighted by its size and distance;
+    adding in one call or two, and reembedding, give the same keys (no second passage is embedded)."""
+    from rememory.contextkeys import CONTEXT_DECAY, CONTEXT_REACH, key_bytes
+
+    mem = make_memory()
+    mem.add_many(EPISODES)
+    keys = _key_vectors(mem)
+    own = [keys[e["id"]][0] for e in EPISODES]
+    sizes = [key_bytes(e["keywords"], len(e["text"].encode("utf-8"))) for e in EPISODES]
+    for i, e in enumerate(EPISODES):
+        want = sum(CONTEXT_DECAY ** abs(i - j) * sizes[j] * own[j] for j in range(len(EPISODES))
+                   if abs(i - j) <= CONTEXT_REACH)  # fmt: skip
+        got = keys[e["id"]][1]
+        assert float(got @ want) / float(np.linalg.norm(got) * np.linalg.norm(want)) > 0.9999, e["id"]  # int8
+    mem.close()
+
+    def same(a: dict[str, tuple[np.ndarray, np.ndarray]], b: dict[str, tuple[np.ndarray, np.ndarray]], ids) -> bool:
+        return all(np.allclose(a[i][k], b[i][k], atol=0.02) for i in ids for k in (0, 1))  # int8 steps of ~.001
+
+    two = make_memory("two")
+    two.add_many(EPISODES[:2])
+    two.add_many(EPISODES[2:])  # the second call reads its predecessors' keys from the store
+    assert same(_key_vectors(two), keys, ["dacha", "cat"])
+    assert not same(_key_vectors(two), keys, ["van"])  # 'van' was added before its next neighbours
+    two.reembed()  # the store's own embedder: every context key as one add_many makes it
+    assert same(_key_vectors(two), keys, [e["id"] for e in EPISODES])
+    two.close()
 
 
 # --- reembed ---

@@ -20,6 +20,7 @@ from .archive import ArchivedEpisode, ArchiveProgress, ExportReport, ImportRepor
 from .cells.model import CellConfig
 from .config import resolve_max_text_bytes, resolve_secret, resolve_store_path
 from .content import PLAIN_KEYS, ContentKeys, SealedKeys
+from .contextkeys import CONTEXT_REACH, OwnKey, context_key, key_bytes, own_key
 from .embed import Embedder, load_embedder
 from .engine import DEFAULT_ENGINE, Artifact, DecodeItem, MemoryEngine, create_engine, engine_class
 from .episodes import validate_episode, validate_many, validate_namespace, validate_query
@@ -28,7 +29,6 @@ from .index import snapshot
 from .index.config import RankingConfig
 from .index.live import NamespaceIndex, Pool, RankingFeatures, Span, TimeSignal
 from .limits import MAX_PAGE, MAX_TOP_K
-from .quant import quantize_int8
 from .records import (
     DayCount,
     EncodeProgress,
@@ -274,14 +274,29 @@ class Memory:
             if self._engine_explicit and self._store.default_engine() != self._engine_name:
                 self._store.set_default_engine(self._engine_name)  # the store's engine from now on
             self._engine_explicit = False
-        contexts = self._context_texts([ep for ep, _, _ in todo])
+        # Context keys blend each episode's own key with its neighbours' (rememory.contextkeys): a chunk's
+        # last episodes need the own keys of the first ones of the next chunk, embedded ahead and kept.
+        order: dict[str, builtins.list[int]] = {}  # each namespace's positions in ``todo``
+        for p, (ep, _, _) in enumerate(todo):
+            order.setdefault(ep.namespace, []).append(p)
+        rank = {p: k for ps in order.values() for k, p in enumerate(ps)}  # position within its namespace
+        known = {ns: self._stored_tail(ns) for ns in order}  # own keys by rank; the stored ones before 0
         total_bytes = sum(len(d) for _, d, _ in todo)
         start = time.perf_counter()
         done_cells = done_bytes = 0
         for i in range(0, len(todo), self._batch_size):
             chunk = todo[i : i + self._batch_size]
-            vecs = self._embedder.embed_batch([key_text(ep.keywords, ep.text) for ep, _, _ in chunk])
-            ctx_vecs = self._embedder.embed_batch(contexts[i : i + self._batch_size])
+            span = range(i, i + len(chunk))
+            need: set[int] = set()  # the chunk and the next CONTEXT_REACH of each namespace, if not embedded yet
+            for p in span:
+                ns = todo[p][0].namespace
+                ahead_of_p = range(rank[p], min(rank[p] + CONTEXT_REACH + 1, len(order[ns])))
+                need.update(order[ns][k] for k in ahead_of_p if k not in known[ns])
+            ahead = sorted(need)
+            vecs = self._embedder.embed_batch([key_text(todo[p][0].keywords, todo[p][0].text) for p in ahead])
+            for p, vec in zip(ahead, vecs, strict=True):
+                ep = todo[p][0]
+                known[ep.namespace][rank[p]] = own_key(vec, key_bytes(ep.keywords, len(todo[p][1])))
             arts: builtins.list[Artifact | None] = [None] * len(chunk)
             # One encode per namespace: an engine with shared models encodes with its namespace's model.
             for ns in sorted({ep.namespace for ep, _, _ in chunk}):
@@ -301,43 +316,38 @@ class Memory:
                 done_cells += len(pos)
                 done_bytes += sum(len(chunk[j][1]) for j in pos)
             items = []
-            for (ep, data, dg), vec, ctx_vec in zip(chunk, vecs, ctx_vecs):
-                q, scale = quantize_int8(vec)
-                cq, cscale = quantize_int8(ctx_vec)
+            for p, (ep, data, dg) in zip(span, chunk):
+                own = known[ep.namespace][rank[p]]
+                cq, cscale = context_key(known[ep.namespace], rank[p])
                 tokens = keys[ep.namespace].tokens(f"{ep.keywords} {ep.text}")
                 when = episode_seconds(ep.time, ep.keywords)  # once, here: recall never parses keywords
-                items.append(NewEpisode(ep, dg, len(data), q, scale, tokens, cq, cscale,
+                items.append(NewEpisode(ep, dg, len(data), own.key, own.scale, tokens, cq, cscale,
                                         digest_format=keys[ep.namespace].digest_format, event_time=when))
             self._store.commit_batch(items, [a for a in arts if a is not None], (self._embedder.id, self._embedder.dim),
                                      replace=replace)  # fmt: skip
+            for p in span:  # what no later context key reads
+                known[todo[p][0].namespace].pop(rank[p] - CONTEXT_REACH, None)
         return [e.id for e in eps]
 
-    def _context_texts(self, eps: list[Episode]) -> list[str]:
-        """Each episode with its neighbours (previous and next of the same namespace), for the context key.
+    def _stored_tail(self, ns: str) -> dict[int, OwnKey]:
+        """The own keys of the namespace's latest stored episodes, at ranks -1, -2, ...: new episodes' predecessors.
 
-        Neighbours come from this batch, in order; the first episode of a namespace also gets
-        the namespace's latest stored episode, reconstructed from its cell.
+        Read from the store as they are (the text is not decoded); one whose key is damaged is left out.
         """
-        by_ns: dict[str, list[int]] = {}
-        for i, ep in enumerate(eps):
-            by_ns.setdefault(ep.namespace, []).append(i)
-        out = [""] * len(eps)
-        for ns, idx in by_ns.items():
-            texts = [f"{eps[i].keywords} {eps[i].text}" for i in idx]
-            last = self._store.list_rows_desc(ns, limit=1)
-            before = ""
-            if last:
-                prev = self._reconstruct(last)[last[0].rowid]
-                if isinstance(prev, bytes):
-                    before = f"{last[0].keywords} {prev.decode('utf-8')}"
-                else:  # a damaged memory must not block new ones; verify and recall report it
-                    logger.warning(
-                        "The context key of the new episodes in namespace %r leaves out their predecessor %r, whose "
-                        "memory is damaged (%s). Run `rememory verify` and re-add it.", ns, last[0].id, prev
-                    )  # fmt: skip
-            for j, i in enumerate(idx):
-                window = [before if j == 0 else texts[j - 1], texts[j], texts[j + 1] if j + 1 < len(texts) else ""]
-                out[i] = " ".join(t for t in window if t)
+        rows = self._store.list_rows_desc(ns, limit=CONTEXT_REACH)
+        stored = {k.rowid: k for k in self._store.index_rows([r.rowid for r in rows])}
+        out: dict[int, OwnKey] = {}
+        for k, r in enumerate(rows, start=1):
+            got = stored.get(r.rowid)
+            if got is None:  # forgotten meanwhile
+                continue
+            if got.damage is not None or r.damage is not None or got.key.shape != (self._embedder.dim,):
+                logger.warning(
+                    "The context key of the new episodes in namespace %r leaves out their predecessor %r, whose "
+                    "key is damaged (%s). Run `rememory verify` and re-add it.", ns, r.id, got.damage or r.damage
+                )  # fmt: skip
+                continue
+            out[-k] = OwnKey(got.key, got.key_scale, float(key_bytes(r.keywords, r.n_bytes)))
         return out
 
     def reembed(
@@ -410,14 +420,17 @@ class Memory:
     ) -> int:  # fmt: skip
         """Stage new keys for the rows of ``ns`` not in ``staged``; returns ``done`` advanced by their count.
 
-        The context key is built as at add time (``_context_texts``): the episode between its previous
-        and next episode of the namespace, each as "keywords text"; an undecodable neighbour is left out.
+        The context key is built as at add time (:func:`rememory.contextkeys.context_key`), from the new own keys
+        of the episode and its neighbours in the namespace; an undecodable neighbour is left out.
         """
         rowids = self._store.namespace_rowids(ns).tolist()
         todo = [i for i, r in enumerate(rowids) if r not in staged]
+        own: dict[int, OwnKey] = {}  # new own keys by position, kept while a later context key reads them
+        ids: dict[int, str] = {}
         for c in range(0, len(todo), self._batch_size):
             pos = todo[c : c + self._batch_size]
-            near = sorted({j for i in pos for j in (i - 1, i, i + 1) if 0 <= j < len(rowids)})
+            near = sorted({j for i in pos for j in range(i - CONTEXT_REACH, i + CONTEXT_REACH + 1)
+                           if 0 <= j < len(rowids) and j not in own})  # fmt: skip
             rows = self._store.rows_by_rowid([rowids[j] for j in near])
             got = self._reconstruct(builtins.list(rows.values()))
             texts: dict[int, tuple[Row, str]] = {}
@@ -428,19 +441,21 @@ class Memory:
                     texts[j] = (r, data.decode("utf-8"))
                 elif r is not None and j in pos:
                     damaged.append(r.id)
-            mine = [i for i in pos if i in texts]  # a row forgotten meanwhile is simply gone
-            own = [key_text(texts[i][0].keywords, texts[i][1]) for i in mine]
-            ctx = [" ".join(f"{texts[j][0].keywords} {texts[j][1]}" for j in (i - 1, i, i + 1) if j in texts)
-                   for i in mine]  # fmt: skip
+            fresh = sorted(texts)
+            for j, vec in zip(fresh, new.embed_batch([key_text(texts[j][0].keywords, texts[j][1]) for j in fresh])):
+                own[j] = own_key(vec, key_bytes(texts[j][0].keywords, texts[j][0].n_bytes))
+                ids[j] = texts[j][0].id
             keys = []
-            for i, vec, ctx_vec in zip(mine, new.embed_batch(own), new.embed_batch(ctx)):
-                q, scale = quantize_int8(vec)
-                cq, cscale = quantize_int8(ctx_vec)
-                keys.append(StagedKey(rowids[i], ns, texts[i][0].id, q, scale, cq, cscale))
+            for i in pos:
+                if i in own:  # else damaged, or forgotten meanwhile (then simply gone)
+                    cq, cscale = context_key(own, i)
+                    keys.append(StagedKey(rowids[i], ns, ids[i], own[i].key, own[i].scale, cq, cscale))
             self._store.stage_keys((new.id, new.dim), keys)
             done += len(pos)
             if progress is not None:
                 progress(min(done, total), total)
+            for j in [j for j in own if j < pos[-1] + 1 - CONTEXT_REACH]:  # what no later context key reads
+                del own[j], ids[j]
         return done
 
     def reencode(

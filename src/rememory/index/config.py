@@ -34,7 +34,9 @@ class RankingConfig:
     ``dense_own``, ``dense_contrast`` and ``bm25_evidence`` were set later the same way, in a run that tuned
     them with the rest (held out .400 / .732 / .823): each is its folds' median, 1 (``dense_own`` was 2).
     On all five conversations they score R@1/5/10 .393 / .731 / .831 (the weights before: .399 / .730 / .827)
-    and lift the multilingual set's R@1 from .825 to .895.
+    and lift the multilingual set's R@1 from .825 to .895. Since context keys are blended from own keys
+    (rememory.contextkeys) rather than embedded, the same weights score .396 / .735 / .825 (held out
+    .395 / .737 / .822).
 
     Those weights assume related neighbours. ``scale_neighbours`` multiplies the weights of
     NEIGHBOUR_SIGNALS by the namespace's coherence factor (1 in every LoCoMo conversation, whose
@@ -49,7 +51,7 @@ class RankingConfig:
     bm25_ctx2: float = 1.0  # ... 2 neighbours on each side
     bm25_ctx8: float = 0.5  # ... 8 neighbours on each side (the surrounding conversation)
     dense_own: float = 1.0  # cosine to the key of keywords + text
-    dense_ctx: float = 1.0  # cosine to the context key (the episode with its neighbours, embedded at training)
+    dense_ctx: float = 1.0  # cosine to the context key (own keys of the episode and its neighbours, blended)
     dense_near: float = 0.0  # mean cosine of the own keys within 2 neighbours
     dense_far: float = 1.0  # mean cosine of the own keys within 8 neighbours
     # The own-key cosine less the mean cosine of the episode's ``contrast_k`` nearest own keys (nearest in

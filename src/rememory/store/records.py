@@ -37,7 +37,7 @@ class NewEpisode:
     key: np.ndarray  # (dim,) int8
     key_scale: float
     tokens: np.ndarray  # (t,) uint32 token hashes of keywords and text
-    ctx_key: np.ndarray  # (dim,) int8: the episode embedded with its neighbours
+    ctx_key: np.ndarray  # (dim,) int8: its own key blended with its neighbours' (rememory.contextkeys)
     ctx_key_scale: float
     digest_format: int = 2  # rememory.integrity's format of ``digest``; an imported old episode keeps format 1
     event_time: float | None = None  # epoch seconds of episode_time(time, keywords), computed once at add
