@@ -266,6 +266,15 @@ class DenseIndex:
             self._stats, self._frame = st, None
 
     @staticmethod
+    def shape_rows(units: np.ndarray, frame: _Frame) -> np.ndarray:
+        """Unit keys (rows) in the shaped space: P(k - m), normalised; zero rows (deleted keys) stay zero."""
+        v = units - frame.mean
+        if frame.axes.size:
+            v = v - (v @ frame.axes.T) @ frame.axes
+        v = np.where(np.abs(units).sum(axis=1, keepdims=True) > 0, v, np.float32(0.0))
+        return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    @staticmethod
     def shaped(frame: _Frame, qs: np.ndarray, dots: np.ndarray, units: np.ndarray) -> np.ndarray:
         """Shaped cosines from ``dots`` = units . qs (``qs`` from :meth:`shape_query`) and the unit keys."""
         return (dots - float(frame.mean @ qs)) / DenseIndex._shaped_norms(units, frame.mean, frame.axes)

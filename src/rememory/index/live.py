@@ -823,7 +823,11 @@ class NamespaceIndex:
                 cos = self.own.cosine(q)  # (n,) tombstones -1, never anyone's neighbour
                 raw["dense_contrast"] = cos[cand] - cos[nn[cand]].mean(axis=1)
         ctx_keys = keys.rows("ctx", cand) if "prf" in want else np.zeros((cand.size, self.dim), np.float32)
-        return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q, ctx_keys, factor, lex.evidence)
+        q_prf = q
+        frame = self.ctx.frame() if "prf" in want else None
+        if frame is not None:  # feedback re-queries the context keys as dense_ctx compares them: shaped
+            q_prf, ctx_keys = self.ctx.shape_query(q, frame), DenseIndex.shape_rows(ctx_keys, frame)
+        return Features(cand, {k: raw[k] for k in SIGNALS if k in raw}, q_prf, ctx_keys, factor, lex.evidence)
 
     def search(self, q: np.ndarray, lexical: Lexical, top_k: int, *, explain: bool = False,
                time: TimeSignal | None = None, ahead: DenseAhead | None = None) -> list[Scored]:  # fmt: skip
