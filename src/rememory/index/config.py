@@ -49,16 +49,16 @@ class RankingConfig:
     bm25_own: float = 0.5  # BM25 of the episode's own keywords and text
     bm25_ctx1: float = 1.0  # BM25 of the window of the episode and its 1 neighbour on each side
     bm25_ctx2: float = 1.0  # ... 2 neighbours on each side
-    bm25_ctx8: float = 0.5  # ... 8 neighbours on each side (the surrounding conversation)
+    bm25_ctx8: float = 1.0  # ... 8 neighbours on each side (the surrounding conversation)
     dense_own: float = 1.0  # cosine to the key of keywords + text
     dense_ctx: float = 1.0  # cosine to the context key (own keys of the episode and its neighbours, blended)
     dense_near: float = 0.0  # mean cosine of the own keys within 2 neighbours
-    dense_far: float = 1.0  # mean cosine of the own keys within 8 neighbours
+    dense_far: float = 0.25  # mean cosine of the own keys within 8 neighbours
     # The own-key cosine less the mean cosine of the episode's ``contrast_k`` nearest own keys (nearest in
     # key space, not in store order): how much better this episode matches than the ones most like it. It
     # cancels whatever lifts a whole region of key space for this query (e.g. all episodes in the query's
     # language, which a cross-language match then loses to). Namespaces of at most ``contrast_max`` episodes.
-    dense_contrast: float = 1.0
+    dense_contrast: float = 2.0
     contrast_k: int = 12  # nearest own keys an episode is contrasted with (read when signals are computed: not tuned)
     contrast_max: int = 2000  # larger namespaces leave the signal out (its neighbour lists cost O(n^2) to build)
     prf: float = 1.0  # pseudo-relevance feedback: re-query the context keys with the top hits mixed in
@@ -74,7 +74,7 @@ class RankingConfig:
     # directions. Mean and directions come from the namespace's own keys, so nothing is fitted to a data set.
     key_centre: float = 1.0
     key_drop: int = 0
-    ctx_centre: float = 0.5  # the same for the context keys (with their own mean)
+    ctx_centre: float = 1.0  # the same for the context keys (with their own mean)
     # 1 for episodes whose time falls in the range a query names ("in May 2023", "last week"), else 0;
     # fused (and counted in the weight sum) only for queries that name a time. Not tuned (locomo-dev's
     # tuning did not weigh it): set so that an episode of the named time outranks one as close in words
