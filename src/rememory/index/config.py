@@ -27,16 +27,13 @@ class RankingConfig:
     the weighted sum divided by the sum of the weights, in [0, 1].
 
     The weights are the per-weight median of the five folds' choices of leave-one-conversation-out
-    tuning on locomo-dev (``rememory eval --cross-validate``, multilingual-e5-small): each fold tuned
-    on four conversations only. The median rather than the weights tuned on all five: it is the
-    consensus of choices each validated on unseen data, and keeps every signal on (tuning on all
-    five dropped dense_far, which three folds kept). Held out: R@5 .741, R@10 .818 (README, "Recall quality").
-    ``dense_own``, ``dense_contrast`` and ``bm25_evidence`` were set later the same way, in a run that tuned
-    them with the rest (held out .400 / .732 / .823): each is its folds' median, 1 (``dense_own`` was 2).
-    On all five conversations they score R@1/5/10 .393 / .731 / .831 (the weights before: .399 / .730 / .827)
-    and lift the multilingual set's R@1 from .825 to .895. Since context keys are blended from own keys
-    (rememory.contextkeys) rather than embedded, the same weights score .396 / .735 / .825 (held out
-    .395 / .737 / .822).
+    tuning on locomo-dev (``rememory eval --cross-validate``, multilingual-e5-small, context keys blended
+    from own keys, centred keys): each fold tuned on four conversations only. The median rather than
+    the weights tuned on all five: it is the consensus of choices each validated on unseen data. Held
+    out: R@1/5/10 .400 / .745 / .832; on all five conversations .398 / .749 / .831 (the weights and plain
+    cosines before: .396 / .735 / .825). ``time_match`` is not the folds' median (1): see its comment.
+    Centred keys (``key_centre``, ``ctx_centre``) lift the multilingual set's R@1 from .895 to .982;
+    ``ctx_centre`` was chosen among 0, .5 and 1 by the same protocol (README, "Recall quality").
 
     Those weights assume related neighbours. ``scale_neighbours`` multiplies the weights of
     NEIGHBOUR_SIGNALS by the namespace's coherence factor (1 in every LoCoMo conversation, whose
@@ -76,11 +73,12 @@ class RankingConfig:
     key_drop: int = 0
     ctx_centre: float = 1.0  # the same for the context keys (with their own mean)
     # 1 for episodes whose time falls in the range a query names ("in May 2023", "last week"), else 0;
-    # fused (and counted in the weight sum) only for queries that name a time. Not tuned (locomo-dev's
-    # tuning did not weigh it): set so that an episode of the named time outranks one as close in words
-    # outside it, against the other signals min-max spread over 0..1 (2.0, its weight before, no longer did).
+    # fused (and counted in the weight sum) only for queries that name a time. Not tuned (the folds weigh
+    # it 1): set so that an episode of the named time outranks one as close in words outside it, against
+    # the other signals min-max spread over 0..1 (tests/test_recall.py).
     time_match: float = 2.0
-    # by the namespace's coherence factor (see rememory.index.live.Coherence): 0 where adjacent episodes are
+    # Whether the weights of NEIGHBOUR_SIGNALS are multiplied by the namespace's coherence factor
+    # (see rememory.index.live.Coherence): 0 where adjacent episodes are
     # no closer than any two, 1 where they are clearly closer (a conversation), a linear ramp between.
     scale_neighbours: bool = True
     coherence_lo: float = 0.05  # relative adjacency gain at and below which the factor is 0
