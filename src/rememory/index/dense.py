@@ -56,17 +56,29 @@ class _KeyStats:
     CHUNK = 4096
 
     def __init__(self, dim: int, *, gram: bool) -> None:
+        self.dim = dim
+        self._reset(gram=gram)
+
+    def _reset(self, *, gram: bool) -> None:
         self.n = 0  # slots seen
         self.count = 0  # alive among them
         self.removed_seen = 0  # removals accounted for
-        self.total = np.zeros(dim, np.float64)
+        self.total = np.zeros(self.dim, np.float64)
         # Only to find principal directions (Shaping.drop): O(dim^2) per key, ~0.6 s for 100k keys here.
-        self.gram = np.zeros((dim, dim), np.float64) if gram else None
+        self.gram: np.ndarray | None = np.zeros((self.dim, self.dim), np.float64) if gram else None
+
+    def carried(self, removed_seen: int) -> _KeyStats:
+        """A copy for another index over the same slots, whose removal count is ``removed_seen``."""
+        out = _KeyStats(self.dim, gram=False)
+        out.n, out.count, out.removed_seen = self.n, self.count, removed_seen
+        out.total = self.total.copy()
+        out.gram = None if self.gram is None else self.gram.copy()
+        return out
 
     def update(self, dense: DenseIndex) -> None:
         unit = dense.stats_units or dense.unit  # the keys where they are: here, or in the store
         if dense.removals != self.removed_seen:  # a removal: start over (rare; O(n x dim) or O(n x dim^2))
-            self.__init__(dense.dim, gram=self.gram is not None)  # type: ignore[misc]
+            self._reset(gram=self.gram is not None)
             self.removed_seen = dense.removals
         n = dense.n
         for lo in range(self.n, n, self.CHUNK):
@@ -163,11 +175,7 @@ class DenseIndex:
         st = other._stats
         if start == 0 and st is not None and st.n == other.n and st.removed_seen == other.removals:
             # The same keys: their statistics carry over (an index that holds none would read them all back).
-            self._stats = _KeyStats(self.dim, gram=st.gram is not None)
-            self._stats.n, self._stats.count, self._stats.removed_seen = st.n, st.count, self.removals
-            self._stats.total = st.total.copy()
-            if st.gram is not None:
-                self._stats.gram = st.gram.copy()
+            self._stats = st.carried(self.removals)
 
     def key_bytes(self) -> int:
         """Bytes of per-key data this index holds: int8 keys, scales, the float32 matrix and the HNSW graph."""
@@ -290,12 +298,7 @@ class DenseIndex:
 
     def shape_query(self, q: np.ndarray, frame: _Frame | None) -> np.ndarray:
         """The unit query in the shaped space: P(q - m), normalised (``q`` itself when plain)."""
-        if frame is None:
-            return q
-        v = q - frame.mean
-        if frame.axes.size:
-            v = v - frame.axes.T @ (frame.axes @ v)
-        return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+        return q if frame is None else self.shape_rows(q[None, :], frame)[0]
 
     def cosine(self, q: np.ndarray, slots: np.ndarray | None = None) -> np.ndarray:
         """Cosine of unit query ``q`` to every slot (or to ``slots``) under :attr:`shaping`; tombstones score -1."""
@@ -306,14 +309,12 @@ class DenseIndex:
         # P(k - m) . qs = (k - m) . qs, since qs is already orthogonal to the dropped axes: one product with the
         # stored keys, then each key's shaped length.
         dots = self._cosine(qs, slots)  # tombstones -1
-        offset = float(frame.mean @ qs)
-        if frame.norms is not None and frame.version[0] == self.n:
-            norms = frame.norms if slots is None else frame.norms[slots]
-        else:
-            at = np.arange(self.n) if slots is None else slots
-            norms = self._shaped_norms(self.unit(at), frame.mean, frame.axes)
         alive = self.alive if slots is None else self.alive[slots]
-        return np.where(alive, (dots - offset) / norms, -1.0)
+        if frame.norms is not None and frame.version[0] == self.n:  # the exact path's lengths, computed once
+            norms = frame.norms if slots is None else frame.norms[slots]
+            return np.where(alive, (dots - float(frame.mean @ qs)) / norms, -1.0)
+        return np.where(alive, self.shaped(frame, qs, dots, self.unit(np.arange(self.n) if slots is None else slots)),
+                        -1.0)  # fmt: skip
 
     def _cosine(self, q: np.ndarray, slots: np.ndarray | None = None) -> np.ndarray:
         """Exact plain cosine of unit query ``q`` to every slot (or to ``slots``); tombstones score -1."""
