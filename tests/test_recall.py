@@ -153,6 +153,27 @@ def test_a_query_naming_a_time_ranks_that_time_first(make_memory) -> None:
     assert off.recall("planting tomatoes with Ira in June 2023", top_k=1)[0].id != "june"
 
 
+def test_a_named_time_prefers_episodes_written_soon_after_it(make_memory) -> None:
+    """An episode is often written after what it tells: the shelter visit of February told on March 2nd. Graded
+    nearness ranks it above the same words told months away; inside-or-not (time_decay=0) could not tell them apart."""
+    shelter = [
+        {"id": "december", "keywords": "Maria, shelter", "text": "I sat with a little girl at the shelter event.",
+         "time": "2022-12-01"},
+        {"id": "bread", "keywords": "Maria, bakery", "text": "Baked bread for the neighbours.", "time": "2023-02-10"},
+        {"id": "march", "keywords": "Maria, shelter", "text": "I sat with a little girl at the shelter event.",
+         "time": "2023-03-02"},
+    ]  # fmt: skip
+    query = "Why did Maria sit with the little girl at the shelter event in February 2023?"
+    mem = make_memory()
+    mem.add_many(shelter)
+    hits = mem.recall(query, top_k=3, explain=True)
+    near = {h.id: h.explain["time_match"] for h in hits if h.explain is not None}
+    assert hits[0].id == "march" and [h.id for h in hits].index("march") < [h.id for h in hits].index("december")
+    assert near["bread"] > near["march"] > 0 and near["december"] < 1e-3
+    binary = make_memory(ranking=RankingConfig(time_decay=0.0)).recall(query, top_k=3, explain=True)
+    assert {h.id: h.explain["time_match"] for h in binary if h.explain is not None}["march"] == 0.0
+
+
 def test_bad_since_or_until_is_a_config_error(make_memory) -> None:
     mem = make_memory()
     mem.add_many(GARDEN[:2])
@@ -283,7 +304,10 @@ def test_time_match_is_a_fused_signal_only_for_a_query_naming_a_time(make_memory
     mem.add_many(GARDEN)
     hits = mem.recall("planting tomatoes with Ira in June 2023", top_k=8, explain=True)
     assert hits[0].id == "june" and hits[0].explain["time_match"] > 0
-    assert all(h.explain.get("time_match", 0.0) == 0.0 for h in hits if h.id != "june")
+    # The others less, by how far outside June their time is: half an hour (may-d) little, a year (old) all, none 0.
+    share = {h.id: h.explain.get("time_match", 0.0) for h in hits}
+    assert share["june"] > share["may-d"] > share["may-a"] > share["old"] == pytest.approx(0.0, abs=1e-9)
+    assert share["none-1"] == 0.0 and share["may-d"] > 0.9 * share["june"]
     assert all(sum(h.explain.values()) == pytest.approx(h.score, abs=1e-9) for h in hits)
     # A query that names no time ranks and scores exactly as if the signal did not exist, whatever its weight.
     plain = [(h.id, h.score) for h in mem.recall("planting tomatoes with Ira", top_k=8, explain=True)]

@@ -63,10 +63,24 @@ def test_episode_time(time: str | None, keywords: str, want: datetime | None) ->
         ("Where did we go before 3 June 2023?", (None, datetime(2023, 6, 3))),
         ("Что было после 8 мая 2023?", (datetime(2023, 5, 9), None)),
         ("Everything since May 2023", (datetime(2023, 5, 1), None)),
+        # A day number with its month after a comma: not "25 2022", which took today's month.
+        ("What did Joanna bake on October 25, 2022?", (datetime(2022, 10, 25), datetime(2022, 10, 26))),
+        ("Which book did Tim finish on 8th December, 2023?", (datetime(2023, 12, 8), datetime(2023, 12, 9))),
+        ("Il y a 2 ans", (datetime(2022, 1, 1), datetime(2023, 1, 1))),
+        ("Where did Ann go on the 25th, 2022?", (datetime(2022, 1, 1), datetime(2023, 1, 1))),  # not today's month
     ],
 )
 def test_query_range(query: str, want: tuple[datetime | None, datetime | None]) -> None:
     assert bounds(query_range(query, NOW)) == want
+
+
+def test_the_phrase_is_the_querys_own_text() -> None:
+    """The phrase a range was read from, as the query writes it: a caller can quote it or take it out."""
+    cases = [("What did Joanna bake on October 25, 2022?", "October 25, 2022"),
+             ("Что я делал в мае 2023 года?", "мае 2023 года"), ("(3 days ago)", "3 days ago")]  # fmt: skip
+    for query, phrase in cases:
+        got = query_range(query, NOW)
+        assert got is not None and got.text == phrase and phrase in query
 
 
 def test_relative_ranges_follow_the_reference_now() -> None:
@@ -95,6 +109,9 @@ def test_relative_ranges_follow_the_reference_now() -> None:
         "Мая подарила мне книгу",  # a name that is also a month
         "Кто приходил в гости?",
         "What happened in the year 9999?",  # past the calendar's end: no range, not an error
+        "Which company signed John for an endorsement deal?",  # "an" (French "year") alone is no time
+        "How often did we water them, once a day?",  # "a day" is no "a day ago"
+        "What did we plant that week?",  # a unit without a number or a word placing it
     ],
 )
 def test_questions_without_a_date_name_no_range(query: str) -> None:

@@ -977,7 +977,7 @@ class Memory:
         only the episodes whose time falls between them, inside the ranking, so ``top_k`` hits come back
         when that many match; episodes with no time are left out whenever either is given. A query that
         names a time ("in May 2023", "last week") adds the ``time_match`` signal: 1 for the episodes of
-        that time, else 0.
+        that time, less the farther outside it (``RankingConfig.time_decay``).
 
         With ``explain=True`` each hit's ``RecallHit.explain`` maps every signal in use (``bm25_own``,
         ``bm25_ctx1``, ``bm25_ctx2``, ``bm25_ctx8``, ``dense_own``, ``dense_ctx``, ``dense_near``,

@@ -38,10 +38,25 @@ _RELATIVE = (
     r"|ontem|hoje|amanhã|dias?|meses|anos?|atrás"
 )
 _RELATIVE_RE = re.compile(rf"(?<!\w)(?:{_RELATIVE})(?!\w)", re.IGNORECASE)
+# Of those, the words that name a time by themselves ("yesterday", "3 days ago"). A bare unit ("day", "week", or
+# French "an", also the English article) names one only with a number or a word placing it ("last week", "в этом
+# году"): otherwise "an ankle injury" reads as January and "once a day" as yesterday.
+_ANCHORED = (
+    r"yesterday|today|tonight|tomorrow|ago|last|next|this|past|previous|coming"
+    r"|вчера|позавчера|сегодня|завтра|назад|прошл\w*|позапрошл\w*|следующ\w*|будущ\w*|эт(?:от|ой|ом|у|им)"
+    r"|учора|вчора|сьогодні|тому|минул\w*|наступн\w*|ц(?:ей|ього|ьому|ю|ій)"
+    r"|gestern|vorgestern|heute|morgen|letzte\w*|nächste\w*|diese\w*|vergangene\w*|kommende\w*"
+    r"|hier|avant-hier|aujourd'hui|demain|derni(?:er|ère)|prochaine?|cette|ce|passée?"
+    r"|ayer|anteayer|hoy|mañana|hace|pasad[oa]|próxim[oa]|este|esta"
+    r"|ieri|oggi|domani|fa|scors[oa]|prossim[oa]|quest[oa]"
+    r"|ontem|hoje|amanhã|atrás|passad[oa]"
+)
+_ANCHORED_RE = re.compile(rf"(?<!\w)(?:{_ANCHORED})(?!\w)", re.IGNORECASE)
 _DIGIT_RE = re.compile(r"\d")
 _YEAR_RE = re.compile(r"(?<!\d)(1[89]\d\d|2[01]\d\d)(?!\d)")
 _NUMERIC_DATE_RE = re.compile(r"\d{1,4}[./-]\d{1,2}(?:[./-]\d{1,4})?")
 _WORD_RE = re.compile(r"[\w'.:/-]+")
+_EDGE = ".,:;!?"  # punctuation a word may end (or start) with that is not part of it
 
 # Words that open a range before or after the date that follows them.
 _BEFORE = {"before", "until", "till", "до", "перед", "вплоть", "bis", "vor", "avant", "jusqu'au", "antes", "hasta",
@@ -65,7 +80,7 @@ class TimeRange:
 
     start: datetime | None
     end: datetime | None
-    text: str = ""  # the words of the query it was read from, for messages and tests
+    text: str = ""  # the phrase of the query it was read from, verbatim ("October 25, 2022")
 
     def contains(self, t: datetime) -> bool:
         return (self.start is None or t >= self.start) and (self.end is None or t < self.end)
@@ -183,7 +198,8 @@ def query_range(query: str, now: datetime) -> TimeRange | None:
     if not may_name_time(query):
         return None
     now = to_utc(now)
-    words = [w.strip(".,:;!?") for w in _WORD_RE.findall(query)]
+    found = [(m, m.group().strip(_EDGE)) for m in _WORD_RE.finditer(query)]
+    words = [w for _, w in found]
     norm = [_PREPOSITIONAL.get(w.lower(), w) for w in words]
     anchor = [bool(w) and may_name_time(w) for w in norm]
     best: tuple[tuple[int, int, int], int, int, tuple[datetime, datetime, str]] | None = None
@@ -205,7 +221,10 @@ def query_range(query: str, now: datetime) -> TimeRange | None:
     if best is None:
         return None
     _, i, j, (start, end, _period) = best
-    shown = " ".join(words[i:j])
+    first, last = found[i][0], found[j - 1][0]
+    # The phrase as the query writes it ("October 25, 2022"), so that a caller can take it out of the query.
+    shown = query[first.start() + len(first.group()) - len(first.group().lstrip(_EDGE)) :
+                  last.end() - len(last.group()) + len(last.group().rstrip(_EDGE))]  # fmt: skip
     opener = {w.lower() for w in words[max(0, i - 2) : i + 1]}  # "before 3 June", "after the 8th of May"
     if opener & _BEFORE:
         return TimeRange(None, start, shown)
@@ -220,13 +239,22 @@ _PERIODS = ("day", "week", "month", "year")
 
 
 def _dated(span: str) -> bool:
-    """Whether a phrase is date-like beyond a bare number: a year, a numeric date, a relative word,
-    or a number next to other words ("8 May", "3 days"), never "3" or "10:30" alone."""
-    if _YEAR_RE.search(span) or _NUMERIC_DATE_RE.search(span) or _RELATIVE_RE.search(span):
+    """Whether a phrase names a date and not only a number: a numeric date; a relative time with a number or a
+    word placing it ("3 days ago", "last week"); a year; a day number with a calendar word ("8 May", "Tuesday 3").
+    Never "3" or "10:30" alone, a bare unit ("an", "a day"), or a day without its month ("25 2022")."""
+    if _NUMERIC_DATE_RE.search(span):
+        return True
+    if _RELATIVE_RE.search(span) and (_ANCHORED_RE.search(span) or _DIGIT_RE.search(span)):
+        return True
+    numbers = [w for w in span.split() if _DIGIT_RE.search(w)]
+    if not numbers:
+        return False
+    if all(_YEAR_RE.fullmatch(w) for w in numbers):
         return True
     letters = [w for w in span.split() if not _DIGIT_RE.search(w) and w.lower() not in ("am", "pm", "on", "at")]
-    # The number needs a calendar word beside it ("8 May", "Tuesday 3"): "item 5 on the list" names no date.
-    return bool(_DIGIT_RE.search(span)) and any(_calendar_word(w.lower()) for w in letters)
+    # A day number needs its month or weekday beside it: "item 5 on the list" names no date, and in "25 2022" (from
+    # "October 25, 2022") dateparser would take the month from today.
+    return any(_calendar_word(w.lower()) for w in letters)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -723,6 +723,25 @@ class NamespaceIndex:
                 ok &= times < span.end
         return ok
 
+    def nearness(self, span: Span, decay: float) -> np.ndarray:
+        """(n,) how near each slot's time is to ``span``: 1 inside, ``exp(-gap / scale)`` outside, 0 with no time.
+
+        ``scale`` is ``decay`` times the span's length (at least a day; a week for an open span). Episodes are
+        often written after what they tell: "the shelter event in February" may be an episode of March 2nd,
+        which a plain inside/outside signal would rank with the ones of December.
+        """
+        times = _fit_times(self.times, self.lex.n)
+        length = span.end - span.start if span.start is not None and span.end is not None else 7 * _DAY
+        scale = max(length, _DAY) * decay
+        gap = np.zeros_like(times)
+        with np.errstate(invalid="ignore"):  # NaN compares False: no gap, then set to 0 below
+            if span.start is not None:
+                gap = np.where(times < span.start, span.start - times, gap)
+            if span.end is not None:
+                gap = np.where(times >= span.end, times - span.end, gap)
+        near = np.exp(-gap / scale) if scale > 0 else (gap == 0).astype(np.float64)
+        return np.where(np.isnan(times), 0.0, near)
+
     def features(
         self,
         q: np.ndarray,
@@ -737,9 +756,9 @@ class NamespaceIndex:
 
         ``time.window`` (a since/until filter) restricts the candidates to the slots whose time is
         inside it; ``time.named`` (the range the query names) adds the ``time_match`` signal: 1 for
-        the candidates inside it, else 0. Without a named range (or when it holds all candidates or
-        none) the signal is absent, and
-        :func:`fuse` leaves its weight out of the sum, so such a query ranks as if it did not exist.
+        the candidates inside it, less the farther outside (:meth:`nearness`). Without a named range (or
+        when it holds all candidates or none) the signal is absent, and :func:`fuse` leaves its weight
+        out of the sum, so such a query ranks as if it did not exist.
 
         ``lex`` is :meth:`lexical` of the query's tokens. Signals with weight 0 are skipped
         unless ``every`` (the tuner wants them all). Small namespaces take every alive slot as a
@@ -791,7 +810,7 @@ class NamespaceIndex:
             # The same for every candidate, it ranks nothing: left out, so scores stay as for a query naming no
             # time (a range that holds no episode, or a number misread as a date, must not dilute them).
             if inside.any() and not inside.all():
-                raw["time_match"] = inside.astype(np.float64)
+                raw["time_match"] = self.nearness(time.named, cfg.time_decay)[cand]
         for name, w in _BM25_WIDTHS.items():
             if name in want:
                 raw[name] = lexical[w][cand]
@@ -845,6 +864,9 @@ class NamespaceIndex:
             signals = {k: float(v[i]) for k, v in fz.parts.items()} if explain else None
             out.append(Scored(int(f.cand[i]), self.ids[f.cand[i]], float(min(max(fz.scores[i], 0.0), 1.0)), signals))
         return out
+
+
+_DAY = 86400.0
 
 
 def _fit_times(times: np.ndarray, n: int) -> np.ndarray:
