@@ -26,32 +26,44 @@ from .errors import ConfigError
 LANGUAGES = ("en", "ru", "de", "fr", "es", "it", "pt", "uk")  # fewer languages: faster and fewer false dates
 
 # Words of a relative time ("yesterday", "last week", "две недели назад"): a text with none of them and no
-# digit names no date, whatever dateparser would make of "may", "march" or "sat". Stems, lowercase.
-_RELATIVE = (
-    r"yesterday|today|tonight|tomorrow|days?|weeks?|weekend|fortnight|months?|years?|ago"
-    r"|вчера|позавчера|сегодня|завтра|дн(?:я|ей|ь)|день|недел\w*|месяц\w*|год(?:а|у)?|лет|назад"
-    r"|учора|вчора|сьогодні|тижн\w*|тиждень|місяц\w*|рок(?:у|ів)?|тому"
-    r"|gestern|vorgestern|heute|morgen|tag(?:e|en)?|woche\w*|monat\w*|jahr\w*"
-    r"|hier|avant-hier|aujourd'hui|demain|jours?|semaines?|mois|ans?|années?"
-    r"|ayer|anteayer|hoy|mañana|días?|semanas?|mes(?:es)?|años?|hace"
-    r"|ieri|oggi|domani|giorni?|settimana|settimane|mesi?|anni?|fa"
-    r"|ontem|hoje|amanhã|dias?|meses|anos?|atrás"
+# digit names no date, whatever dateparser would make of "may", "march" or "sat". Stems, lowercase. The ones
+# that name a time by themselves, per language ("yesterday", "3 days ago"):
+_SELF_DATED = (
+    r"yesterday|today|tonight|tomorrow|ago"
+    r"|вчера|позавчера|сегодня|завтра|назад"
+    r"|учора|вчора|сьогодні|тому"
+    r"|gestern|vorgestern|heute|morgen"
+    r"|hier|avant-hier|aujourd'hui|demain"
+    r"|ayer|anteayer|hoy|mañana|hace"
+    r"|ieri|oggi|domani|fa"
+    r"|ontem|hoje|amanhã|atrás"
 )
-_RELATIVE_RE = re.compile(rf"(?<!\w)(?:{_RELATIVE})(?!\w)", re.IGNORECASE)
-# Of those, the words that name a time by themselves ("yesterday", "3 days ago"). A bare unit ("day", "week", or
-# French "an", also the English article) names one only with a number or a word placing it ("last week", "в этом
-# году"): otherwise "an ankle injury" reads as January and "once a day" as yesterday.
-_ANCHORED = (
-    r"yesterday|today|tonight|tomorrow|ago|last|next|this|past|previous|coming"
-    r"|вчера|позавчера|сегодня|завтра|назад|прошл\w*|позапрошл\w*|следующ\w*|будущ\w*|эт(?:от|ой|ом|у|им)"
-    r"|учора|вчора|сьогодні|тому|минул\w*|наступн\w*|ц(?:ей|ього|ьому|ю|ій)"
-    r"|gestern|vorgestern|heute|morgen|letzte\w*|nächste\w*|diese\w*|vergangene\w*|kommende\w*"
-    r"|hier|avant-hier|aujourd'hui|demain|derni(?:er|ère)|prochaine?|cette|ce|passée?"
-    r"|ayer|anteayer|hoy|mañana|hace|pasad[oa]|próxim[oa]|este|esta"
-    r"|ieri|oggi|domani|fa|scors[oa]|prossim[oa]|quest[oa]"
-    r"|ontem|hoje|amanhã|atrás|passad[oa]"
+# The units ("day", "week", or French "an", also the English article), which name one only with a number or a
+# word placing them (_PLACING: "last week", "в этом году"): otherwise "an ankle injury" reads as January and
+# "once a day" as yesterday.
+_UNITS = (
+    r"days?|weeks?|weekend|fortnight|months?|years?"
+    r"|дн(?:я|ей|ь)|день|недел\w*|месяц\w*|год(?:а|у)?|лет"
+    r"|тижн\w*|тиждень|місяц\w*|рок(?:у|ів)?"
+    r"|tag(?:e|en)?|woche\w*|monat\w*|jahr\w*"
+    r"|jours?|semaines?|mois|ans?|années?"
+    r"|días?|semanas?|mes(?:es)?|años?"
+    r"|giorni?|settimana|settimane|mesi?|anni?"
+    r"|dias?|meses|anos?"
 )
-_ANCHORED_RE = re.compile(rf"(?<!\w)(?:{_ANCHORED})(?!\w)", re.IGNORECASE)
+# Not in _RELATIVE_RE: alone, "this" or "ce" says nothing of a time, and such a query must not import dateparser.
+_PLACING = (
+    r"last|next|this|past|previous|coming"
+    r"|прошл\w*|позапрошл\w*|следующ\w*|будущ\w*|эт(?:от|ой|ом|у|им)"
+    r"|минул\w*|наступн\w*|ц(?:ей|ього|ьому|ю|ій)"
+    r"|letzte\w*|nächste\w*|diese\w*|vergangene\w*|kommende\w*"
+    r"|derni(?:er|ère)|prochaine?|cette|ce|passée?"
+    r"|pasad[oa]|próxim[oa]|este|esta"
+    r"|scors[oa]|prossim[oa]|quest[oa]"
+    r"|passad[oa]"
+)
+_RELATIVE_RE = re.compile(rf"(?<!\w)(?:{_SELF_DATED}|{_UNITS})(?!\w)", re.IGNORECASE)
+_ANCHORED_RE = re.compile(rf"(?<!\w)(?:{_SELF_DATED}|{_PLACING})(?!\w)", re.IGNORECASE)
 _DIGIT_RE = re.compile(r"\d")
 _YEAR_RE = re.compile(r"(?<!\d)(1[89]\d\d|2[01]\d\d)(?!\d)")
 _NUMERIC_DATE_RE = re.compile(r"\d{1,4}[./-]\d{1,2}(?:[./-]\d{1,4})?")
@@ -198,8 +210,12 @@ def query_range(query: str, now: datetime) -> TimeRange | None:
     if not may_name_time(query):
         return None
     now = to_utc(now)
-    found = [(m, m.group().strip(_EDGE)) for m in _WORD_RE.finditer(query)]
-    words = [w for _, w in found]
+    found = []  # (start, end, word): each word without the punctuation around it, and where it is in the query
+    for m in _WORD_RE.finditer(query):
+        at = m.start() + len(m.group()) - len(m.group().lstrip(_EDGE))
+        word = m.group().strip(_EDGE)
+        found.append((at, at + len(word), word))
+    words = [w for _, _, w in found]
     norm = [_PREPOSITIONAL.get(w.lower(), w) for w in words]
     anchor = [bool(w) and may_name_time(w) for w in norm]
     best: tuple[tuple[int, int, int], int, int, tuple[datetime, datetime, str]] | None = None
@@ -221,10 +237,7 @@ def query_range(query: str, now: datetime) -> TimeRange | None:
     if best is None:
         return None
     _, i, j, (start, end, _period) = best
-    first, last = found[i][0], found[j - 1][0]
-    # The phrase as the query writes it ("October 25, 2022"), so that a caller can take it out of the query.
-    shown = query[first.start() + len(first.group()) - len(first.group().lstrip(_EDGE)) :
-                  last.end() - len(last.group()) + len(last.group().rstrip(_EDGE))]  # fmt: skip
+    shown = query[found[i][0] : found[j - 1][1]]  # as the query writes it: "October 25, 2022"
     opener = {w.lower() for w in words[max(0, i - 2) : i + 1]}  # "before 3 June", "after the 8th of May"
     if opener & _BEFORE:
         return TimeRange(None, start, shown)

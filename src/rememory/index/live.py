@@ -723,22 +723,21 @@ class NamespaceIndex:
                 ok &= times < span.end
         return ok
 
-    def nearness(self, span: Span, decay: float) -> np.ndarray:
-        """(n,) how near each slot's time is to ``span``: 1 inside, ``exp(-gap / scale)`` outside, 0 with no time.
+    def nearness(self, span: Span, decay: float, slots: np.ndarray) -> np.ndarray:
+        """How near the times of ``slots`` are to ``span``: 1 inside, ``exp(-gap / scale)`` outside, 0 with no time.
 
         ``scale`` is ``decay`` times the span's length (at least a day; a week for an open span). Episodes are
         often written after what they tell: "the shelter event in February" may be an episode of March 2nd,
         which a plain inside/outside signal would rank with the ones of December.
         """
-        times = _fit_times(self.times, self.lex.n)
+        times = _fit_times(self.times, self.lex.n)[slots]
         length = span.end - span.start if span.start is not None and span.end is not None else 7 * _DAY
         scale = max(length, _DAY) * decay
-        gap = np.zeros_like(times)
-        with np.errstate(invalid="ignore"):  # NaN compares False: no gap, then set to 0 below
-            if span.start is not None:
-                gap = np.where(times < span.start, span.start - times, gap)
-            if span.end is not None:
-                gap = np.where(times >= span.end, times - span.end, gap)
+        gap = np.zeros_like(times)  # a slot with no time (NaN) keeps a NaN gap, and 0 below
+        if span.start is not None:
+            gap += np.maximum(span.start - times, 0.0)
+        if span.end is not None:
+            gap += np.maximum(times - span.end, 0.0)
         near = np.exp(-gap / scale) if scale > 0 else (gap == 0).astype(np.float64)
         return np.where(np.isnan(times), 0.0, near)
 
@@ -810,7 +809,7 @@ class NamespaceIndex:
             # The same for every candidate, it ranks nothing: left out, so scores stay as for a query naming no
             # time (a range that holds no episode, or a number misread as a date, must not dilute them).
             if inside.any() and not inside.all():
-                raw["time_match"] = self.nearness(time.named, cfg.time_decay)[cand]
+                raw["time_match"] = self.nearness(time.named, cfg.time_decay, cand)
         for name, w in _BM25_WIDTHS.items():
             if name in want:
                 raw[name] = lexical[w][cand]
